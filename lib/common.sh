@@ -1,0 +1,131 @@
+# shellcheck shell=bash
+# Summary: the shell library that build_and_push.sh, launch_training.sh and
+# create_instance.sh source: messages, dry-run execution, and the one place
+# where the configuration names and their defaults are resolved.
+#
+# Configuration, highest priority first: command-line flags (each script applies
+# them after config_init), environment variables, a .env-style file (CONFIG_FILE,
+# default ./.env in the repository), then the defaults below. The names are the
+# original walkthrough's:
+#   LOCATION        Artifact Registry / GCE region            (us-east4)
+#   PROJECT         Google Cloud project        (gcloud config get-value project)
+#   REPO_NAME       Artifact Registry repository              (gpu-transformers)
+#   IMAGE_NAME      image name                                (gpu_transformers)
+#   TAG             image tag                                 (contents of VERSION)
+#   REGISTRY_HOST   registry host                             (LOCATION-docker.pkg.dev)
+#   CONTAINER_NAME  full image reference to run; overrides the above on the VM
+#   VOLUME          host folder mounted at /volume            (./volume)
+# Set HFGPU_DEBUG=1 to trace every command with file:line.
+
+# Where the repository lives (this file is lib/common.sh inside it).
+HFGPU_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+readonly HFGPU_ROOT
+
+readonly HFGPU_CONFIG_NAMES=(LOCATION PROJECT REPO_NAME IMAGE_NAME TAG REGISTRY_HOST CONTAINER_NAME VOLUME)
+
+if [[ ${HFGPU_DEBUG:-0} == 1 ]]; then
+  export PS4='+ ${BASH_SOURCE[0]##*/}:${LINENO}: '
+  set -x
+fi
+
+# DRY_RUN=1 makes `run` print commands instead of executing them.
+DRY_RUN=${DRY_RUN:-0}
+
+# log MESSAGE...: a progress line on stderr, prefixed with the program's name.
+log() { printf '%s: %s\n' "${PROG:-${0##*/}}" "$*" >&2; }
+
+# warn MESSAGE...: a warning on stderr.
+warn() { printf '%s: warning: %s\n' "${PROG:-${0##*/}}" "$*" >&2; }
+
+# die MESSAGE...: one line on stderr naming the problem and the fix; exit 1.
+die() {
+  printf '%s: error: %s\n' "${PROG:-${0##*/}}" "$*" >&2
+  exit 1
+}
+
+# usage FILE: print FILE's header comment (from line 2 to the first blank line).
+usage() {
+  sed -n '2,/^$/{/^$/d;s/^# \{0,1\}//;p}' "$1"
+}
+
+# quote_cmd ARGS...: the command as one line a user can paste into a shell.
+quote_cmd() {
+  local out
+  printf -v out '%q ' "$@"
+  printf '%s\n' "${out% }"
+}
+
+# run ARGS...: execute a command, or under DRY_RUN=1 print it (quoted) to stdout.
+run() {
+  if [[ $DRY_RUN == 1 ]]; then
+    quote_cmd "$@"
+    return 0
+  fi
+  "$@"
+}
+
+# need_cmd NAME HINT: fail with HINT when NAME is not on PATH.
+need_cmd() {
+  command -v "$1" >/dev/null 2>&1 || die "$1 not found on PATH; $2"
+}
+
+# config_load_file FILE: set configuration names from a KEY=VALUE file, for the
+# names the environment does not already set. Lines are parsed, never executed.
+config_load_file() {
+  local file=$1 line key value name
+  [[ -f $file ]] || return 0
+  while IFS= read -r line || [[ -n $line ]]; do
+    line=${line%$'\r'}
+    [[ $line =~ ^[[:space:]]*(export[[:space:]]+)?([A-Z_][A-Z0-9_]*)=(.*)$ ]] || continue
+    key=${BASH_REMATCH[2]}
+    value=${BASH_REMATCH[3]}
+    if [[ $value =~ ^\"(.*)\"$ || $value =~ ^\'(.*)\'$ ]]; then
+      value=${BASH_REMATCH[1]}
+    fi
+    for name in "${HFGPU_CONFIG_NAMES[@]}"; do
+      if [[ $key == "$name" && -z ${!name:-} ]]; then
+        printf -v "$name" '%s' "$value"
+      fi
+    done
+  done <"$file"
+}
+
+# config_init: environment, then CONFIG_FILE (or ./.env), then the defaults.
+# PROJECT's default asks gcloud and so is left to config_default_project.
+config_init() {
+  config_load_file "${CONFIG_FILE:-$HFGPU_ROOT/.env}"
+  LOCATION=${LOCATION:-us-east4}
+  REPO_NAME=${REPO_NAME:-gpu-transformers}
+  IMAGE_NAME=${IMAGE_NAME:-gpu_transformers}
+  if [[ -z ${TAG:-} ]]; then
+    TAG=$(tr -d '[:space:]' <"$HFGPU_ROOT/VERSION")
+  fi
+  PROJECT=${PROJECT:-}
+  REGISTRY_HOST=${REGISTRY_HOST:-}
+  CONTAINER_NAME=${CONTAINER_NAME:-}
+  VOLUME=${VOLUME:-}
+}
+
+# config_default_project: PROJECT from gcloud's configuration when still unset.
+config_default_project() {
+  if [[ -z $PROJECT ]] && command -v gcloud >/dev/null 2>&1; then
+    PROJECT=$(gcloud config get-value project 2>/dev/null || true)
+    [[ $PROJECT == "(unset)" ]] && PROJECT=
+  fi
+  return 0
+}
+
+# registry_host: the Artifact Registry host for LOCATION unless REGISTRY_HOST is set.
+registry_host() {
+  printf '%s\n' "${REGISTRY_HOST:-${LOCATION}-docker.pkg.dev}"
+}
+
+# registry_image [TAG]: HOST/PROJECT/REPO_NAME/IMAGE_NAME:TAG.
+registry_image() {
+  printf '%s/%s/%s/%s:%s\n' "$(registry_host)" "$PROJECT" "$REPO_NAME" "$IMAGE_NAME" "${1:-$TAG}"
+}
+
+# local_image [TAG]: the local tag `build_and_push.sh --no-push` makes.
+local_image() {
+  printf '%s:%s\n' "$IMAGE_NAME" "${1:-$TAG}"
+}
