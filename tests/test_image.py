@@ -1,0 +1,186 @@
+"""The image, built for real from build_image/Dockerfile and probed in containers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import CANARY, DOCKER, ROOT, build_image, docker, run_in_image
+
+PROBES = ROOT / "tests" / "probes"
+LOCK = ROOT / "build_image" / "requirements.lock"
+
+
+def inspect(ref: str) -> dict:
+    return json.loads(docker("image", "inspect", ref).stdout)[0]
+
+
+def test_every_locked_package_imports_at_its_locked_version(image):
+    proc = run_in_image(
+        image.tag,
+        "python3",
+        "/probes/locked_imports.py",
+        "/lock",
+        extra=["-v", f"{PROBES}:/probes:ro", "-v", f"{LOCK}:/lock:ro"],
+    )
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0, report["problems"]
+    assert report["checked"] == report["locked"] > 50
+
+
+def test_pip_check_is_clean(image):
+    proc = run_in_image(image.tag, "python3", "-m", "pip", "check")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "No broken requirements found" in proc.stdout
+
+
+def test_python3_is_the_environment_and_stack_is_importable(image):
+    proc = run_in_image(
+        image.tag,
+        "python3",
+        "-c",
+        "import sys, torch, transformers; print(sys.prefix, torch.version.cuda, transformers.__version__)",
+        check=True,
+    )
+    prefix, cuda, _ = proc.stdout.split()
+    assert prefix == "/opt/venv"
+    assert cuda.startswith("12."), "torch must carry a CUDA 12 runtime (runs on CUDA 12 drivers)"
+
+
+def test_runs_as_non_root_by_default(image):
+    assert inspect(image.tag)["Config"]["User"] == "1000:1000"
+    proc = run_in_image(image.tag, "id", "-u", check=True)
+    assert proc.stdout.strip() == "1000"
+
+
+def test_caches_and_outputs_live_in_the_volume(image):
+    env = dict(e.split("=", 1) for e in inspect(image.tag)["Config"]["Env"])
+    for name in ("HF_HOME", "XDG_CACHE_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "OUTPUT_ROOT"):
+        assert env[name].startswith("/volume"), name
+    assert env["PYTHONUNBUFFERED"] == "1"
+    proc = run_in_image(
+        image.tag, "python3", "-c", "import huggingface_hub.constants as c; print(c.HF_HOME)", check=True
+    )
+    assert proc.stdout.strip() == "/volume/.cache/huggingface"
+
+
+@pytest.mark.parametrize("uid", [4242, 123456])
+def test_files_written_under_user_belong_to_that_user(image, tmp_path, uid):
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    volume.chmod(0o777)
+    proc = run_in_image(
+        image.tag,
+        "bash",
+        "-c",
+        'echo hi > /volume/out.txt && echo "$HOME" && python3 -c "import pathlib; pathlib.Path.home()"',
+        user=f"{uid}:{uid + 1}",
+        volume=volume,
+    )
+    assert proc.returncode == 0, proc.stderr
+    stat = (volume / "out.txt").stat()
+    assert (stat.st_uid, stat.st_gid) == (uid, uid + 1)
+    # The HF cache folder the entrypoint made belongs to the caller too.
+    assert (volume / ".cache" / "huggingface").stat().st_uid == uid
+
+
+def test_labels_and_entrypoint(image):
+    config = inspect(image.tag)["Config"]
+    labels = config["Labels"]
+    assert labels["org.opencontainers.image.version"] == "9.9.9-test"
+    assert labels["org.opencontainers.image.revision"] == "testrev"
+    assert labels["org.opencontainers.image.created"] == "2026-01-01T00:00:00Z"
+    assert "org.opencontainers.image.source" in labels
+    assert labels["ai.gpu-transformers.min-nvidia-driver"]
+    assert config["Entrypoint"][:2] == ["/usr/bin/tini", "--"], "exec-form entrypoint with an init"
+
+
+def test_docker_stop_lets_the_program_finish_saving(image, tmp_path):
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    volume.chmod(0o777)
+    name = f"hfgpu-sigterm-{uuid.uuid4().hex[:8]}"
+    docker(
+        "run", "-d", "--name", name, "--network", "none",
+        "-v", f"{volume}:/volume", "-v", f"{PROBES}:/probes:ro",
+        image.tag, "python3", "/probes/sigterm_probe.py",
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "ready" not in docker("logs", name).stdout:
+            assert time.monotonic() < deadline, "probe never became ready"
+            time.sleep(0.2)
+        docker("stop", "--time", "30", name)
+        state = json.loads(docker("inspect", name).stdout)[0]["State"]
+        assert state["ExitCode"] == 75, "SIGTERM must reach the program; 137 means it was killed"
+        assert (volume / "saved").exists()
+    finally:
+        docker("rm", "--force", name, check=False)
+
+
+def test_pip_constraints_guard_locked_versions(image):
+    proc = run_in_image(image.tag, "python3", "-m", "pip", "install", "--no-index", "transformers==5.19.0")
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "constraint" in out and "transformers==5.20.2" in out, out[-2000:]
+
+
+def test_no_build_secret_in_any_layer_history_or_config(image, tmp_path):
+    """The CA bundle secret carried a canary; nothing of it may be stored."""
+    assert CANARY not in docker("history", "--no-trunc", image.tag).stdout
+    assert CANARY not in docker("image", "inspect", image.tag).stdout
+    found = stream_contains(["save", image.tag], CANARY.encode())
+    assert not found, "the build secret leaked into a layer"
+
+
+def stream_contains(args: list[str], needle: bytes) -> bool:
+    """Search a docker command's (large) output for NEEDLE without holding it in memory."""
+    import subprocess
+
+    proc = subprocess.Popen([DOCKER, *args], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    tail = b""
+    found = False
+    while chunk := proc.stdout.read(1 << 22):
+        if needle in tail + chunk:
+            found = True
+        tail = chunk[-len(needle) :]
+    assert proc.wait() == 0
+    return found
+
+
+def test_code_only_change_rebuilds_only_the_code_layer(image, tmp_path, canary_bundle):
+    context = tmp_path / "context"
+    for part in ("build_image", "app"):
+        shutil.copytree(ROOT / part, context / part)
+    shutil.copy(ROOT / ".dockerignore", context / ".dockerignore")
+    changed = context / "app" / "one_line_change.py"
+    changed.write_text(f"# a one-line change {uuid.uuid4().hex}\n")
+    tag = f"gpu_transformers:rebuild-{uuid.uuid4().hex[:8]}"
+    try:
+        rebuilt = build_image(
+            tag,
+            context=context,
+            build_args=["VERSION=9.9.9-test", "REVISION=testrev", "CREATED=2026-01-01T00:00:00Z"],
+            secret_file=canary_bundle,
+        )
+        assert len(rebuilt.layers) == len(image.layers)
+        assert rebuilt.layers[:-1] == image.layers[:-1], "a dependency layer was rebuilt"
+        assert rebuilt.layers[-1] != image.layers[-1], "the code layer must carry the change"
+    finally:
+        if os.environ.get("HFGPU_KEEP_IMAGES") != "1":
+            docker("image", "rm", "--force", tag, check=False)
+
+
+def test_base_image_is_a_build_argument_pinned_by_digest():
+    text = (ROOT / "build_image" / "Dockerfile").read_text()
+    first = next(line for line in text.splitlines() if line.startswith(("ARG", "FROM")))
+    assert first.startswith("ARG BASE_IMAGE=nvidia/cuda:12.")
+    assert "@sha256:" in first
+    assert "FROM ${BASE_IMAGE}" in text
+    assert Path(ROOT / ".dockerignore").read_text().splitlines()[1] == "*"
