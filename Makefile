@@ -3,7 +3,7 @@
 #   make lint     shellcheck, hadolint and ruff only
 #   make image    build the image locally as $(IMAGE) (BuildKit)
 #   make lock     regenerate build_image/requirements.lock from requirements.txt
-#   make bench    run the benchmarks in bench/ and refresh their numbers in docs/
+#   make bench-image  measure image builds (bench/image_build.py) into README.md
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
@@ -20,7 +20,7 @@ LOCK_FLAGS := --python-version 3.10 --python-platform x86_64-manylinux_2_28 --ge
 
 SHELL_SCRIPTS := $(shell git ls-files -co --exclude-standard -- '*.sh' 'build_image/bin/*' '.ci/run')
 
-.PHONY: help test lint image lock bench clean-images
+.PHONY: help test lint image lock bench-image clean-images
 help:
 	@sed -n '2,7s/^# //p' Makefile
 
@@ -48,7 +48,7 @@ lock: $(VENV)/.ok
 	$(VENV)/bin/uv pip compile build_image/requirements.txt $(LOCK_FLAGS) -o build_image/requirements.lock
 	$(VENV)/bin/uv pip compile build_image/tools.in $(LOCK_FLAGS) -o build_image/tools.lock
 
-bench: $(VENV)/.ok
+bench-image: $(VENV)/.ok
 	tests/make-test-base.sh
 	$(PY) bench/image_build.py
 
