@@ -26,51 +26,14 @@ set -euo pipefail
 
 # shellcheck source=lib/common.sh disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source=lib/gcp.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/lib/gcp.sh"
 # shellcheck disable=SC2034 # read by lib/common.sh's log/warn/die
 PROG=build_and_push.sh
 
 BASE_IMAGE=
 CA_CERT=
 NO_PUSH=0
-
-# -- validation: Google's naming rules, checked before anything runs -------------------
-
-validate_location() {
-  local loc=$1
-  [[ $loc =~ ^[a-z]+-[a-z]+[0-9]+-[a-z]$ ]] &&
-    die "invalid location '$loc': that is a zone; use its region, e.g. --location ${loc%-*}"
-  [[ $loc =~ ^([a-z]+-[a-z]+[0-9]+|us|europe|asia)$ ]] ||
-    die "invalid location '$loc': use a region like us-east4 or a multi-region (us, europe, asia)"
-}
-
-validate_repo() {
-  [[ $1 =~ ^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$ ]] ||
-    die "invalid repository name '$1': use 1-63 lowercase letters, digits and hyphens, starting with a letter and not ending with a hyphen"
-}
-
-validate_image() {
-  local part='[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*'
-  [[ $1 =~ ^$part(/$part)*$ && ${#1} -le 255 ]] ||
-    die "invalid image name '$1': use lowercase letters and digits, separated by '.', '_', '__' or '-' (and '/')"
-}
-
-validate_tag() {
-  [[ $1 =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] ||
-    die "invalid tag '$1': use up to 128 letters, digits, '_', '.' and '-', not starting with '.' or '-'"
-}
-
-validate_project() {
-  local p=$1
-  [[ $p == *:* ]] &&
-    die "invalid project id '$p': domain-scoped projects are not supported; use a project whose id has no ':'"
-  [[ $p =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] ||
-    die "invalid project id '$p': use 6-30 lowercase letters, digits and hyphens, starting with a letter and not ending with a hyphen (the project ID, not its name or number)"
-}
-
-validate_registry_host() {
-  [[ $1 =~ ^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$ ]] ||
-    die "invalid registry host '$1': use a host name with an optional :port, e.g. us-east4-docker.pkg.dev"
-}
 
 # -- preflight ---------------------------------------------------------------------------
 
@@ -192,12 +155,12 @@ ensure_repository() {
     return 0
   fi
   if ! grep -q NOT_FOUND <<<"$out"; then
-    die "repository: cannot read $REPO_NAME in $LOCATION: $(grep -m1 ERROR <<<"$out" || echo "$out" | tail -n1); enable the API (gcloud services enable artifactregistry.googleapis.com) and check your role (roles/artifactregistry.admin to create)"
+    die "repository: cannot read $REPO_NAME in $LOCATION: $(gcloud_error "$out"); enable the API (gcloud services enable artifactregistry.googleapis.com) and check your role (roles/artifactregistry.admin to create)"
   fi
   log "repository: $REPO_NAME not found; creating it (Docker format, $LOCATION)"
   if ! out=$("${create[@]}" 2>&1); then
     grep -q ALREADY_EXISTS <<<"$out" && return 0
-    die "repository: creating $REPO_NAME failed: $(grep -m1 ERROR <<<"$out" || echo "$out" | tail -n1)"
+    die "repository: creating $REPO_NAME failed: $(gcloud_error "$out")"
   fi
 }
 
