@@ -1,0 +1,162 @@
+"""Fine-tune BERT for text classification (default: bert-base-uncased on IMDB reviews).
+
+Runs (the image's `train` launcher picks python3 or torchrun; see docs/training.md):
+  CPU, a quick look:
+    docker run --rm -v "$PWD/volume:/volume" gpu_transformers:dev \\
+        train /app/test_training_bert_base.py --max_steps 20 --max_eval_samples 200
+  One GPU (bf16, TF32, fused AdamW are the defaults there):
+    docker run --rm --gpus all -v "$PWD/volume:/volume" gpu_transformers:dev \\
+        train /app/test_training_bert_base.py
+  N GPUs on one machine (DDP through torchrun):
+    docker run --rm --gpus all --ipc=host -e NPROC_PER_NODE=8 -v "$PWD/volume:/volume" gpu_transformers:dev \\
+        train /app/test_training_bert_base.py
+    # the same without the launcher: torchrun --nproc_per_node 8 /app/test_training_bert_base.py
+  Your own data: --train_file data.csv [--validation_file val.csv] --text_column review --label_column stars
+  A config file instead of flags: train /app/test_training_bert_base.py /volume/bert.yaml
+
+Every TrainingArguments flag works. Our defaults differ from Trainer's: --do_train and
+--do_eval are on (`--do_eval False` skips evaluation), --output_dir is $OUTPUT_ROOT/<model
+name> (/volume/bert-base-uncased), length-grouped batches, TensorBoard logs. A rerun with
+the same output_dir resumes from the newest complete checkpoint; SIGTERM saves one and
+exits 75. Results: output_dir/all_results.json (eval_accuracy, eval_f1_macro, ...).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import trainkit
+from datasets import ClassLabel
+from sklearn.metrics import accuracy_score, f1_score
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    Trainer,
+)
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default="google-bert/bert-base-uncased", metadata={"help": "Hub model id or a local folder."}
+    )
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa (default), eager, ..."})
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Replace a classification head whose labels differ from the data's."}
+    )
+
+
+@dataclass
+class DataArguments(trainkit.DataArguments):
+    dataset_name: str | None = field(default="stanfordnlp/imdb", metadata={"help": "Hub dataset id."})
+    label_column: str = field(
+        default="label", metadata={"help": "Column holding the labels (strings or ints)."}
+    )
+    max_seq_length: int = field(default=256, metadata={"help": "Longer texts are truncated."})
+
+
+def label_names(raw, column: str) -> list[str]:
+    """The label set, in id order: the dataset's ClassLabel names, else the sorted distinct values."""
+    feature = raw["train"].features[column]
+    if isinstance(feature, ClassLabel):
+        names = list(feature.names)
+    else:
+        values = {v for split in raw.values() for v in split[column]}
+        if None in values:
+            raise trainkit.UserError(f"column '{column}' has empty labels; fill or drop those rows")
+        if any(isinstance(v, float) and not v.is_integer() for v in values):
+            raise trainkit.UserError(f"column '{column}' holds continuous values; this program classifies")
+        names = [str(int(v)) if isinstance(v, float) else str(v) for v in sorted(values)]
+    if len(names) < 2:
+        raise trainkit.UserError(
+            f"column '{column}' has only the label {names}; classification needs two or more"
+        )
+    return names
+
+
+def check_head(config, names: list[str], model_args: ModelArguments) -> None:
+    """A checkpoint that already classifies must hold the data's labels (or be told to replace its head)."""
+    trained_head = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    if not trained_head or model_args.ignore_mismatched_sizes:
+        return
+    have = [config.id2label[i] for i in range(config.num_labels)]
+    generic = have == [f"LABEL_{i}" for i in range(len(have))]
+    if (generic and len(have) != len(names)) or (not generic and have != names):
+        raise trainkit.UserError(
+            f"the model {model_args.model_name_or_path} holds {len(have)} labels {have[:8]}, "
+            f"the data has {len(names)} {names[:8]}; "
+            "pass --ignore_mismatched_sizes True to train a new classification head"
+        )
+
+
+def main(model_args: ModelArguments, data_args: DataArguments, training_args) -> int:
+    trainkit.setup_logging(training_args)
+    trainkit.check_output_dir(training_args.output_dir)
+    raw = trainkit.load_raw_datasets(data_args, training_args.seed, need_validation=training_args.do_eval)
+    for split in raw.values():
+        trainkit.require_columns(split, data_args.text_column, data_args.label_column)
+    model_name = model_args.model_name_or_path
+    config = trainkit.from_pretrained(AutoConfig, model_name)
+    names = label_names(raw, data_args.label_column)
+    check_head(config, names, model_args)
+    label2id = {name: i for i, name in enumerate(names)}
+    config.num_labels, config.id2label, config.label2id = len(names), dict(enumerate(names)), label2id
+    tokenizer = trainkit.from_pretrained(AutoTokenizer, model_args.tokenizer_name or model_name)
+    model = trainkit.from_pretrained(
+        AutoModelForSequenceClassification,
+        model_name,
+        config=config,
+        attn_implementation=model_args.attn_implementation,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+    )
+    max_length = min(data_args.max_seq_length, tokenizer.model_max_length)
+    is_class_label = isinstance(raw["train"].features[data_args.label_column], ClassLabel)
+
+    def preprocess(batch):
+        encoded = tokenizer(batch[data_args.text_column], truncation=True, max_length=max_length)
+        labels = batch[data_args.label_column]
+        encoded["labels"] = labels if is_class_label else [label2id[str(v)] for v in labels]
+        return encoded
+
+    # Cached in HF_HOME/datasets (the volume): a rerun does not tokenize again.
+    with training_args.main_process_first(desc="tokenize"):
+        data = raw.map(
+            preprocess,
+            batched=True,
+            num_proc=data_args.preprocessing_num_workers,
+            remove_columns=raw["train"].column_names,
+        )
+
+    def compute_metrics(pred):
+        # scikit-learn, not `evaluate.load("accuracy")`: that fetches metric code from the Hub
+        # at run time, which fails offline (HF_HUB_OFFLINE=1) and on machines without network.
+        logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+        predicted = np.argmax(logits, axis=-1)
+        return {
+            "accuracy": accuracy_score(pred.label_ids, predicted),
+            "f1_macro": f1_score(pred.label_ids, predicted, average="macro"),
+        }
+
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=data["train"] if training_args.do_train else None,
+        eval_dataset=data["validation"] if training_args.do_eval else None,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
+        compute_metrics=compute_metrics,
+    )
+    return trainkit.train_and_evaluate(trainer, (model_args, data_args, training_args))
+
+
+def parse_args(argv):
+    return trainkit.parse((ModelArguments, DataArguments), argv, train_sampling_strategy="group_by_length")
+
+
+if __name__ == "__main__":
+    sys.exit(trainkit.cli(main, parse_args, sys.argv[1:]))

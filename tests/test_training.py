@@ -1,0 +1,398 @@
+"""The training programs, run for real inside the built image on CPU.
+
+No Hub access here: tests/assets/make_tiny_models.py builds a tiny BERT and a tiny GPT-2
+from configs, with tokenizers trained on this test's own text, inside the container (the
+host has no transformers). Every run uses `--network none`, HF_HUB_OFFLINE=1, a non-root
+uid and a temporary folder as /volume.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import shlex
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, docker, run_in_image
+
+BERT = "/app/test_training_bert_base.py"
+GPT = "/volume/test_training_distillgpt2.py"
+USER = f"{os.getuid()}:{os.getgid()}" if os.getuid() != 0 else "1234:1234"
+ENV = {"HF_HUB_OFFLINE": "1"}
+MARKER = "checkpoint-complete.json"  # trainkit.COMPLETE_MARKER
+
+FILLER = [
+    "the",
+    "a",
+    "movie",
+    "film",
+    "plot",
+    "actor",
+    "scene",
+    "story",
+    "was",
+    "is",
+    "and",
+    "it",
+    "this",
+    "that",
+    "very",
+    "quite",
+    "with",
+    "of",
+    "in",
+    "to",
+    "for",
+    "on",
+]
+CUE = {"pos": "great", "neg": "awful", "meh": "okay"}
+SENTENCES = [
+    "the quick brown fox jumps over the lazy dog .",
+    "a stitch in time saves nine .",
+    "all that glitters is not gold .",
+]
+
+BERT_ARGS = [
+    "--model_name_or_path=/volume/models/tiny-bert",
+    "--train_file=/volume/data/cls_train.csv",
+    "--validation_file=/volume/data/cls_val.csv",
+    "--text_column=review",
+    "--label_column=sentiment",
+]
+GPT_ARGS = [
+    "--model_name_or_path=/volume/models/tiny-gpt2",
+    "--train_file=/volume/data/lm_train.jsonl",
+    "--validation_file=/volume/data/lm_val.jsonl",
+    "--block_size=32",
+    "--num_train_epochs=4",
+    "--per_device_train_batch_size=16",
+    "--learning_rate=3e-3",
+    "--save_steps=10",
+    "--logging_steps=10",
+    "--eval_on_start=True",
+    "--disable_tqdm=True",
+]
+
+
+def review_rows(rng: random.Random, n: int, labels=("pos", "neg")) -> list[dict[str, str]]:
+    """Random filler words plus one cue word that decides the label: a rule a tiny BERT can learn."""
+    rows = []
+    for _ in range(n):
+        words = rng.choices(FILLER, k=rng.randint(4, 14))
+        label = rng.choice(labels)
+        words.insert(rng.randrange(len(words) + 1), CUE[label])
+        rows.append({"review": " ".join(words), "sentiment": label})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["review", "sentiment"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.fixture(scope="module")
+def volume(image, tmp_path_factory) -> Path:
+    """A volume with the test data, the volume script and tiny models made inside the image."""
+    vol = tmp_path_factory.mktemp("volume")
+    data = vol / "data"
+    data.mkdir()
+    rng = random.Random(0)
+    write_csv(data / "cls_train.csv", review_rows(rng, 480))
+    write_csv(data / "cls_val.csv", review_rows(rng, 120))
+    write_csv(data / "cls_3labels.csv", review_rows(rng, 60, ("pos", "neg", "meh")))
+    write_csv(data / "empty.csv", [])
+    lines = [" ".join(SENTENCES[(i + j) % 3] for j in range(3)) for i in range(300)]
+    (data / "lm_train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines[:240]))
+    (data / "lm_val.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines[240:]))
+    (data / "lm_tiny.jsonl").write_text(json.dumps({"text": SENTENCES[0]}) + "\n")
+    (data / "vocab.txt").write_text("\n".join([*FILLER, *CUE.values(), *SENTENCES]) + "\n")
+    shutil.copy(ROOT / "volume" / "test_training_distillgpt2.py", vol)
+    shutil.copy(ROOT / "tests" / "assets" / "make_tiny_models.py", vol)
+    for path in [vol, *vol.rglob("*")]:
+        path.chmod(0o777 if path.is_dir() else 0o666)
+    made = run_in_image(
+        image.tag,
+        *("python3", "/volume/make_tiny_models.py", "/volume/data/vocab.txt", "/volume/models"),
+        user=USER,
+        volume=vol,
+        env=ENV,
+        timeout=300,
+    )
+    assert made.returncode == 0, made.stderr[-3000:]
+    return vol
+
+
+def train(image, volume: Path, script: str, *args: str, env=None, extra=(), timeout=600):
+    return run_in_image(
+        image.tag,
+        "train",
+        script,
+        *args,
+        user=USER,
+        volume=volume,
+        env={**ENV, **(env or {})},
+        extra=extra,
+        timeout=timeout,
+    )
+
+
+def start(image, volume: Path, name: str, script: str, *args: str, env=None) -> None:
+    """docker run -d: a training container the test can signal."""
+    cmd = ["run", "-d", "--name", name, "--network", "none", "--user", USER, "-v", f"{volume}:/volume"]
+    for key, value in {**ENV, **(env or {})}.items():
+        cmd += ["-e", f"{key}={value}"]
+    docker(*cmd, image.tag, "train", script, *args)
+
+
+def wait_for(predicate, what: str, name: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            logs = docker("logs", name, check=False)
+            raise AssertionError(f"timed out waiting for {what}:\n{(logs.stdout + logs.stderr)[-3000:]}")
+        time.sleep(0.2)
+
+
+def finish(name: str) -> tuple[int, str]:
+    """Wait for the container; return its exit code and logs, and remove it."""
+    code = int(docker("wait", name, timeout=300).stdout.strip())
+    logs = docker("logs", name)
+    docker("rm", "-f", name, check=False)
+    return code, logs.stdout + logs.stderr
+
+
+def results(out: Path) -> dict:
+    return json.loads((out / "all_results.json").read_text())
+
+
+def global_step(out: Path) -> int:
+    return json.loads((out / "trainer_state.json").read_text())["global_step"]
+
+
+def complete_checkpoints(out: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if (p / MARKER).is_file())
+
+
+@pytest.fixture(scope="module")
+def gpt_uninterrupted(image, volume) -> Path:
+    out = volume / "out" / "gpt-full"
+    proc = train(image, volume, GPT, *GPT_ARGS, f"--output_dir=/volume/out/{out.name}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_bert_learns_the_rule_and_the_saved_model_predicts(image, volume):
+    out = volume / "out" / "bert"
+    args = [
+        "--num_train_epochs=2",
+        "--learning_rate=3e-3",
+        "--per_device_train_batch_size=16",
+        "--save_steps=1000",
+    ]
+    proc = train(
+        image, volume, BERT, *BERT_ARGS, *args, "--output_dir=/volume/out/bert", "--disable_tqdm=True"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = results(out)
+    assert metrics["eval_accuracy"] >= 0.85, metrics  # chance is 0.5
+    assert metrics["eval_f1_macro"] >= 0.85, metrics
+    assert metrics["train_samples"] == 480 and metrics["eval_samples"] == 120
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "neg", "1": "pos"}  # string labels found in the data, sorted
+    environment = json.loads((out / "environment.json").read_text())
+    assert environment["packages"]["transformers"] == "5.20.2"
+    assert json.loads((out / "run_args.json").read_text())["TrainingArguments"]["do_train"] is True
+    assert list((out / "runs").rglob("events.out.tfevents.*")), "no TensorBoard logs"
+
+    predict = (
+        "from transformers import AutoModelForSequenceClassification as M, AutoTokenizer as T\n"
+        "import torch\n"
+        "m, t = M.from_pretrained('/volume/out/bert'), T.from_pretrained('/volume/out/bert')\n"
+        "texts = ['the movie was great', 'the film was awful',\n"
+        "         'awful plot and very awful actor', 'great story']\n"
+        "with torch.no_grad(): ids = m(**t(texts, return_tensors='pt', padding=True)).logits.argmax(-1)\n"
+        "print(' '.join(m.config.id2label[int(i)] for i in ids))\n"
+    )
+    proc = run_in_image(image.tag, "python3", "-c", predict, user=USER, volume=volume, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["pos", "neg", "neg", "pos"]
+
+
+def test_gpt2_eval_perplexity_falls(gpt_uninterrupted):
+    history = json.loads((gpt_uninterrupted / "trainer_state.json").read_text())["log_history"]
+    start_loss = next(h["eval_loss"] for h in history if "eval_loss" in h and h["step"] == 0)
+    final = results(gpt_uninterrupted)
+    assert final["perplexity"] == pytest.approx(math.exp(final["eval_loss"]), rel=1e-6)
+    assert final["perplexity"] < math.exp(start_loss) / 4, (math.exp(start_loss), final["perplexity"])
+
+
+def test_sigterm_saves_exits_75_and_a_rerun_resumes(image, volume, gpt_uninterrupted):
+    out, name = volume / "out" / "gpt-sigterm", f"hfgpu-sigterm-{uuid.uuid4().hex[:8]}"
+    args = [*GPT_ARGS, f"--output_dir=/volume/out/{out.name}"]
+    try:
+        # A tiny model trains faster than a signal arrives: slow each step (test-only hook).
+        start(image, volume, name, GPT, *args, env={"TRAINKIT_TEST_STEP_DELAY": "0.3"})
+        wait_for(lambda: complete_checkpoints(out), "the first checkpoint", name)
+        docker("kill", "--signal", "TERM", name)
+        code, logs = finish(name)
+    finally:
+        docker("rm", "-f", name, check=False)
+    assert code == 75, logs[-3000:]
+    assert "SIGTERM received" in logs
+    saved = complete_checkpoints(out)[-1]
+    assert 10 <= saved < global_step(gpt_uninterrupted), saved
+    assert not (out / "all_results.json").exists() and not (out / "model.safetensors").exists()
+
+    proc = train(image, volume, GPT, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resuming from /volume/out/{out.name}/checkpoint-{saved} " in proc.stderr
+    assert f"global step {saved}" in proc.stderr
+    assert global_step(out) == global_step(gpt_uninterrupted)
+    assert "perplexity" in results(out)
+
+
+def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(image, volume, gpt_uninterrupted):
+    out, name = volume / "out" / "gpt-sigkill", f"hfgpu-sigkill-{uuid.uuid4().hex[:8]}"
+    args = [*GPT_ARGS, f"--output_dir=/volume/out/{out.name}"]
+    try:
+        # Test-only hook: the save of checkpoint-20 hangs before its completion marker.
+        start(image, volume, name, GPT, *args, env={"TRAINKIT_TEST_HANG_AT_SAVE": "20"})
+        hanging = lambda: "hanging before the marker" in docker("logs", name, check=False).stderr  # noqa: E731
+        wait_for(hanging, "the hanging save", name)
+        docker("kill", "--signal", "KILL", name)
+        code, _ = finish(name)
+    finally:
+        docker("rm", "-f", name, check=False)
+    assert code == 137
+    assert complete_checkpoints(out) == [10]
+    # Make the interrupted folder as broken as a real mid-save kill leaves it: Trainer's own
+    # resume would read this file and crash.
+    (out / "checkpoint-20" / "trainer_state.json").unlink()
+
+    proc = train(image, volume, GPT, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checkpoint-20 is incomplete" in proc.stderr
+    assert f"resuming from /volume/out/{out.name}/checkpoint-10 " in proc.stderr
+    assert (out / "incomplete-checkpoints" / "checkpoint-20").is_dir()
+    assert global_step(out) == global_step(gpt_uninterrupted)
+
+
+def test_torchrun_two_cpu_processes_write_one_set_of_outputs(image, volume, gpt_uninterrupted):
+    out = volume / "out" / "gpt-ddp"
+    args = [a for a in GPT_ARGS if not a.startswith("--per_device_train_batch_size")]
+    # --network none leaves the container's hostname unresolvable; torchrun's rendezvous needs it.
+    host = ["--hostname", "trainer", "--add-host", "trainer:127.0.0.1"]
+    proc = train(
+        image,
+        volume,
+        GPT,
+        *args,
+        "--per_device_train_batch_size=8",
+        f"--output_dir=/volume/out/{out.name}",
+        env={"NPROC_PER_NODE": "2"},
+        extra=host,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert "procs_per_node=2" in output and "[Gloo] Rank 1" in output
+    # 2 processes x 8 = the single run's batch of 16: the same number of optimizer steps.
+    assert global_step(out) == global_step(gpt_uninterrupted)
+    assert output.count("***** eval metrics *****") == 1
+    assert "perplexity" in results(out)
+    writers = {p.name.split(".")[-2] for p in (out / "runs").rglob("events.out.tfevents.*")}
+    assert len(writers) == 1, writers  # one process wrote TensorBoard logs
+
+
+BAD_INPUTS = {
+    "missing_column": (
+        BERT,
+        [*BERT_ARGS[:3], "--text_column=body", "--label_column=sentiment"],
+        "column 'body' not found in the data; columns: review, sentiment",
+    ),
+    "empty_dataset": (
+        BERT,
+        [*BERT_ARGS[:1], "--train_file=/volume/data/empty.csv", *BERT_ARGS[3:]],
+        "has no training rows",
+    ),
+    "missing_model": (
+        BERT,
+        ["--model_name_or_path=/volume/models/nope", *BERT_ARGS[1:]],
+        "model path /volume/models/nope does not exist",
+    ),
+    "unwritable_output": (BERT, [*BERT_ARGS, "--output_dir=/app/out"], "output_dir /app/out is not writable"),
+    "labels_do_not_fit": (
+        BERT,
+        [
+            "--model_name_or_path=/volume/models/tiny-bert-2labels",
+            "--train_file=/volume/data/cls_3labels.csv",
+            *BERT_ARGS[3:],
+        ],
+        "holds 2 labels ['neg', 'pos'], the data has 3 ['meh', 'neg', 'pos']; "
+        "pass --ignore_mismatched_sizes True",
+    ),
+    "hub_data_offline": (
+        BERT,
+        ["--model_name_or_path=/volume/models/tiny-bert"],
+        "cannot load dataset stanfordnlp/imdb",
+    ),
+    "text_too_short": (
+        GPT,
+        [
+            GPT_ARGS[0],
+            "--train_file=/volume/data/lm_tiny.jsonl",
+            "--validation_file=/volume/data/lm_tiny.jsonl",
+        ],
+        "gives no full block of 64 tokens; add text or lower --block_size",
+    ),
+}
+
+
+def test_bad_inputs_give_one_line_errors(image, volume):
+    # One container for all cases: each case is a separate python3 run.
+    bad = volume / "bad"
+    bad.mkdir(mode=0o777)
+    bad.chmod(0o777)
+    lines = [
+        f"python3 {script} {shlex.join(args)} >/dev/null 2>/volume/bad/{name}.err; "
+        f"echo $? >/volume/bad/{name}.rc"
+        for name, (script, args, _) in BAD_INPUTS.items()
+    ]
+    proc = run_in_image(
+        image.tag, "bash", "-c", "\n".join(lines), user=USER, volume=volume, env=ENV, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+    for case, (_, _, expected) in BAD_INPUTS.items():
+        rc = int((bad / f"{case}.rc").read_text())
+        err = (bad / f"{case}.err").read_text()
+        errors = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert rc == 2, (case, err[-2000:])
+        assert "Traceback" not in err, (case, err[-2000:])
+        assert len(errors) == 1 and expected in errors[0], (case, errors, err[-1500:])
+    assert "HF_HUB_OFFLINE is set" in (bad / "hub_data_offline.err").read_text()
+
+
+def test_gpu_benchmark_tiny_mode_runs_on_cpu(image, tmp_path):
+    """bench/gpu_throughput.py --tiny inside the image, so the GPU benchmark cannot rot."""
+    tmp_path.chmod(0o777)
+    bench = f"{ROOT / 'bench'}:/bench:ro"
+    proc = run_in_image(
+        image.tag,
+        *("python3", "/bench/gpu_throughput.py", "--tiny", "--json", "/volume/gpu.json"),
+        user=USER,
+        volume=tmp_path,
+        extra=["-v", bench],
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "gpu.json").read_text())["rows"]
+    assert {r["setup"] for r in rows} == {"defaults", "plain fp32"}
+    assert all(r["samples_per_s"] > 0 and r["tokens_per_s"] > 0 for r in rows), rows

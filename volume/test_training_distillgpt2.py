@@ -1,0 +1,119 @@
+"""Train a causal language model (default: distilgpt2 on WikiText-2) on packed token blocks.
+
+This script lives in the volume to show that a new program runs without rebuilding the
+image. It imports `trainkit`, which the image provides (/app is on PYTHONPATH); outside
+the image, put a copy of app/trainkit.py beside it.
+
+Runs (the image's `train` launcher picks python3 or torchrun; see docs/training.md):
+  CPU, a quick look:
+    docker run --rm -v "$PWD/volume:/volume" gpu_transformers:dev \\
+        train /volume/test_training_distillgpt2.py --max_steps 20 --block_size 128
+  One GPU (bf16, TF32, fused AdamW are the defaults there):
+    docker run --rm --gpus all -v "$PWD/volume:/volume" gpu_transformers:dev \\
+        train /volume/test_training_distillgpt2.py
+  N GPUs on one machine (DDP through torchrun):
+    docker run --rm --gpus all --ipc=host -e NPROC_PER_NODE=8 -v "$PWD/volume:/volume" gpu_transformers:dev \\
+        train /volume/test_training_distillgpt2.py
+    # the same without the launcher: torchrun --nproc_per_node 8 /volume/test_training_distillgpt2.py
+  Your own text: --train_file corpus.txt [--validation_file val.txt]
+                 (or .jsonl/.csv/.parquet files with --text_column NAME)
+  A config file instead of flags: train /volume/test_training_distillgpt2.py /volume/gpt2.json
+
+Every TrainingArguments flag works. Our defaults differ from Trainer's: --do_train and
+--do_eval are on (`--do_eval False` skips evaluation), --output_dir is $OUTPUT_ROOT/<model
+name> (/volume/distilgpt2), TensorBoard logs. A rerun with the same output_dir resumes from
+the newest complete checkpoint; SIGTERM saves one and exits 75. Results:
+output_dir/all_results.json (eval_loss, perplexity, ...).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from itertools import chain
+
+import trainkit
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, default_data_collator
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default="distilbert/distilgpt2", metadata={"help": "Hub model id or a local folder."}
+    )
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa (default), eager, ..."})
+
+
+@dataclass
+class DataArguments(trainkit.DataArguments):
+    dataset_name: str | None = field(default="Salesforce/wikitext", metadata={"help": "Hub dataset id."})
+    dataset_config_name: str | None = field(
+        default="wikitext-2-raw-v1", metadata={"help": "Hub dataset config."}
+    )
+    block_size: int | None = field(
+        default=None,
+        metadata={"help": "Tokens per training example (default: the model's maximum, at most 1024)."},
+    )
+
+
+def main(model_args: ModelArguments, data_args: DataArguments, training_args) -> int:
+    trainkit.setup_logging(training_args)
+    trainkit.check_output_dir(training_args.output_dir)
+    raw = trainkit.load_raw_datasets(data_args, training_args.seed, need_validation=training_args.do_eval)
+    for split in raw.values():
+        trainkit.require_columns(split, data_args.text_column)
+    model_name = model_args.model_name_or_path
+    tokenizer = trainkit.from_pretrained(AutoTokenizer, model_args.tokenizer_name or model_name)
+    model = trainkit.from_pretrained(
+        AutoModelForCausalLM, model_name, attn_implementation=model_args.attn_implementation
+    )
+    block_size = min(data_args.block_size or 1024, tokenizer.model_max_length)
+
+    def tokenize(batch):
+        return tokenizer(batch[data_args.text_column])
+
+    def group_texts(batch):
+        """Concatenate every text of the batch and cut it into full blocks (the remainder is dropped)."""
+        joined = {k: list(chain.from_iterable(batch[k])) for k in batch}
+        usable = len(joined["input_ids"]) // block_size * block_size
+        blocks = {k: [v[i : i + block_size] for i in range(0, usable, block_size)] for k, v in joined.items()}
+        blocks["labels"] = [list(b) for b in blocks["input_ids"]]
+        return blocks
+
+    # Cached in HF_HOME/datasets (the volume): a rerun does not tokenize again.
+    with training_args.main_process_first(desc="tokenize and pack"):
+        tokenized = raw.map(
+            tokenize,
+            batched=True,
+            num_proc=data_args.preprocessing_num_workers,
+            remove_columns=raw["train"].column_names,
+        )
+        data = tokenized.map(group_texts, batched=True, num_proc=data_args.preprocessing_num_workers)
+    for name, split in data.items():
+        if len(split) == 0:
+            raise trainkit.UserError(
+                f"the {name} text gives no full block of {block_size} tokens; add text or lower --block_size"
+            )
+
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=data["train"] if training_args.do_train else None,
+        eval_dataset=data["validation"] if training_args.do_eval else None,
+        processing_class=tokenizer,
+        data_collator=default_data_collator,
+    )
+    return trainkit.train_and_evaluate(
+        trainer,
+        (model_args, data_args, training_args),
+        eval_extras=lambda m: {"perplexity": trainkit.perplexity(m["eval_loss"])},
+    )
+
+
+def parse_args(argv):
+    return trainkit.parse((ModelArguments, DataArguments), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(trainkit.cli(main, parse_args, sys.argv[1:]))
