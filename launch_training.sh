@@ -432,6 +432,25 @@ write_secrets() {
   )
 }
 
+# docker_restart_policy: the user asked Docker itself to restart the container.
+docker_restart_policy() {
+  local arg
+  for arg in "${docker_extra[@]}"; do
+    [[ $arg == --restart || $arg == --restart=* ]] && return 0
+  done
+  return 1
+}
+
+# check_restart_policy: Docker's restart policy runs the container without us.
+check_restart_policy() {
+  docker_restart_policy || return 0
+  ((opt_detach)) || die "a Docker restart policy (--docker-arg=--restart=...) needs --detach"
+  ((!opt_restart)) || die "use --restart-on-preemption or a Docker restart policy, not both"
+  ((${#secret_names[@]} == 0)) && [[ -z $opt_env_file ]] ||
+    die "secrets cannot outlive a reboot under a Docker restart policy; use deploy/gpu-training.service with --restart-on-preemption instead"
+}
+
+# shellcheck disable=SC2329 # run by trap
 cleanup() {
   if ((owns_secrets)) && [[ -n $secrets_dir ]]; then
     rm -rf -- "$secrets_dir"
@@ -518,6 +537,7 @@ start_container() {
   fi
 }
 
+# shellcheck disable=SC2329 # run by trap
 on_stop_signal() {
   stopping=1
   log "stopping $name: the program saves a checkpoint first (up to ${opt_stop_timeout}s)"
@@ -588,6 +608,7 @@ main() {
   resolve_gpus
   resolve_name
   collect_secret_names
+  check_restart_policy
   trap cleanup EXIT
   write_secrets
   build_run_cmd
@@ -601,6 +622,12 @@ main() {
   log "log file: $log_file"
   ((opt_detach)) || trap on_stop_signal INT TERM
   start_container
+  if docker_restart_policy; then
+    # Docker reruns the container itself: keep it; copy its output until its first exit.
+    (docker logs --follow "$name" >>"$log_file" 2>&1 || true) </dev/null &
+    log "started $name under Docker's restart policy; follow: docker logs -f $name; stop: docker stop $name && docker rm $name"
+    return 0
+  fi
   if ((opt_detach)); then
     (
       trap '' HUP INT
@@ -618,4 +645,6 @@ main() {
   return "$code"
 }
 
-main "$@"
+# `exit` on the same line: bash reads a script as it runs, so a file edited (or
+# updated by git pull) during a long run must not be read again after main returns.
+main "$@"; exit

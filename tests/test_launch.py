@@ -394,6 +394,33 @@ def test_stopping_the_launcher_stops_without_restarting(image, workdir: Path):
     assert container_gone(name)
 
 
+def test_docker_restart_policy_alternative(image, workdir: Path):
+    vol = make_volume(workdir, "vol-policy")
+    # Exits 75 on its first run, 0 on the next: Docker's policy, not the launcher, reruns it.
+    write_script(
+        vol,
+        "once.py",
+        "import os, sys\nfirst = not os.path.exists('/volume/ran')\n"
+        "open('/volume/ran', 'a').write('run\\n')\nsys.exit(75 if first else 0)\n",
+    )
+    name = f"lt-policy-{uuid.uuid4().hex[:6]}"
+    args = argv(
+        f"--image {image.tag} --volume {vol} --name {name} --detach --docker-arg=--restart=on-failure:3"
+    )
+    try:
+        refused = launch(workdir, *args, "once.py", env={"HF_TOKEN": CANARY})
+        assert "secrets cannot outlive a reboot" in one_error_line(refused)
+        proc = launch(workdir, *args, "once.py")
+        assert proc.returncode == 0, output(proc)
+        state = "{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}"
+        wait_for(
+            lambda: docker("inspect", "-f", state, name).stdout.split() == ["exited", "0", "1"], "one rerun"
+        )
+        assert (vol / "ran").read_text() == "run\nrun\n"
+    finally:
+        docker("rm", "--force", name, check=False)
+
+
 def test_two_nodes_on_a_docker_network_train_together(image, workdir: Path, assets: Path, bert_reference):
     # --use_cpu True: without it this transformers/accelerate pair runs each rank as a lone process
     # on a CPU-only host ("process group is initialized, but parallel_mode != DISTRIBUTED").
