@@ -294,6 +294,44 @@ def test_dry_run_prints_the_command_and_starts_nothing(image, workdir: Path):
     assert not (vol / "logs").exists()
 
 
+def test_script_shortcuts_and_paths_resolve(image, workdir: Path):
+    vol = make_volume(workdir, "vol-resolve")
+    write_script(vol, "sub.py", "print('hi')\n")
+
+    def resolved(*args: str, **env: str) -> str:
+        proc = launch(workdir, "--dry-run", "--image", image.tag, "--volume", str(vol), *args, env=env)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    assert f"{image.tag} train /app/test_training_bert_base.py" in resolved()
+    gpt2 = resolved("gpt2")
+    assert f"cp -- {ROOT}/volume/test_training_distillgpt2.py {vol}/test_training_distillgpt2.py" in gpt2
+    assert "train /volume/test_training_distillgpt2.py" in gpt2
+    for form in ("sub.py", "sub", f"{vol}/sub.py", "/volume/sub.py"):
+        assert f"{image.tag} train /volume/sub.py" in resolved(form), form
+    outside = workdir / "outside.py"
+    outside.write_text("print('no')\n")
+    line = one_error_line(launch(workdir, "--image", image.tag, "--volume", str(vol), str(outside)))
+    assert f"script {outside} is outside the volume {vol}: copy it there" in line
+
+
+def test_an_image_found_nowhere_is_built_from_build_image(image, workdir: Path):
+    # The layers are the `image` fixture's, cached: only the tag is new.
+    tag = f"gpu_transformers:lt-autobuild-{uuid.uuid4().hex[:6]}"
+    vol = make_volume(workdir, "vol-autobuild")
+    write_script(vol, "hello.py", "print('hello from the built image')\n")
+    env = {"BASE_IMAGE": "hfgpu-test-base:bookworm", "CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt"}
+    try:
+        proc = launch(workdir, "--image", tag, "--volume", str(vol), "hello.py", env=env, timeout=1800)
+        assert proc.returncode == 0, output(proc)[-4000:]
+        assert (
+            f"image {tag} is not on this machine nor in a registry it can reach: building it" in proc.stderr
+        )
+        assert "hello from the built image" in proc.stdout
+    finally:
+        docker("image", "rm", "--force", tag, check=False)
+
+
 def test_bundled_script_runs_and_files_belong_to_the_caller(bert_reference):
     vol, proc = bert_reference
     assert proc.returncode == 0, output(proc)[-4000:]
