@@ -89,6 +89,16 @@ need_value() {
   (($2 >= 2)) || die "$1 needs a value; see $PROG --help"
 }
 
+# run_to_stderr ARGS...: `run`, with the command's own output on stderr, so that
+# stdout carries only what --dry-run prints.
+run_to_stderr() {
+  if [[ $DRY_RUN == 1 ]]; then
+    run "$@"
+  else
+    "$@" >&2
+  fi
+}
+
 # ------------------------------------------------------------- arguments
 
 parse_args() {
@@ -234,13 +244,13 @@ resolve_image() {
     if [[ $host == *.pkg.dev ]] && ! grep -qs "\"$host\"" "${DOCKER_CONFIG:-$HOME/.docker}/config.json"; then
       if command -v gcloud >/dev/null 2>&1; then
         log "configuring docker to pull from $host"
-        run gcloud auth configure-docker "$host" --quiet >&2 || warn "gcloud auth configure-docker $host failed; the pull may be refused"
+        run_to_stderr gcloud auth configure-docker "$host" --quiet || warn "gcloud auth configure-docker $host failed; the pull may be refused"
       else
         warn "gcloud not found: docker has no credentials for $host; the pull may be refused"
       fi
     fi
     log "pulling $image"
-    if run docker pull "$image" >&2; then
+    if run_to_stderr docker pull "$image"; then
       return 0
     fi
     warn "could not pull $image"
@@ -253,11 +263,11 @@ build_image_locally() {
   [[ -f $dockerfile ]] ||
     die "image $image is not on this machine and could not be pulled; push it with build_and_push.sh, or pass --image REF"
   log "image $image is not on this machine nor in a registry it can reach: building it from build_image/ (the first build downloads ~4 GB and takes minutes)"
-  local -a cmd=(docker build -f "$dockerfile" -t "$image")
+  local -a cmd=(env DOCKER_BUILDKIT=1 docker build -f "$dockerfile" -t "$image")
   [[ -n ${BASE_IMAGE:-} ]] && cmd+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
   [[ -n ${CA_BUNDLE:-} ]] && cmd+=(--secret "id=ca_bundle,src=$CA_BUNDLE")
   cmd+=("$HFGPU_ROOT")
-  DOCKER_BUILDKIT=1 run "${cmd[@]}" >&2 ||
+  run_to_stderr "${cmd[@]}" ||
     die "building $image failed (see above); fix the build or pass --image REF of an image you have"
 }
 
@@ -557,6 +567,11 @@ follow_logs() {
 container_exit_code() {
   local tries=0 code
   until code=$(docker wait "$name" 2>/dev/null); do
+    # Removed by someone else (the daemon answers, the container is gone): no status.
+    if docker version >/dev/null 2>&1 && ! docker container inspect "$name" >/dev/null 2>&1; then
+      echo 255
+      return 0
+    fi
     ((++tries <= 60)) || { echo 255; return 0; }
     sleep 2
   done
