@@ -15,6 +15,7 @@ IMAGE  ?= gpu_transformers:dev
 BASE_IMAGE ?=
 CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
 PYTEST_ARGS ?=
+comma := ,
 # The lock is resolved for the image's Python (3.10, Ubuntu 22.04) on x86-64 Linux.
 LOCK_FLAGS := --python-version 3.10 --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header -q
 
@@ -42,7 +43,7 @@ test: $(VENV)/.ok
 image:
 	DOCKER_BUILDKIT=1 $(DOCKER) build -f build_image/Dockerfile -t $(IMAGE) \
 	  $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
-	  $(if $(CA_BUNDLE),--secret id=ca_bundle,src=$(CA_BUNDLE)) .
+	  $(if $(CA_BUNDLE),--secret id=ca_bundle$(comma)src=$(CA_BUNDLE)) .
 
 lock: $(VENV)/.ok
 	$(VENV)/bin/uv pip compile build_image/requirements.txt $(LOCK_FLAGS) -o build_image/requirements.lock
