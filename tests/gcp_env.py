@@ -130,3 +130,11 @@ class Registry:
         status, headers, _ = self.get(f"{repo}/manifests/{tag}", method="HEAD")
         assert status == 200, f"{repo}:{tag} -> {status}"
         return headers["Docker-Content-Digest"]
+
+    def diff_ids(self, repo: str, digest: str) -> list[str]:
+        """The uncompressed layer ids (rootfs.diff_ids) of the image REPO@DIGEST."""
+        status, _, manifest = self.get(f"{repo}/manifests/{digest}")
+        assert status == 200, f"{repo}@{digest} -> {status}"
+        status, _, config = self.get(f"{repo}/blobs/{manifest['config']['digest']}")
+        assert status == 200
+        return config["rootfs"]["diff_ids"]
