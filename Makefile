@@ -4,6 +4,7 @@
 #   make image    build the image locally as $(IMAGE) (BuildKit)
 #   make lock     regenerate build_image/requirements.lock from requirements.txt
 #   make bench-image  measure image builds (bench/image_build.py) into README.md
+#   make images   render the README's pictures from their sources (Graphviz)
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
@@ -21,9 +22,9 @@ LOCK_FLAGS := --python-version 3.10 --python-platform x86_64-manylinux_2_28 --ge
 
 SHELL_SCRIPTS := $(shell git ls-files -co --exclude-standard -- '*.sh' 'build_image/bin/*' '.ci/run')
 
-.PHONY: help test lint image lock bench-image clean-images
+.PHONY: help test lint image lock bench-image images clean-images
 help:
-	@sed -n '2,7s/^# //p' Makefile
+	@sed -n '2,8s/^# //p' Makefile
 
 $(VENV)/.ok: tests/requirements.txt
 	python3 -m venv $(VENV)
@@ -55,3 +56,9 @@ bench-image: $(VENV)/.ok
 
 clean-images:
 	$(DOCKER) image prune --force --filter label=org.opencontainers.image.title=gpu_transformers
+
+images: images/flow.svg images/flow.png
+images/flow.svg: images/flow.dot
+	dot -Tsvg $< -o $@
+images/flow.png: images/flow.dot
+	dot -Tpng -Gdpi=110 $< -o $@
