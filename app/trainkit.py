@@ -442,9 +442,9 @@ def train_and_evaluate(
     ARGS are the parsed argument objects (TrainingArguments last), recorded in run_args.json.
     """
     training_args = args[-1]
-    make_resilient(trainer)
     if trainer.is_world_process_zero():
         write_run_info(training_args.output_dir, *args)
+    make_resilient(trainer)  # after run_args.json: it moves save_total_limit into the callback
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
         if was_preempted(trainer):

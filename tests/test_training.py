@@ -192,15 +192,11 @@ def gpt_uninterrupted(image, volume) -> Path:
 
 def test_bert_learns_the_rule_and_the_saved_model_predicts(image, volume):
     out = volume / "out" / "bert"
-    args = [
-        "--num_train_epochs=2",
-        "--learning_rate=3e-3",
-        "--per_device_train_batch_size=16",
-        "--save_steps=1000",
-    ]
-    proc = train(
-        image, volume, BERT, *BERT_ARGS, *args, "--output_dir=/volume/out/bert", "--disable_tqdm=True"
-    )
+    # One .yaml argument is a config file (the same names as the flags).
+    args = [*BERT_ARGS, "--num_train_epochs=2", "--learning_rate=0.003", "--per_device_train_batch_size=16"]
+    args += ["--save_steps=1000", "--output_dir=/volume/out/bert", "--disable_tqdm=True"]
+    (volume / "bert.yaml").write_text("".join(f"{a[2:].split('=')[0]}: {a.split('=', 1)[1]}\n" for a in args))
+    proc = train(image, volume, BERT, "/volume/bert.yaml")
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = results(out)
     assert metrics["eval_accuracy"] >= 0.85, metrics  # chance is 0.5
@@ -210,7 +206,9 @@ def test_bert_learns_the_rule_and_the_saved_model_predicts(image, volume):
     assert config["id2label"] == {"0": "neg", "1": "pos"}  # string labels found in the data, sorted
     environment = json.loads((out / "environment.json").read_text())
     assert environment["packages"]["transformers"] == "5.20.2"
-    assert json.loads((out / "run_args.json").read_text())["TrainingArguments"]["do_train"] is True
+    resolved = json.loads((out / "run_args.json").read_text())["TrainingArguments"]
+    assert resolved["learning_rate"] == 0.003 and resolved["num_train_epochs"] == 2
+    assert resolved["do_train"] is True and resolved["do_eval"] is True  # our defaults, also for configs
     assert list((out / "runs").rglob("events.out.tfevents.*")), "no TensorBoard logs"
 
     predict = (
@@ -287,7 +285,7 @@ def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(image, volum
 
 
 def test_torchrun_two_cpu_processes_write_one_set_of_outputs(image, volume, gpt_uninterrupted):
-    out = volume / "out" / "gpt-ddp"
+    out = volume / "tiny-gpt2"  # no --output_dir: the default, $OUTPUT_ROOT/<model name>
     args = [a for a in GPT_ARGS if not a.startswith("--per_device_train_batch_size")]
     # --network none leaves the container's hostname unresolvable; torchrun's rendezvous needs it.
     host = ["--hostname", "trainer", "--add-host", "trainer:127.0.0.1"]
@@ -297,17 +295,20 @@ def test_torchrun_two_cpu_processes_write_one_set_of_outputs(image, volume, gpt_
         GPT,
         *args,
         "--per_device_train_batch_size=8",
-        f"--output_dir=/volume/out/{out.name}",
+        "--save_total_limit=2",
         env={"NPROC_PER_NODE": "2"},
         extra=host,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     output = proc.stdout + proc.stderr
-    assert "procs_per_node=2" in output and "[Gloo] Rank 1" in output
+    assert "procs_per_node=2" in output
+    assert "(w. parallel, distributed & accumulation) = 16" in output  # 2 processes x 8
     # 2 processes x 8 = the single run's batch of 16: the same number of optimizer steps.
     assert global_step(out) == global_step(gpt_uninterrupted)
     assert output.count("***** eval metrics *****") == 1
     assert "perplexity" in results(out)
+    assert complete_checkpoints(out) == [40, 48]  # rotated after each marker, by rank 0
+    assert json.loads((out / "run_args.json").read_text())["TrainingArguments"]["save_total_limit"] == 2
     writers = {p.name.split(".")[-2] for p in (out / "runs").rglob("events.out.tfevents.*")}
     assert len(writers) == 1, writers  # one process wrote TensorBoard logs
 
