@@ -3,7 +3,7 @@
 Both sides run the very same files (app/test_training_bert_base.py, app/trainkit.py,
 volume/test_training_distillgpt2.py) on the same tiny models and data, alternating
 container and host runs so that background load hits both alike. Reported: the median
-samples/s and tokens/s (non-padding input tokens / train_runtime) of N runs each.
+samples/s and tokens/s (input tokens, padding included, / train_runtime) of N runs each.
 
 Setup, once (the host side needs its own Python environment; bench/.venv is gitignored):
   python3 -m venv bench/.venv
@@ -57,7 +57,7 @@ COMMON = [
     "--do_eval=False",
     "--save_strategy=no",
     "--report_to=none",
-    "--include_num_input_tokens_seen=non_padding",
+    "--include_num_input_tokens_seen=True",
     "--disable_tqdm=True",
     "--output_dir={v}/out/{name}",
 ]
