@@ -145,12 +145,12 @@ def train(image, volume: Path, script: str, *args: str, env=None, extra=(), time
     )
 
 
-def start(image, volume: Path, name: str, script: str, *args: str, env=None) -> None:
+def start(image, volume: Path, name: str, script: str, *args: str, env=None, extra=()) -> None:
     """docker run -d: a training container the test can signal."""
     cmd = ["run", "-d", "--name", name, "--network", "none", "--user", USER, "-v", f"{volume}:/volume"]
     for key, value in {**ENV, **(env or {})}.items():
         cmd += ["-e", f"{key}={value}"]
-    docker(*cmd, image.tag, "train", script, *args)
+    docker(*cmd, *extra, image.tag, "train", script, *args)
 
 
 def wait_for(predicate, what: str, name: str, timeout: float = 240) -> None:
@@ -284,11 +284,14 @@ def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(image, volum
     assert global_step(out) == global_step(gpt_uninterrupted)
 
 
+# --network none leaves the container's hostname unresolvable; torchrun's rendezvous needs it.
+HOST = ("--hostname", "trainer", "--add-host", "trainer:127.0.0.1")
+
+
 def test_torchrun_two_cpu_processes_write_one_set_of_outputs(image, volume, gpt_uninterrupted):
     out = volume / "tiny-gpt2"  # no --output_dir: the default, $OUTPUT_ROOT/<model name>
     args = [a for a in GPT_ARGS if not a.startswith("--per_device_train_batch_size")]
-    # --network none leaves the container's hostname unresolvable; torchrun's rendezvous needs it.
-    host = ["--hostname", "trainer", "--add-host", "trainer:127.0.0.1"]
+    host = list(HOST)
     proc = train(
         image,
         volume,
@@ -311,6 +314,30 @@ def test_torchrun_two_cpu_processes_write_one_set_of_outputs(image, volume, gpt_
     assert json.loads((out / "run_args.json").read_text())["TrainingArguments"]["save_total_limit"] == 2
     writers = {p.name.split(".")[-2] for p in (out / "runs").rglob("events.out.tfevents.*")}
     assert len(writers) == 1, writers  # one process wrote TensorBoard logs
+
+
+def test_sigterm_under_torchrun_exits_75_and_resumes(image, volume, gpt_uninterrupted):
+    """torchrun itself exits 1 when signalled; the image's `train` launcher reports 75."""
+    out, name = volume / "out" / "gpt-ddp-sigterm", f"hfgpu-ddp-sigterm-{uuid.uuid4().hex[:8]}"
+    args = [a for a in GPT_ARGS if not a.startswith("--per_device_train_batch_size")]
+    args += ["--per_device_train_batch_size=8", f"--output_dir=/volume/out/{out.name}"]
+    ddp = {"NPROC_PER_NODE": "2"}
+    try:
+        start(image, volume, name, GPT, *args, env={**ddp, "TRAINKIT_TEST_STEP_DELAY": "0.3"}, extra=HOST)
+        wait_for(lambda: complete_checkpoints(out), "the first checkpoint", name)
+        docker("stop", "--time", "60", name)
+        code, logs = finish(name)
+    finally:
+        docker("rm", "-f", name, check=False)
+    assert code == 75, logs[-3000:]
+    assert "stopped by a signal after saving a checkpoint" in logs
+    saved = complete_checkpoints(out)[-1]
+    assert saved < global_step(gpt_uninterrupted)
+
+    proc = train(image, volume, GPT, *args, env=ddp, extra=HOST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"checkpoint-{saved} " in proc.stderr
+    assert global_step(out) == global_step(gpt_uninterrupted)
 
 
 BAD_INPUTS = {
