@@ -1,6 +1,6 @@
 """Fine-tune BERT for text classification (default: bert-base-uncased on IMDB reviews).
 
-Runs (the image's `train` launcher picks python3 or torchrun; see docs/training.md):
+Runs (the image's `train` launcher picks python3 or torchrun; see README.md, "The training programs"):
   CPU, a quick look:
     docker run --rm -v "$PWD/volume:/volume" gpu_transformers:dev \\
         train /app/test_training_bert_base.py --max_steps 20 --max_eval_samples 200

@@ -460,9 +460,9 @@ def test_docker_restart_policy_alternative(image, workdir: Path):
 
 
 def test_two_nodes_on_a_docker_network_train_together(image, workdir: Path, assets: Path, bert_reference):
-    # --use_cpu True: without it this transformers/accelerate pair runs each rank as a lone process
-    # on a CPU-only host ("process group is initialized, but parallel_mode != DISTRIBUTED").
-    node_args = [*BERT_ARGS, "--use_cpu", "True"]
+    # No --use_cpu flag: trainkit's CPU defaults set it, without which this transformers/accelerate
+    # pair would run each rank as a lone process ("parallel_mode != DISTRIBUTED").
+    node_args = list(BERT_ARGS)
     net = f"lt-net-{uuid.uuid4().hex[:6]}"
     names = [f"lt-node{rank}-{net[-6:]}" for rank in (0, 1)]
     vols = [make_volume(workdir, f"vol-node{rank}", assets) for rank in (0, 1)]

@@ -4,7 +4,7 @@ This script lives in the volume to show that a new program runs without rebuildi
 image. It imports `trainkit`, which the image provides (/app is on PYTHONPATH); outside
 the image, put a copy of app/trainkit.py beside it.
 
-Runs (the image's `train` launcher picks python3 or torchrun; see docs/training.md):
+Runs (the image's `train` launcher picks python3 or torchrun; see README.md, "The training programs"):
   CPU, a quick look:
     docker run --rm -v "$PWD/volume:/volume" gpu_transformers:dev \\
         train /volume/test_training_distillgpt2.py --max_steps 20 --block_size 128
