@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -100,6 +101,15 @@ def image_layers(ref: str) -> list[str]:
     return [line for line in out.splitlines() if line]
 
 
+# How long the session's image build took: printed at the end of the run (CI's figure).
+IMAGE_BUILD_SECONDS: list[float] = []
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    for seconds in IMAGE_BUILD_SECONDS:
+        terminalreporter.write_line(f"image build (build_image/Dockerfile, this run): {seconds:.0f} s")
+
+
 @pytest.fixture(scope="session")
 def engine() -> str:
     """A reachable Docker engine and the test base image, or a one-line reason to stop."""
@@ -128,11 +138,13 @@ def image(engine: str, canary_bundle: Path) -> Iterator[BuildResult]:
         yield BuildResult(tag=preset, log="", layers=image_layers(preset))
         return
     tag = f"gpu_transformers:test-{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
     result = build_image(
         tag,
         build_args=["VERSION=9.9.9-test", "REVISION=testrev", "CREATED=2026-01-01T00:00:00Z"],
         secret_file=canary_bundle,
     )
+    IMAGE_BUILD_SECONDS.append(time.monotonic() - started)
     yield result
     if os.environ.get("HFGPU_KEEP_IMAGES") != "1":
         docker("image", "rm", "--force", tag, check=False)
