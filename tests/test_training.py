@@ -170,6 +170,22 @@ def finish(name: str) -> tuple[int, str]:
     return code, logs.stdout + logs.stderr
 
 
+def signal_after_first_checkpoint(
+    image, volume: Path, out: Path, name: str, args: list[str], stop: list[str], env=None, extra=()
+) -> tuple[int, str]:
+    """Train GPT-2 in the background, run `docker STOP... NAME` once its first checkpoint is
+    complete, and return the container's exit code and logs."""
+    # A tiny model trains faster than a signal arrives: slow each step (test-only hook).
+    env = {**(env or {}), "TRAINKIT_TEST_STEP_DELAY": "0.3"}
+    try:
+        start(image, volume, name, GPT, *args, env=env, extra=extra)
+        wait_for(lambda: complete_checkpoints(out), "the first checkpoint", name)
+        docker(*stop, name)
+        return finish(name)
+    finally:
+        docker("rm", "-f", name, check=False)
+
+
 def results(out: Path) -> dict:
     return json.loads((out / "all_results.json").read_text())
 
@@ -236,14 +252,7 @@ def test_gpt2_eval_perplexity_falls(gpt_uninterrupted):
 def test_sigterm_saves_exits_75_and_a_rerun_resumes(image, volume, gpt_uninterrupted):
     out, name = volume / "out" / "gpt-sigterm", f"hfgpu-sigterm-{uuid.uuid4().hex[:8]}"
     args = [*GPT_ARGS, f"--output_dir=/volume/out/{out.name}"]
-    try:
-        # A tiny model trains faster than a signal arrives: slow each step (test-only hook).
-        start(image, volume, name, GPT, *args, env={"TRAINKIT_TEST_STEP_DELAY": "0.3"})
-        wait_for(lambda: complete_checkpoints(out), "the first checkpoint", name)
-        docker("kill", "--signal", "TERM", name)
-        code, logs = finish(name)
-    finally:
-        docker("rm", "-f", name, check=False)
+    code, logs = signal_after_first_checkpoint(image, volume, out, name, args, ["kill", "--signal", "TERM"])
     assert code == 75, logs[-3000:]
     assert "SIGTERM received" in logs
     saved = complete_checkpoints(out)[-1]
@@ -322,13 +331,8 @@ def test_sigterm_under_torchrun_exits_75_and_resumes(image, volume, gpt_uninterr
     args = [a for a in GPT_ARGS if not a.startswith("--per_device_train_batch_size")]
     args += ["--per_device_train_batch_size=8", f"--output_dir=/volume/out/{out.name}"]
     ddp = {"NPROC_PER_NODE": "2"}
-    try:
-        start(image, volume, name, GPT, *args, env={**ddp, "TRAINKIT_TEST_STEP_DELAY": "0.3"}, extra=HOST)
-        wait_for(lambda: complete_checkpoints(out), "the first checkpoint", name)
-        docker("stop", "--time", "60", name)
-        code, logs = finish(name)
-    finally:
-        docker("rm", "-f", name, check=False)
+    stop = ["stop", "--time", "60"]
+    code, logs = signal_after_first_checkpoint(image, volume, out, name, args, stop, env=ddp, extra=HOST)
     assert code == 75, logs[-3000:]
     assert "stopped by a signal after saving a checkpoint" in logs
     saved = complete_checkpoints(out)[-1]
