@@ -381,7 +381,10 @@ def test_docker_stop_then_the_same_command_resumes_to_the_same_final_step(
     vol = make_volume(workdir, "vol-resume", assets)
     name = f"lt-resume-{uuid.uuid4().hex[:6]}"
     args = ["--image", image.tag, "--volume", str(vol), "--name", name, "bert", "--", *BERT_ARGS]
-    first = launch_bg(workdir, *args, log=workdir / f"{name}.1.log")
+    # The tiny model finishes all 32 steps in a fraction of a second: slow each step (a test-only
+    # hook of trainkit), so that `docker stop` lands mid-training, not after the last step.
+    slow = ["--docker-arg=--env=TRAINKIT_TEST_STEP_DELAY=0.2"]
+    first = launch_bg(workdir, *slow, *args, log=workdir / f"{name}.1.log")
     wait_for(lambda: list((vol / "out").glob("checkpoint-*/checkpoint-complete.json")), "a first checkpoint")
     docker("stop", name)
     assert first.wait(timeout=180) == 75, (workdir / f"{name}.1.log").read_text()[-3000:]
