@@ -105,16 +105,6 @@ git_facts() {
 
 # -- steps -------------------------------------------------------------------------------
 
-# say ARGS...: run a command with its output on stderr (stdout is kept for the result),
-# or under --dry-run print it to stdout.
-say() {
-  if [[ $DRY_RUN == 1 ]]; then
-    quote_cmd "$@"
-  else
-    "$@" >&2
-  fi
-}
-
 build() {
   local refs=("$@") cmd ref
   cmd=(env DOCKER_BUILDKIT=1 docker build -f "$HFGPU_ROOT/build_image/Dockerfile")
@@ -130,7 +120,7 @@ build() {
   done
   cmd+=("$HFGPU_ROOT")
   log "build: ${refs[0]} (BuildKit, context $HFGPU_ROOT)"
-  say "${cmd[@]}" || die "build: docker build failed (see its output above); nothing was tagged or pushed"
+  run_to_stderr "${cmd[@]}" || die "build: docker build failed (see its output above); nothing was tagged or pushed"
 }
 
 ensure_repository() {
@@ -167,7 +157,7 @@ ensure_repository() {
 configure_docker() {
   local host=$1
   log "auth: gcloud as Docker credential helper for $host"
-  say gcloud auth configure-docker "$host" --quiet ||
+  run_to_stderr gcloud auth configure-docker "$host" --quiet ||
     die "auth: gcloud auth configure-docker $host failed; run it yourself to see why"
 }
 

@@ -89,16 +89,6 @@ need_value() {
   (($2 >= 2)) || die "$1 needs a value; see $PROG --help"
 }
 
-# run_to_stderr ARGS...: `run`, with the command's own output on stderr, so that
-# stdout carries only what --dry-run prints.
-run_to_stderr() {
-  if [[ $DRY_RUN == 1 ]]; then
-    run "$@"
-  else
-    "$@" >&2
-  fi
-}
-
 # ------------------------------------------------------------- arguments
 
 parse_args() {

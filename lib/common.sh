@@ -64,6 +64,16 @@ run() {
   "$@"
 }
 
+# run_to_stderr ARGS...: `run`, with the command's own output on stderr, so that
+# stdout carries only a script's result (or, under DRY_RUN=1, the printed commands).
+run_to_stderr() {
+  if [[ $DRY_RUN == 1 ]]; then
+    run "$@"
+  else
+    "$@" >&2
+  fi
+}
+
 # need_cmd NAME HINT: fail with HINT when NAME is not on PATH.
 need_cmd() {
   command -v "$1" >/dev/null 2>&1 || die "$1 not found on PATH; $2"
