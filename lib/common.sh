@@ -1,6 +1,5 @@
 # shellcheck shell=bash
-# Summary: the shell library that build_and_push.sh, launch_training.sh and
-# create_instance.sh source: messages, dry-run execution, and the one place
+# Summary: the shell library that every script of the project sources: messages, dry-run execution, and the one place
 # where the configuration names and their defaults are resolved.
 #
 # Configuration, highest priority first: command-line flags (each script applies
@@ -15,13 +14,18 @@
 #   REGISTRY_HOST   registry host                             (LOCATION-docker.pkg.dev)
 #   CONTAINER_NAME  full image reference to run; overrides the above on the VM
 #   VOLUME          host folder mounted at /volume            (./volume)
+#   ZONE            Compute Engine zone                       (LOCATION-a)
+#   VM_NAME         the GPU VM's name (INSTANCE_NAME still read)
+#   CA_BUNDLE       extra CA bundle (PEM) for builds behind a TLS-intercepting proxy
+#   BASE_IMAGE      the image's base (default: the Dockerfile's CUDA 12 base)
+#   CHECKPOINT_BUCKET  gs://BUCKET/PATH where checkpoints outlive the VM
+# config_origin NAME says where a value came from, so that an error about a value
+# names its source ("CONTAINER_NAME from the environment", "--image", ".env").
 # Set HFGPU_DEBUG=1 to trace every command with file:line.
 
 # Where the repository lives (this file is lib/common.sh inside it).
 HFGPU_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly HFGPU_ROOT
-
-readonly HFGPU_CONFIG_NAMES=(LOCATION PROJECT REPO_NAME IMAGE_NAME TAG REGISTRY_HOST CONTAINER_NAME VOLUME)
 
 if [[ ${HFGPU_DEBUG:-0} == 1 ]]; then
   export PS4='+ ${BASH_SOURCE[0]##*/}:${LINENO}: '
@@ -79,10 +83,16 @@ need_cmd() {
   command -v "$1" >/dev/null 2>&1 || die "$1 not found on PATH; $2"
 }
 
+# Every configuration name, and where its value came from (config_origin).
+# INSTANCE_NAME is the old spelling of VM_NAME, still read.
+readonly HFGPU_CONFIG_NAMES=(LOCATION PROJECT REPO_NAME IMAGE_NAME TAG REGISTRY_HOST CONTAINER_NAME
+  VOLUME ZONE VM_NAME CA_BUNDLE BASE_IMAGE CHECKPOINT_BUCKET)
+declare -gA HFGPU_CONFIG_ORIGIN=()
+
 # config_load_file FILE: set configuration names from a KEY=VALUE file, for the
 # names the environment does not already set. Lines are parsed, never executed.
 config_load_file() {
-  local file=$1 line key value name
+  local file=$1 line key value
   [[ -f $file ]] || return 0
   while IFS= read -r line || [[ -n $line ]]; do
     line=${line%$'\r'}
@@ -92,28 +102,56 @@ config_load_file() {
     if [[ $value =~ ^\"(.*)\"$ || $value =~ ^\'(.*)\'$ ]]; then
       value=${BASH_REMATCH[1]}
     fi
-    for name in "${HFGPU_CONFIG_NAMES[@]}"; do
-      if [[ $key == "$name" && -z ${!name:-} ]]; then
-        printf -v "$name" '%s' "$value"
-      fi
-    done
+    [[ $key == INSTANCE_NAME ]] && key=VM_NAME
+    if [[ " ${HFGPU_CONFIG_NAMES[*]} " == *" $key "* && -z ${HFGPU_CONFIG_ORIGIN[$key]:-} ]]; then
+      printf -v "$key" '%s' "$value"
+      HFGPU_CONFIG_ORIGIN[$key]="$key in $file"
+    fi
   done <"$file"
 }
 
 # config_init: environment, then CONFIG_FILE (or ./.env), then the defaults.
 # PROJECT's default asks gcloud and so is left to config_default_project.
+# Flags come last: a script sets them with config_set_flag.
 config_init() {
-  config_load_file "${CONFIG_FILE:-$HFGPU_ROOT/.env}"
-  LOCATION=${LOCATION:-us-east4}
-  REPO_NAME=${REPO_NAME:-gpu-transformers}
-  IMAGE_NAME=${IMAGE_NAME:-gpu_transformers}
-  if [[ -z ${TAG:-} ]]; then
-    TAG=$(tr -d '[:space:]' <"$HFGPU_ROOT/VERSION")
+  local name
+  if [[ -z ${VM_NAME:-} && -n ${INSTANCE_NAME:-} ]]; then
+    VM_NAME=$INSTANCE_NAME
+    HFGPU_CONFIG_ORIGIN[VM_NAME]="INSTANCE_NAME from the environment"
   fi
-  PROJECT=${PROJECT:-}
-  REGISTRY_HOST=${REGISTRY_HOST:-}
-  CONTAINER_NAME=${CONTAINER_NAME:-}
-  VOLUME=${VOLUME:-}
+  for name in "${HFGPU_CONFIG_NAMES[@]}"; do
+    if [[ -n ${!name:-} && -z ${HFGPU_CONFIG_ORIGIN[$name]:-} ]]; then
+      HFGPU_CONFIG_ORIGIN[$name]="$name from the environment"
+    fi
+  done
+  config_load_file "${CONFIG_FILE:-$HFGPU_ROOT/.env}"
+  config_default LOCATION us-east4
+  config_default REPO_NAME gpu-transformers
+  config_default IMAGE_NAME gpu_transformers
+  config_default TAG "$(tr -d '[:space:]' <"$HFGPU_ROOT/VERSION")"
+  for name in "${HFGPU_CONFIG_NAMES[@]}"; do
+    printf -v "$name" '%s' "${!name:-}"
+  done
+}
+
+# config_default NAME VALUE: NAME=VALUE unless something set NAME already.
+config_default() {
+  if [[ -z ${!1:-} ]]; then
+    printf -v "$1" '%s' "$2"
+    HFGPU_CONFIG_ORIGIN[$1]="the default $1"
+  fi
+}
+
+# config_set_flag NAME FLAG VALUE: a command-line flag sets NAME (it wins over all else).
+config_set_flag() {
+  printf -v "$1" '%s' "$3"
+  HFGPU_CONFIG_ORIGIN[$1]=$2
+}
+
+# config_origin NAME: where NAME's value came from, for error lines, e.g.
+# "CONTAINER_NAME from the environment", "VOLUME in ./.env", "--volume".
+config_origin() {
+  printf '%s\n' "${HFGPU_CONFIG_ORIGIN[$1]:-$1}"
 }
 
 # config_default_project: PROJECT from gcloud's configuration when still unset.
@@ -121,6 +159,7 @@ config_default_project() {
   if [[ -z $PROJECT ]] && command -v gcloud >/dev/null 2>&1; then
     PROJECT=$(gcloud config get-value project 2>/dev/null || true)
     [[ $PROJECT == "(unset)" ]] && PROJECT=
+    HFGPU_CONFIG_ORIGIN[PROJECT]="gcloud's core/project"
   fi
   return 0
 }
