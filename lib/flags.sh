@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # FLAG_SHIFT and VALUE are set here for the scripts that source this
 # Summary: one way to read command-line options, for every script of the project.
 # Source it after lib/common.sh (it uses `die`, `warn` and PROG).
 #
