@@ -18,8 +18,12 @@ CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
 PYTEST_ARGS ?=
 # Where `make lock` writes (tests/test_build_and_push.py relocks into a temporary folder).
 LOCK_DIR ?= build_image
-# The lock is resolved for the image's Python (3.10, Ubuntu 22.04) on x86-64 Linux.
-LOCK_FLAGS := --python-version 3.10 --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header -q
+# The lock is resolved for the image's Python (3.10, Ubuntu 22.04) on x86-64 Linux, as PyPI
+# stood at LOCK_EXCLUDE_NEWER: a re-lock gives the same file (tests/test_build_and_push.py).
+# Move the date forward to take newer releases, then run `make lock`.
+LOCK_EXCLUDE_NEWER ?= 2026-11-29T08:00:00Z
+LOCK_FLAGS := --python-version 3.10 --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header -q \
+  --exclude-newer $(LOCK_EXCLUDE_NEWER)
 
 .PHONY: help test lint image lock bench-image images clean-images
 help:

@@ -663,6 +663,44 @@ def test_cloudbuild_refuses_a_git_tag_that_disagrees_with_version():
     assert f"git tag v9.9.9 does not match VERSION ({VERSION})" in err
 
 
+def test_make_lock_is_reproducible(tmp_path: Path):
+    """`make lock` again gives byte-identical lock files (uv resolves as PyPI stood at the
+    Makefile's LOCK_EXCLUDE_NEWER; it needs PyPI)."""
+    proc = subprocess.run(
+        ["make", "-s", "lock", f"LOCK_DIR={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("requirements.lock", "tools.lock"):
+        assert (tmp_path / name).read_text() == (ROOT / "build_image" / name).read_text(), f"{name} drifted"
+
+
+def test_make_image_is_build_and_push_no_push():
+    """One build path: `make image` runs build_and_push.sh --no-push, and no other script of the
+    project runs `docker build` (tests/ and the image benchmark build variants on purpose)."""
+    dry = subprocess.run(["make", "-n", "image"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "./build_and_push.sh --no-push" in dry and "docker build" not in dry
+    listed = git("ls-files", "-co", "--exclude-standard").splitlines()
+    builders = []
+    for rel in listed:
+        path = ROOT / rel
+        if (
+            rel.startswith(("tests/", "docs/", "bench/image_build.py"))
+            or path.suffix == ".md"
+            or not path.is_file()
+        ):
+            continue
+        code = [
+            line
+            for line in path.read_text(errors="replace").splitlines()
+            if not line.lstrip().startswith("#")
+        ]
+        if rel not in ("build_and_push.sh", "cloudbuild.yaml") and any(
+            re.search(r"\bdocker\s+(buildx\s+)?build\b", line) for line in code
+        ):
+            builders.append(rel)
+    assert builders == [], f"docker build outside build_and_push.sh: {builders}"
+
+
 def test_version_file_is_semver():
     assert re.fullmatch(r"\d+\.\d+\.\d+", VERSION)
 
