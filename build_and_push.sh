@@ -214,7 +214,8 @@ parse_args() {
       --ca-bundle) flag_value "$@" && config_set_flag CA_BUNDLE "$FLAG" "$VALUE" ;;
       --ca-cert) flag_value "$@" && flag_deprecated --ca-bundle && config_set_flag CA_BUNDLE "$FLAG" "$VALUE" ;;
       --registry-host) flag_value "$@" && config_set_flag REGISTRY_HOST "$FLAG" "$VALUE" ;;
-      *) flag_unknown ;;
+      -*) flag_unknown ;;
+      *) die "unexpected argument '$FLAG': build_and_push.sh takes options only; see --help" ;;
     esac
     shift "$FLAG_SHIFT"
   done

@@ -372,7 +372,7 @@ BAD_INPUTS = [
     (["--dry-run=1"], {}, "--dry-run is an on/off flag and takes no value"),
     (["--no-push=yes"], {}, "--no-push is an on/off flag and takes no value"),
     (["--frobnicate"], {}, "unknown option --frobnicate"),
-    (["stray"], {}, "unknown option stray"),
+    (["stray"], {}, "unexpected argument 'stray': build_and_push.sh takes options only"),
 ]
 
 
