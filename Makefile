@@ -46,7 +46,8 @@ test: $(VENV)/.ok
 # (a client that builds with BuildKit). IMAGE is NAME:TAG.
 image:
 	image='$(IMAGE)'; [[ $$image == *:* ]] || { echo "make image: IMAGE must be NAME:TAG" >&2; exit 1; }; \
-	$(if $(findstring /,$(DOCKER)),PATH="$(dir $(DOCKER)):$$PATH") ./build_and_push.sh --no-push --image-name "$${image%:*}" --tag "$${image##*:}" \
+	$(if $(findstring /,$(DOCKER)),PATH="$(dir $(DOCKER)):$$PATH") ./build_and_push.sh --no-push \
+	  --image-name "$${image%:*}" --tag "$${image##*:}" \
 	  $(if $(BASE_IMAGE),--base-image '$(BASE_IMAGE)') $(if $(CA_BUNDLE),--ca-bundle '$(CA_BUNDLE)')
 
 lock: $(VENV)/.ok

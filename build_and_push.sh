@@ -68,7 +68,8 @@ preflight() {
   else
     log "preflight: checking docker, BuildKit and gcloud"
   fi
-  need_cmd docker "preflight: install Docker (https://docs.docker.com/engine/install/; Debian: apt-get install docker.io)"
+  local hint="preflight: install Docker (https://docs.docker.com/engine/install/;"
+  need_cmd docker "$hint Debian: apt-get install docker.io)"
   check_buildkit
   local err
   if ! err=$(docker info --format '{{.ServerVersion}}' 2>&1 >/dev/null); then
