@@ -215,7 +215,8 @@ def test_first_run_describes_then_creates_the_repository(pushed: PushRuns):
     assert creates[0].query["repositoryId"] == ["gpu-transformers"]
     assert creates[0].body["format"] == "DOCKER"
     assert not [r for r in pushed.first_requests if r.unhandled]
-    assert "repository: gpu-transformers not found; creating it" in pushed.first.stderr
+    assert "repository: gpu-transformers in us-east4 not found; creating it" in pushed.first.stderr
+    assert "repository: gpu-transformers created (Docker format, us-east4)" in pushed.first.stderr
 
 
 def test_second_run_creates_nothing(pushed: PushRuns):
