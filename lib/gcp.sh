@@ -50,11 +50,22 @@ validate_instance_name() {
     die "invalid instance name '$1': use 1-63 lowercase letters, digits and hyphens, starting with a letter and not ending with a hyphen"
 }
 
-# gcloud_error TEXT: gcloud's error from its output, as one line (from the first ERROR line
-# on, details like " - Quota ... exceeded" joined with spaces; else the last line).
+# gcloud_error TEXT: gcloud's error from its output, as one line. gcloud prints an operation's
+# error as YAML ("Could not fetch resource:" / "---" / "code: X" / "message: ..." wrapped over
+# indented lines, perhaps "errorDetails:" after it); that becomes "X: message". The note on
+# the access-token file and the "ERROR: (gcloud.command)" prefix are dropped. Without an
+# ERROR line: the last line.
 gcloud_error() {
   local err
-  err=$(sed -n '/ERROR/,$p' <<<"$1" | tr -s '\n\t ' ' ')
+  err=$(sed -n '/^ERROR:/,$p' <<<"$1" | sed -E \
+    -e 's/^ERROR: \(gcloud[^)]*\) //' \
+    -e '/^---$/d' \
+    -e '/^ *(- )?errorDetails:/,$d' \
+    -e 's/^- code: /code: /' \
+    -e 's/^ *code: ([A-Z0-9_]+)$/\1:/' \
+    -e 's/^ *(- )?message: //' | tr -s '\n\t ' ' ')
+  err=${err//Could not fetch resource: /}
+  err=$(sed -E 's/ This command is authenticated with an access token from .* property\.?//' <<<"$err")
   err=${err% }
   if [[ -z $err ]]; then
     err=$(tail -n1 <<<"$1")
