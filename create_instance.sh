@@ -140,9 +140,9 @@ duration_seconds() {
 parse_disk_size() {
   [[ $1 =~ ^([0-9]{1,9})(GB|TB)?$ ]] ||
     die "invalid boot disk size '$1': use a size like 200GB or 1TB"
-  local gb
+  local gb unit=${BASH_REMATCH[2]}
   to_int gb "--boot-disk-size" "${BASH_REMATCH[1]}" 0
-  [[ ${BASH_REMATCH[2]} == TB ]] && gb=$((gb * 1024))
+  [[ $unit == TB ]] && gb=$((gb * 1024))
   ((gb >= 100)) ||
     die "boot disk $1 is too small: the Deep Learning VM image, the training image and the caches need at least 100GB"
   ((gb <= 65536)) || die "boot disk $1 is too large: a boot disk can be at most 64TB"
@@ -209,10 +209,7 @@ choose_offer() {
     spot-or-flex:on-demand)
       die "$MACHINE_TYPE is not offered on demand (only Spot or Flex-start); drop --on-demand, or use --flex-start, or an on-demand type such as a3-highgpu-8g or g2-standard-8"
       ;;
-    spot-or-flex:)
-      PROVISIONING=spot
-      log "$MACHINE_TYPE is offered only as Spot or Flex-start: creating a Spot VM (pass --flex-start for a fixed-length run)"
-      ;;
+    spot-or-flex:) PROVISIONING=spot-default ;;
     reservation:spot | reservation:flex-start | reservation:on-demand | reservation:)
       die "$MACHINE_TYPE is offered only through reservations; pass --reservation NAME (see: gcloud compute reservations list), or use a3-highgpu-1g (Spot)"
       ;;
@@ -230,6 +227,10 @@ choose_offer() {
     ((seconds >= 600 && seconds <= MAX_FLEX_SECONDS)) ||
       die "--max-run-duration must be from 10m to 7d for Flex-start; got '$MAX_RUN_DURATION'"
     MAX_RUN_DURATION=${seconds}s
+  fi
+  if [[ $PROVISIONING == spot-default ]]; then
+    PROVISIONING=spot
+    log "$MACHINE_TYPE is offered only as Spot or Flex-start: creating a Spot VM (pass --flex-start for a fixed-length run)"
   fi
 }
 
@@ -293,6 +294,23 @@ check_repository() {
     fail "repository: cannot read $AR_REPO in $AR_LOCATION" "$out" artifactregistry.googleapis.com \
       "roles/artifactregistry.reader on the repository"
   fi
+}
+
+# check_zone_and_image: the zone and the image family exist (read-only; before any change).
+check_zone_and_image() {
+  local out zone
+  [[ $DRY_RUN == 1 ]] && return 0
+  for zone in "${ZONES[@]:-$ZONE}"; do
+    out=$(gcloud compute zones describe "$zone" --project "$PROJECT" --format 'value(name)' 2>&1) && continue
+    grep -qE 'was not found|NOT_FOUND' <<<"$out" &&
+      die "unknown zone '$zone' ($(config_origin ZONE)${ZONES_FLAG:+ or --zones}); pick one from: gcloud compute zones list"
+    fail "preflight: cannot read zone $zone" "$out" compute.googleapis.com "roles/compute.viewer"
+  done
+  out=$(gcloud compute images describe-from-family "$IMAGE_FAMILY" --project "$IMAGE_PROJECT" \
+    --format 'value(name)' 2>&1) && return 0
+  grep -qE 'was not found|NOT_FOUND' <<<"$out" &&
+    die "unknown image family '$IMAGE_FAMILY'; pick a current one: gcloud compute images list --project $IMAGE_PROJECT --no-standard-images"
+  fail "preflight: cannot read image family $IMAGE_FAMILY" "$out" compute.googleapis.com "roles/compute.viewer"
 }
 
 # ensure_service_account: the dedicated service account (unless --service-account), created when
@@ -450,6 +468,24 @@ region_zones() {
   grep -E "^$region-[a-z]\$" <<<"$out" | sort | grep -vFx "$ZONE" || true
 }
 
+# insert_error ZONE OUT: die with the one line for a refused insert in ZONE, naming the fix.
+insert_error() {
+  local zone=$1 out=$2 why
+  why="instance: creating $VM_NAME in $zone failed: $(gcloud_error "$out")"
+  if grep -qE "images/family/$IMAGE_FAMILY'? was not found" <<<"$out"; then
+    die "$why; pick a current family: gcloud compute images list --project $IMAGE_PROJECT --no-standard-images"
+  elif grep -qE "zones/$zone'? was not found" <<<"$out"; then
+    die "$why; pick a zone from: gcloud compute zones list --filter region:${zone%-*}"
+  elif grep -qE "machineTypes/$MACHINE_TYPE'? was not found" <<<"$out"; then
+    die "$why; pick a type from: gcloud compute machine-types list --zones $zone"
+  elif grep -qE 'acceleratorType|Accelerator type' <<<"$out"; then
+    die "$why; A2/A3/A4/G2 types come with their GPUs (leave out --accelerator); N1 takes T4/V100/P100/P4: gcloud compute accelerator-types list --filter zone:$zone"
+  elif grep -qE 'provisioningModel|reservation' <<<"$out"; then
+    die "$why; see docs/spot-and-zones.md for how Google offers $MACHINE_TYPE (--spot, --flex-start, --reservation)"
+  fi
+  fail "instance: creating $VM_NAME in $zone failed" "$out" compute.googleapis.com "roles/compute.instanceAdmin.v1"
+}
+
 # ensure_instance: create the VM unless it exists, trying the zones in order on a stockout.
 ensure_instance() {
   local out zone tried=() i=0 region_listed=0
@@ -489,12 +525,13 @@ ensure_instance() {
       fi
       continue
     fi
-    if grep -q 'QUOTA_EXCEEDED' <<<"$out"; then
-      local quota
-      quota=$(grep -oE "Quota '[A-Z0-9_]+'" <<<"$out" | head -n1 | tr -d "'" || true)
-      die "instance: ${quota:-a quota} exceeded in $zone ($(gcloud_error "$out")); ask for more: Console > IAM & Admin > Quotas, filter by ${quota#Quota }, Edit (or: gcloud beta quotas preferences create), or try --spot / a smaller --machine-type"
+    if [[ $out =~ Quota\ \'([A-Za-z0-9_]+)\'\ exceeded ]]; then
+      local quota=${BASH_REMATCH[1]}
+      local limit
+      limit=$(grep -oE 'Limit: [^ ]+ in [a-z]+ ?[a-z0-9-]*' <<<"$out" | head -n1 || true)
+      die "instance: quota $quota exceeded in $zone (${limit:-no limit given}); ask for more at https://console.cloud.google.com/iam-admin/quotas?project=$PROJECT (filter $quota, Edit quotas; Spot GPUs have their own PREEMPTIBLE_ quotas), or try another --machine-type"
     fi
-    fail "instance: creating $VM_NAME in $zone failed" "$out" compute.googleapis.com "roles/compute.instanceAdmin.v1"
+    insert_error "$zone" "$out"
   done
   die "instance: no capacity for $MACHINE_TYPE in any zone tried (${tried[*]}); try later, --zones in another region, or another --machine-type"
 }
@@ -578,6 +615,7 @@ main() {
   choose_offer
   preflight
   check_repository
+  check_zone_and_image
   ensure_service_account
   [[ -n $AR_REPO ]] && ensure_binding repository "$AR_REPO" "$READER_ROLE"
   ensure_binding project "$PROJECT" "$LOG_ROLE"

@@ -508,6 +508,20 @@ class FakeGcp:
                 "defaultServiceAccount": f"{PROJECT_NUMBER}-compute@developer.gserviceaccount.com",
                 "selfLink": f"{base}projects/{m.group(1)}",
             }
+        m = re.fullmatch(r"projects/([^/]+)/global/images/family/([^/]+)", path)
+        if m and rec.method == "GET":
+            # images.getFromFamily: 404 for a family the image project does not publish.
+            project, family = m.groups()
+            if family not in IMAGE_FAMILIES.get(project, set()):
+                return self._not_found(f"projects/{project}/global/images/family/{family}")
+            image = f"{family}-v20260101"
+            return 200, {
+                "kind": "compute#image",
+                "name": image,
+                "family": family,
+                "status": "READY",
+                "selfLink": f"{base}projects/{project}/global/images/{image}",
+            }
         m = re.fullmatch(r"projects/([^/]+)/zones", path)
         if m and rec.method == "GET":
             # zones.list; gcloud sends its --filter as a server-side `filter` and filters again itself.
