@@ -272,6 +272,20 @@ class FakeGcp:
             env["CLOUDSDK_AUTH_ACCESS_TOKEN_FILE"] = str(token_file)
         return env
 
+    # -- state for tests ---------------------------------------------------------------
+    def add_instance(self, project: str, zone: str, name: str, status: str = "RUNNING") -> None:
+        """A VM that exists already, as instances.get returns it."""
+        base = f"{self.url}{COMPUTE_PREFIX}projects/{project}/zones/{zone}"
+        self.instances[f"projects/{project}/zones/{zone}/instances/{name}"] = {
+            "kind": "compute#instance", "name": name, "status": status, "zone": base, "id": "42",
+            "selfLink": f"{base}/instances/{name}", "machineType": f"{base}/machineTypes/g2-standard-8",
+        }  # fmt: skip
+
+    def add_service_account(self, email: str) -> None:
+        project = email.split("@")[1].split(".")[0]
+        self.service_accounts[email] = {"name": f"projects/{project}/serviceAccounts/{email}", "email": email,
+                                        "projectId": project, "uniqueId": "1"}  # fmt: skip
+
     # -- queries for tests -----------------------------------------------------------
     def calls(self, method: str | None = None, pattern: str = "") -> list[Recorded]:
         """Recorded requests whose method matches and whose path matches the regex PATTERN."""
@@ -345,7 +359,13 @@ class FakeGcp:
             self.stale_etags -= 1
             current = {**current, "etag": _etag()}  # someone else changed it meanwhile
             self.iam_policies[key] = current
-        if policy.get("etag") and policy["etag"] != current.get("etag"):
+        # The etag is a bytes field: gcloud (apitools) sends it back URL-safe base64-encoded, which
+        # Google accepts as the same value.
+        sent, now = (
+            str(e or "").translate(str.maketrans("-_", "+/"))
+            for e in (policy.get("etag"), current.get("etag"))
+        )
+        if sent and sent != now:
             return _error(
                 409,
                 "ABORTED",
