@@ -7,7 +7,8 @@
 #                           [--image-family FAMILY] [--image REF] [--project ID] [--location REGION]
 #                           [--repo NAME] [--image-name NAME] [--tag TAG] [--dry-run] [-h|--help]
 #
-#   --vm-name NAME          VM name (env VM_NAME or INSTANCE_NAME; default hfgpu-vm)
+#   --vm-name NAME          VM name (env VM_NAME or INSTANCE_NAME; default hfgpu-vm, or an existing
+#                           gpu-transformers-vm, the old default)
 #   --zone ZONE             first zone to try (env ZONE; default LOCATION-a, e.g. us-east4-a)
 #   --zones Z1,Z2,...       zones to try, in this order, when a zone is out of GPUs (default: ZONE,
 #                           then the region's other zones in alphabetical order)
@@ -57,6 +58,7 @@ readonly READER_ROLE=roles/artifactregistry.reader
 readonly LOG_ROLE=roles/logging.logWriter
 readonly BUCKET_ROLE=roles/storage.objectUser
 readonly VM_SA_ID=hfgpu-vm
+readonly OLD_VM_NAME=gpu-transformers-vm
 readonly MAX_FLEX_SECONDS=$((7 * 86400))
 
 MACHINE_TYPE=a3-highgpu-1g
@@ -421,11 +423,17 @@ ensure_bucket() {
 }
 
 # find_instance: VM_ZONE and the status of a VM named VM_NAME in any zone (empty when none).
+# With the default name, a VM with the old default name (OLD_VM_NAME) counts as this one.
 find_instance() {
   local out name zone status
   VM_ZONE=
   if ! out=$(gcloud compute instances list --project "$PROJECT" --format 'value(name,zone.basename(),status)' 2>&1); then
     fail "instance: cannot list the VMs of $PROJECT" "$out" compute.googleapis.com "roles/compute.instanceAdmin.v1"
+  fi
+  if [[ $(config_origin VM_NAME) == "the default VM_NAME" ]] && ! grep -q "^$VM_NAME"$'\t' <<<"$out" &&
+    grep -q "^$OLD_VM_NAME"$'\t' <<<"$out"; then
+    log "instance: using $OLD_VM_NAME (the old default name); pass --vm-name to choose another"
+    VM_NAME=$OLD_VM_NAME
   fi
   while IFS=$'\t' read -r name zone status; do
     if [[ $name == "$VM_NAME" ]]; then

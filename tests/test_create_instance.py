@@ -200,12 +200,17 @@ def test_flex_start_and_reservation(fake: FakeGcp, tmp_path: Path):
 
 
 def test_existing_vm_in_another_zone_is_found_not_duplicated(fake: FakeGcp, tmp_path: Path):
-    fake.add_instance("my-project", "us-east4-b", "hfgpu-vm", "TERMINATED")
+    """After a zone fallback, or from an older release (default name gpu-transformers-vm)."""
+    fake.add_instance("my-project", "us-east4-b", "gpu-transformers-vm", "TERMINATED")
+    fake.add_instance("my-project", "us-east4-c", "someone-else", "RUNNING")
     proc = run_script(fake, tmp_path, "--machine-type", "g2-standard-8")
     assert proc.returncode == 0, proc.stderr
     assert fake.calls("POST", "/instances$") == []
-    assert "instance: hfgpu-vm exists in us-east4-b (TERMINATED); not recreated" in proc.stderr
-    assert "--zone us-east4-b" in proc.stdout.splitlines()[0]
+    assert "instance: using gpu-transformers-vm (the old default name)" in proc.stderr
+    assert "instance: gpu-transformers-vm exists in us-east4-b (TERMINATED); not recreated" in proc.stderr
+    assert shlex.split(proc.stdout.splitlines()[0])[3:] == [
+        "gpu-transformers-vm", "--project", "my-project", "--zone", "us-east4-b",
+    ]  # fmt: skip
 
 
 # Each error Google sends gives one line that names the fix, and changes nothing it should not.
