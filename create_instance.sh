@@ -255,10 +255,12 @@ preflight() {
 api_fix() {
   if grep -qE 'SERVICE_DISABLED|has not been used in project|is disabled|not enabled' <<<"$1"; then
     printf 'enable the API: gcloud services enable %s --project %s\n' "$2" "$PROJECT"
-  elif grep -qE 'PERMISSION_DENIED|Permission .* denied|does not have .* access|403' <<<"$1"; then
+  elif grep -qE 'PERMISSION_DENIED|Permission .* denied|does not have .* access|HTTPError 403' <<<"$1"; then
     printf 'ask a project owner for %s\n' "$3"
+  elif grep -qE 'ABORTED|concurrent policy changes|subject of a conflict' <<<"$1"; then
+    printf 'someone else keeps changing this policy: run the script again in a minute\n'
   else
-    printf 'check the message above\n'
+    printf 'run again with HFGPU_DEBUG=1 to see the gcloud command and its whole answer\n'
   fi
 }
 

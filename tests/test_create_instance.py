@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -183,6 +185,16 @@ def test_races_and_stale_etags_are_retried_not_fatal(fake: FakeGcp, tmp_path: Pa
     assert [r.status for r in fake.calls(None, ":setIamPolicy$")][:2] == [409, 200]
 
 
+def test_a_policy_that_keeps_changing_is_one_line(fake: FakeGcp, tmp_path: Path):
+    fake.add_service_account(SA)
+    fake.stale_etags = 3
+    err = one_error(run_script(fake, tmp_path, "--service-account", SA, "--machine-type", "g2-standard-8"))
+    assert "granting roles/artifactregistry.reader on repository gpu-transformers failed: ABORTED" in err
+    assert "run the script again in a minute" in err
+    assert [r.status for r in fake.calls("POST", ":setIamPolicy$")] == [409, 409, 409]
+    assert fake.instances == {}
+
+
 def test_flex_start_and_reservation(fake: FakeGcp, tmp_path: Path):
     proc = run_script(fake, tmp_path / "a", "--flex-start", "--max-run-duration", "1d12h")
     assert proc.returncode == 0, proc.stderr
@@ -266,6 +278,17 @@ def test_the_fake_refuses_what_google_refuses(fake: FakeGcp, tmp_path: Path):
         proc = subprocess.run([*base, *extra], env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 1 and message in proc.stderr, proc.stderr
     assert fake.instances == {}
+    # An operation the API does not know is a 404; an Artifact Registry create is not done at once.
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"{fake.url}/compute/v1/projects/my-project/zones/us-east4-a/operations/nope")
+    assert info.value.code == 404
+    proc = subprocess.run(
+        ["gcloud", "artifacts", "repositories", "create", "r2", "--repository-format", "docker",
+         "--location", "us-east4"], env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    polls = [r.status for r in fake.calls("GET", "/v1/projects/my-project/locations/us-east4/operations/")]
+    assert polls == [200, 200], "gcloud polled the operation until it was done"
 
 
 def test_operation_error_yaml_becomes_one_line():
