@@ -120,7 +120,8 @@ parse_accelerator() {
     esac
   done
   [[ $ACC_TYPE =~ ^nvidia-[a-z0-9-]+$ ]] ||
-    die "invalid --accelerator '$spec': the type must look like nvidia-tesla-t4 (see: gcloud compute accelerator-types list)"
+    die "invalid --accelerator '$spec': the type must look like nvidia-tesla-t4 (see: gcloud compute" \
+      "accelerator-types list)"
   [[ $ACC_COUNT =~ ^(1|2|4|8|16)$ ]] ||
     die "invalid --accelerator '$spec': count must be 1, 2, 4, 8 or 16"
 }
@@ -160,12 +161,14 @@ parse_bucket() {
     die "invalid checkpoint bucket '$CHECKPOINT_BUCKET' ($origin): use gs://BUCKET/PATH"
   BUCKET=${BASH_REMATCH[1]}
   [[ $BUCKET =~ ^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$ && $BUCKET != goog* ]] ||
-    die "invalid bucket name '$BUCKET' ($origin): use 3-63 lowercase letters, digits, '-' and '_', starting and ending with a letter or digit, not starting with 'goog'"
+    die "invalid bucket name '$BUCKET' ($origin): use 3-63 lowercase letters, digits, '-' and '_', starting and" \
+      "ending with a letter or digit, not starting with 'goog'"
 }
 
 validate_inputs() {
   [[ $VM_NAME =~ ^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$ ]] ||
-    die "invalid VM name '$VM_NAME' ($(config_origin VM_NAME)): use 1-63 lowercase letters, digits and hyphens, starting with a letter and not ending with a hyphen"
+    die "invalid VM name '$VM_NAME' ($(config_origin VM_NAME)): use 1-63 lowercase letters, digits and hyphens," \
+      "starting with a letter and not ending with a hyphen"
   [[ $ZONE =~ ^[a-z]+-[a-z]+[0-9]+-[a-z]$ ]] ||
     die "invalid zone '$ZONE' ($(config_origin ZONE)): use a zone like us-east4-a (region plus a letter)"
   local zone
@@ -202,18 +205,21 @@ choose_offer() {
   gpu_offer "$MACHINE_TYPE"
   if [[ -n $BUILT_IN_GPU && -n $ACC_TYPE ]] &&
     [[ $ACC_TYPE != "$BUILT_IN_GPU" || $ACC_COUNT != "$BUILT_IN_COUNT" ]]; then
-    die "$MACHINE_TYPE comes with $BUILT_IN_COUNT x $BUILT_IN_GPU attached; leave out --accelerator (or pick a machine type for $ACC_COUNT x $ACC_TYPE)"
+    die "$MACHINE_TYPE comes with $BUILT_IN_COUNT x $BUILT_IN_GPU attached; leave out --accelerator (or pick a" \
+      "machine type for $ACC_COUNT x $ACC_TYPE)"
   fi
   if [[ -n $BUILT_IN_GPU ]]; then
     ACC_TYPE=
   fi
   case $OFFER:$PROVISIONING in
     spot-or-flex:on-demand)
-      die "$MACHINE_TYPE is not offered on demand (only Spot or Flex-start); drop --on-demand, or use --flex-start, or an on-demand type such as a3-highgpu-8g or g2-standard-8"
+      die "$MACHINE_TYPE is not offered on demand (only Spot or Flex-start); drop --on-demand, or use --flex-start," \
+        "or an on-demand type such as a3-highgpu-8g or g2-standard-8"
       ;;
     spot-or-flex:) PROVISIONING=spot-default ;;
     reservation:spot | reservation:flex-start | reservation:on-demand | reservation:)
-      die "$MACHINE_TYPE is offered only through reservations; pass --reservation NAME (see: gcloud compute reservations list), or use a3-highgpu-1g (Spot)"
+      die "$MACHINE_TYPE is offered only through reservations; pass --reservation NAME (see: gcloud compute" \
+        "reservations list), or use a3-highgpu-1g (Spot)"
       ;;
     other:flex-start)
       die "--flex-start is for GPU machine types (A2, A3, A4, G2); $MACHINE_TYPE is not one"
@@ -232,7 +238,8 @@ choose_offer() {
   fi
   if [[ $PROVISIONING == spot-default ]]; then
     PROVISIONING=spot
-    log "$MACHINE_TYPE is offered only as Spot or Flex-start: creating a Spot VM (pass --flex-start for a fixed-length run)"
+    log "$MACHINE_TYPE is offered only as Spot or Flex-start: creating a Spot VM (pass --flex-start for a" \
+      "fixed-length run)"
   fi
 }
 
@@ -245,7 +252,8 @@ set_provisioning() {
 
 preflight() {
   log "preflight: checking gcloud"
-  need_cmd gcloud "preflight: install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install) or run this in Cloud Shell"
+  need_cmd gcloud "preflight: install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install) or run this in" \
+    "Cloud Shell"
   gcloud auth print-access-token --quiet >/dev/null 2>&1 ||
     die "preflight: gcloud is not authenticated; run: gcloud auth login (Cloud Shell: authorize when asked)"
 }
@@ -293,7 +301,8 @@ check_repository() {
   if ! out=$(gcloud artifacts repositories describe "$AR_REPO" --project "$AR_PROJECT" --location "$AR_LOCATION" \
     --format 'value(name)' 2>&1); then
     if grep -qE 'NOT_FOUND|not found|was not found' <<<"$out"; then
-      die "repository: $AR_REPO not found in $AR_LOCATION (project $AR_PROJECT); run ./build_and_push.sh first, or pass the --image your build printed"
+      die "repository: $AR_REPO not found in $AR_LOCATION (project $AR_PROJECT); run ./build_and_push.sh first, or" \
+        "pass the --image your build printed"
     fi
     fail "repository: cannot read $AR_REPO in $AR_LOCATION" "$out" artifactregistry.googleapis.com \
       "roles/artifactregistry.reader on the repository"
@@ -307,13 +316,15 @@ check_zone_and_image() {
   for zone in "${ZONES[@]:-$ZONE}"; do
     out=$(gcloud compute zones describe "$zone" --project "$PROJECT" --format 'value(name)' 2>&1) && continue
     grep -qE 'was not found|NOT_FOUND' <<<"$out" &&
-      die "unknown zone '$zone' ($(config_origin ZONE)${ZONES_FLAG:+ or --zones}); pick one from: gcloud compute zones list"
+      die "unknown zone '$zone' ($(config_origin ZONE)${ZONES_FLAG:+ or --zones}); pick one from: gcloud compute" \
+        "zones list"
     fail "preflight: cannot read zone $zone" "$out" compute.googleapis.com "roles/compute.viewer"
   done
   out=$(gcloud compute images describe-from-family "$IMAGE_FAMILY" --project "$IMAGE_PROJECT" \
     --format 'value(name)' 2>&1) && return 0
   grep -qE 'was not found|NOT_FOUND' <<<"$out" &&
-    die "unknown image family '$IMAGE_FAMILY'; pick a current one: gcloud compute images list --project $IMAGE_PROJECT --no-standard-images"
+    die "unknown image family '$IMAGE_FAMILY'; pick a current one: gcloud compute images list --project" \
+      "$IMAGE_PROJECT --no-standard-images"
   fail "preflight: cannot read image family $IMAGE_FAMILY" "$out" compute.googleapis.com "roles/compute.viewer"
 }
 
@@ -408,7 +419,8 @@ ensure_bucket() {
     out=$(tail -n1 <<<"$out")
     log "bucket: gs://$BUCKET exists (${out,,})"
     [[ ${out,,} == "$region" ]] ||
-      warn "bucket: gs://$BUCKET is in ${out,,}, not in the VM's region $region: uploads cross regions (slower, egress charges)"
+      warn "bucket: gs://$BUCKET is in ${out,,}, not in the VM's region $region: uploads cross regions (slower," \
+        "egress charges)"
     return 0
   fi
   if ! grep -qE '404|not found|does not exist' <<<"$out"; then
@@ -429,7 +441,8 @@ ensure_bucket() {
 find_instance() {
   local out name zone status
   VM_ZONE=
-  if ! out=$(gcloud compute instances list --project "$PROJECT" --format 'value(name,zone.basename(),status)' 2>&1); then
+  if ! out=$(gcloud compute instances list --project "$PROJECT" \
+    --format 'value(name,zone.basename(),status)' 2>&1); then
     fail "instance: cannot list the VMs of $PROJECT" "$out" compute.googleapis.com "roles/compute.instanceAdmin.v1"
   fi
   if [[ $(config_origin VM_NAME) == "the default VM_NAME" ]] && ! grep -q "^$VM_NAME"$'\t' <<<"$out" &&
@@ -489,7 +502,8 @@ insert_error() {
   elif grep -qE "machineTypes/$MACHINE_TYPE'? was not found" <<<"$out"; then
     die "$why; pick a type from: gcloud compute machine-types list --zones $zone"
   elif grep -qE 'acceleratorType|Accelerator type' <<<"$out"; then
-    die "$why; A2/A3/A4/G2 types come with their GPUs (leave out --accelerator); N1 takes T4/V100/P100/P4: gcloud compute accelerator-types list --filter zone:$zone"
+    die "$why; A2/A3/A4/G2 types come with their GPUs (leave out --accelerator); N1 takes T4/V100/P100/P4: gcloud" \
+      "compute accelerator-types list --filter zone:$zone"
   elif grep -qE 'provisioningModel|reservation' <<<"$out"; then
     die "$why; see docs/spot-and-zones.md for how Google offers $MACHINE_TYPE (--spot, --flex-start, --reservation)"
   fi
@@ -539,11 +553,14 @@ ensure_instance() {
       local quota=${BASH_REMATCH[1]}
       local limit
       limit=$(grep -oE 'Limit: [^ ]+ in [a-z]+ ?[a-z0-9-]*' <<<"$out" | head -n1 || true)
-      die "instance: quota $quota exceeded in $zone (${limit:-no limit given}); ask for more at https://console.cloud.google.com/iam-admin/quotas?project=$PROJECT (filter $quota, Edit quotas; Spot GPUs have their own PREEMPTIBLE_ quotas), or try another --machine-type"
+      die "instance: quota $quota exceeded in $zone (${limit:-no limit given}); ask for more at" \
+        "https://console.cloud.google.com/iam-admin/quotas?project=$PROJECT (filter $quota, Edit quotas; Spot GPUs" \
+        "have their own PREEMPTIBLE_ quotas), or try another --machine-type"
     fi
     insert_error "$zone" "$out"
   done
-  die "instance: no capacity for $MACHINE_TYPE in any zone tried (${tried[*]}); try later, --zones in another region, or another --machine-type"
+  die "instance: no capacity for $MACHINE_TYPE in any zone tried (${tried[*]}); try later, --zones in another region," \
+    "or another --machine-type"
 }
 
 print_next_steps() {
@@ -557,7 +574,8 @@ print_next_steps() {
   cat >&2 <<EOF
   # copy the launcher to the VM, then log in
   $(quote_cmd gcloud compute ssh "$VM_NAME" --project "$PROJECT" --zone "$zone" --command 'mkdir -p ~/gpu-transformers')
-  $(quote_cmd gcloud compute scp --recurse --project "$PROJECT" --zone "$zone" launch_training.sh lib VERSION "$VM_NAME:~/gpu-transformers/")
+  $(quote_cmd gcloud compute scp --recurse --project "$PROJECT" --zone "$zone" \
+    launch_training.sh lib VERSION "$VM_NAME:~/gpu-transformers/")
   $(quote_cmd gcloud compute ssh "$VM_NAME" --project "$PROJECT" --zone "$zone")
   # on the VM (the first boot installs the NVIDIA driver: wait until nvidia-smi answers)
   $(quote_cmd cd gpu-transformers) && $(quote_cmd gcloud auth configure-docker "$host" --quiet)
