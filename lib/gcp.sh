@@ -106,11 +106,26 @@ gcp_describe_or_create() {
   fi
 }
 
-# gcloud_error TEXT: gcloud's error from its output, as one line (from the first ERROR line
-# on, details like " - Quota ... exceeded" joined with spaces; else the last line).
+# gcloud_error TEXT: gcloud's error from its output, as one line. gcloud prints an operation's
+# error as YAML ("Could not fetch resource:" / "---" / "code: X" / "message: ..." wrapped over
+# indented lines, perhaps "errorDetails:" after it); that becomes "X: message". A google.rpc
+# Status's details ("- '@type': ...ErrorInfo") and a quota's tab-indented details are cut. The note on
+# the access-token file and the "ERROR: (gcloud.command)" prefix are dropped. Without an
+# ERROR line: the last line.
 gcloud_error() {
   local err
-  err=$(sed -n '/ERROR/,$p' <<<"$1" | tr -s '\n\t ' ' ')
+  err=$(sed -n '/^ERROR:/,$p' <<<"$1" | sed -E \
+    -e 's/^ERROR: \(gcloud[^)]*\) //' \
+    -e '/^---$/d' \
+    -e '/^ *(- )?errorDetails:/,$d' \
+    -e "/^- '@type':/,\$d" \
+    -e '/^	/d' \
+    -e 's/^- code: /code: /' \
+    -e 's/^ *code: ([A-Z0-9_]+)$/\1:/' \
+    -e 's/^ *(- )?message: //' \
+    -e 's/^ *- //' | tr -s '\n\t ' ' ')
+  err=${err//Could not fetch resource: /}
+  err=$(sed -E 's/ This command is authenticated with an access token from .* property\.?//' <<<"$err")
   err=${err% }
   if [[ -z $err ]]; then
     err=$(tail -n1 <<<"$1")
