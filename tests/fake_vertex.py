@@ -29,13 +29,14 @@ import json
 import re
 import threading
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 SUCCESS = ["JOB_STATE_QUEUED", "JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"]
+REQUIRED = "List of found errors:\t1.Field: {}; Message: Required field is not set.\t"
 FAILURE = ["JOB_STATE_QUEUED", "JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_FAILED"]
 
 
@@ -129,7 +130,9 @@ class _Server:
     def calls(self, method: str | None = None, pattern: str = "") -> list[Recorded]:
         with self.lock:
             return [
-                r for r in self.requests if (method is None or r.method == method) and re.search(pattern, r.path)
+                r
+                for r in self.requests
+                if (method is None or r.method == method) and re.search(pattern, r.path)
             ]
 
     def unhandled(self) -> list[Recorded]:
@@ -185,12 +188,10 @@ class FakeVertex(_Server):
         # The reference marks displayName and jobSpec.workerPoolSpecs as required; Vertex answers a
         # missing one with 400 INVALID_ARGUMENT.
         if not isinstance(body, dict) or not body.get("displayName"):
-            return error(400, "INVALID_ARGUMENT", "List of found errors:\t1.Field: custom_job.display_name; "
-                         "Message: Required field is not set.\t")  # fmt: skip
+            return error(400, "INVALID_ARGUMENT", REQUIRED.format("custom_job.display_name"))
         pools = (body.get("jobSpec") or {}).get("workerPoolSpecs") or []
         if not pools or not all((p.get("containerSpec") or {}).get("imageUri") for p in pools if p):
-            return error(400, "INVALID_ARGUMENT", "List of found errors:\t1.Field: job_spec.worker_pool_specs; "
-                         "Message: Required field is not set.\t")  # fmt: skip
+            return error(400, "INVALID_ARGUMENT", REQUIRED.format("job_spec.worker_pool_specs"))
         job_id = str(self._next_id)
         self._next_id += 1
         name = f"projects/{project}/locations/{location}/customJobs/{job_id}"
