@@ -20,8 +20,7 @@ comma := ,
 # The lock is resolved for the image's Python (3.10, Ubuntu 22.04) on x86-64 Linux.
 LOCK_FLAGS := --python-version 3.10 --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header -q
 
-SHELL_SCRIPTS := $(filter-out build_image/bin/fetch-secrets,\
-  $(shell git ls-files -co --exclude-standard -- '*.sh' 'build_image/bin/*' '.ci/run'))
+SHELL_SCRIPTS := $(shell git ls-files -co --exclude-standard -- '*.sh' 'build_image/bin/*' '.ci/run')
 
 .PHONY: help test lint image lock bench-image images clean-images
 help:
