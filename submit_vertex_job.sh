@@ -35,15 +35,16 @@
 #                         specification, so never a secret
 #   --secret NAME=SECRET  a Secret Manager secret as variable NAME (repeatable); SECRET is
 #                         projects/P/secrets/S/versions/V, or S[:VERSION] in PROJECT (latest)
-#   --follow              wait for the job to end, printing its state changes; exit 0 when it
-#                         succeeded, 1 otherwise
+#   --follow              stream the job's logs (to stderr) and its state changes until it
+#                         ends; exit 0 when it succeeded, 1 otherwise
 #   --dry-run             print the job specification and the gcloud command; submit nothing
 #   -h, --help            this help
 #
 # Prints the job's resource name (projects/P/locations/R/customJobs/ID) on stdout.
 # Secrets: only their names go into the job; the image fetches the values from Secret Manager
 # at start, with the job's service account (build_image/bin/fetch-secrets).
-# Environment: HFGPU_POLL_SECONDS (default 30) between state checks of --follow; the
+# Environment: HFGPU_POLL_SECONDS (default 30) between state checks of --follow,
+# HFGPU_LOG_GRACE_SECONDS (15) how long --follow still streams logs after the end; the
 # configuration names of lib/common.sh (LOCATION PROJECT REPO_NAME IMAGE_NAME TAG
 # REGISTRY_HOST CONTAINER_NAME).
 
@@ -90,7 +91,7 @@ opt_output='' opt_sa='' opt_display_name='' opt_follow=0 opt_project='' opt_regi
 script_arg=bert
 script_args=() env_pairs=() secret_pairs=()
 image='' machine='' acc_type='' acc_count=0 max_wait='' script_path='' upload_src='' upload_dst=''
-display_name='' spec='' job_name=''
+display_name='' spec='' job_name='' tmp_dir='' logs_pid=''
 
 # ---------------------------------------------------------------- arguments
 
@@ -446,8 +447,8 @@ submit() {
   need_cmd gcloud "install the Google Cloud CLI: https://cloud.google.com/sdk/docs/install"
   local dir
   dir=$(mktemp -d "${TMPDIR:-/tmp}/hfgpu-vertex.XXXXXX")
-  # shellcheck disable=SC2064 # expand now: the folder is fixed.
-  trap "rm -rf '$dir'" EXIT
+  tmp_dir=$dir
+  trap cleanup EXIT
   pretty "$spec" >"$dir/vertex-job.json"
   if [[ -n $upload_dst ]]; then
     log "uploading $upload_src to $upload_dst"
@@ -465,11 +466,26 @@ submit() {
   printf '%s\n' "$job_name"
 }
 
-# follow: poll the job's state until it ends; 0 when it succeeded, 1 otherwise.
+# shellcheck disable=SC2329 # run by trap
+cleanup() {
+  [[ -z $logs_pid ]] || kill "$logs_pid" 2>/dev/null || true
+  [[ -z $tmp_dir ]] || rm -rf -- "$tmp_dir"
+  return 0
+}
+
+# follow: stream the job's logs (gcloud ai custom-jobs stream-logs, in the background, to
+# stderr) and poll its state until it ends; 0 when it succeeded, 1 otherwise. stream-logs
+# alone never ends for a job that was running when it started, so it is stopped here,
+# HFGPU_LOG_GRACE_SECONDS (15) after the end: Cloud Logging lists entries a few seconds late.
 follow() {
-  local poll=${HFGPU_POLL_SECONDS:-30} state='' last='' message='' out failures=0
+  local poll=${HFGPU_POLL_SECONDS:-30} grace=${HFGPU_LOG_GRACE_SECONDS:-15}
+  local state='' last='' message='' out failures=0
   to_int poll HFGPU_POLL_SECONDS "$poll" 0 3600
-  log "following $job_name (logs: gcloud ai custom-jobs stream-logs $job_name --region $LOCATION)"
+  to_int grace HFGPU_LOG_GRACE_SECONDS "$grace" 0 600
+  log "following $job_name: its logs, then its state changes"
+  gcloud ai custom-jobs stream-logs "$job_name" --project "$PROJECT" --region "$LOCATION" \
+    --polling-interval "$((poll > 0 ? poll : 1))" >&2 &
+  logs_pid=$!
   while :; do
     if ! out=$(gcloud ai custom-jobs describe "$job_name" --project "$PROJECT" --region "$LOCATION" \
       --format 'value(state,error.message)' 2>/dev/null); then
@@ -487,6 +503,12 @@ follow() {
     [[ $TERMINAL_STATES == *" $state "* ]] && break
     sleep "$poll"
   done
+  if kill -0 "$logs_pid" 2>/dev/null; then
+    sleep "$grace"
+    kill "$logs_pid" 2>/dev/null || true
+  fi
+  wait "$logs_pid" 2>/dev/null || true
+  logs_pid=''
   [[ $state == JOB_STATE_SUCCEEDED ]] && return 0
   log "the job ended in $state${message:+: $message}"
   return 1

@@ -8,6 +8,10 @@
   `state` advances one step on each GET, through `progression`; a FAILED job carries `error`
   (a google.rpc.Status) as the reference says. Errors are Google's JSON error bodies
   (https://cloud.google.com/apis/design/errors): {"error": {"code", "message", "status"}}.
+  The same server answers Cloud Logging v2 `entries.list` (POST /v2/entries:list), which
+  `gcloud ai custom-jobs stream-logs` polls with a filter on resource.labels.job_id and timestamp
+  bounds (https://cloud.google.com/logging/docs/reference/v2/rest/v2/entries/list): each job has
+  the LogEntry records (resource type ml_job, jsonPayload.message) of `log_lines`.
 - `FakeMetadata`: the Compute Engine metadata server's service-account token endpoint
   (https://cloud.google.com/compute/docs/access/authenticate-workloads#applications): it refuses a
   request without `Metadata-Flavor: Google` (403), and answers
@@ -25,6 +29,7 @@ and is marked `unhandled`, so a test can tell "gcloud asked for something new" f
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import re
 import threading
@@ -143,10 +148,17 @@ class _Server:
 class FakeVertex(_Server):
     """Vertex AI v1 customJobs: create (POST .../customJobs) and get (GET /v1/NAME)."""
 
-    def __init__(self, progression: list[str] | None = None, fail_create: tuple[int, str, str] | None = None):
+    def __init__(
+        self,
+        progression: list[str] | None = None,
+        fail_create: tuple[int, str, str] | None = None,
+        log_lines: list[str] | None = None,
+    ):
         super().__init__()
         self.progression = list(progression or SUCCESS)
         self.fail_create = fail_create
+        self.log_lines = list(log_lines or [])
+        self.log_entries: dict[str, list[dict]] = {}
         self.jobs: dict[str, dict] = {}
         self._gets: dict[str, int] = {}
         self._next_id = 1234567890123456789
@@ -157,6 +169,7 @@ class FakeVertex(_Server):
         env = {
             "CLOUDSDK_CONFIG": str(config_dir),
             "CLOUDSDK_API_ENDPOINT_OVERRIDES_AIPLATFORM": f"{self.url}/",
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_LOGGING": f"{self.url}/",
             "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
             "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "1",
             "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "1",
@@ -180,7 +193,45 @@ class FakeVertex(_Server):
         m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+/customJobs/[^/:]+)", rec.path)
         if m and rec.method == "GET":
             return self._get(m.group(1))
+        if rec.path == "/v2/entries:list" and rec.method == "POST":
+            return self._list_entries(rec.body or {})
         return None
+
+    def _list_entries(self, body: dict) -> tuple[int, dict]:
+        text = body.get("filter", "")
+        job = re.search(r'resource.labels.job_id="([^"]+)"', text)
+        entries = self.log_entries.get(job.group(1), []) if job else []
+
+        def bound(op: str) -> dt.datetime | None:
+            m = re.search(rf'timestamp{op}"([^"]+)"', text)
+            return dt.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")) if m else None
+
+        ge, gt, lt = bound(">="), bound(">"), bound("<")
+        picked = []
+        for entry in entries:
+            when = dt.datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00"))
+            if (ge and when < ge) or (gt and when <= gt) or (lt and when >= lt):
+                continue
+            picked.append(entry)
+        if "desc" in body.get("orderBy", "").lower():
+            picked.reverse()
+        return 200, {"entries": picked[: int(body.get("pageSize") or 1000)]}
+
+    def _make_log(self, name: str) -> None:
+        """The job's log lines, stamped a minute before now (past stream-logs' 5 s upper bound)."""
+        job_id = name.rsplit("/", 1)[1]
+        start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)
+        self.log_entries[job_id] = [
+            {
+                "logName": f"{name.split('/locations/')[0]}/logs/workerpool0-0",
+                "resource": {"type": "ml_job", "labels": {"job_id": job_id, "task_name": "workerpool0-0"}},
+                "timestamp": (start + dt.timedelta(milliseconds=i)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "severity": "INFO",
+                "insertId": f"{i:08d}",
+                "jsonPayload": {"message": line, "levelname": "INFO"},
+            }
+            for i, line in enumerate(self.log_lines)
+        ]
 
     def _create(self, project: str, location: str, body: Any) -> tuple[int, dict]:
         if self.fail_create is not None:
@@ -204,6 +255,7 @@ class FakeVertex(_Server):
         }
         self.jobs[name] = job
         self._gets[name] = 0
+        self._make_log(name)
         return 200, job
 
     def _get(self, name: str) -> tuple[int, dict]:

@@ -182,22 +182,35 @@ def test_dry_run_prints_the_spec_and_the_command_and_submits_nothing(fake: FakeV
     assert "--config" in shlex.split(create)
 
 
-def test_follow_until_success(tmp_path: Path):
-    with FakeVertex(progression=SUCCESS) as fake:
-        proc = submit(fake, tmp_path, "--follow", "--output", "gs://b-1/x")
+def test_follow_streams_the_logs_and_states_until_success(tmp_path: Path):
+    lines = ["train: nodes=1 node_rank=0 procs_per_node=1", "{'loss': 0.6931, 'epoch': 1.0}"]
+    with FakeVertex(progression=SUCCESS, log_lines=lines) as fake:
+        proc = submit(fake, tmp_path, "--follow", "--output", "gs://b-1/x", HFGPU_LOG_GRACE_SECONDS="2")
         gets = fake.calls("GET", "/customJobs/")
+        listed = fake.calls("POST", "^/v2/entries:list$")
     assert proc.returncode == 0, proc.stderr
-    seen = [line.split(": ", 1)[1] for line in proc.stderr.splitlines() if ": JOB_STATE_" in line]
-    assert seen == SUCCESS[1:]
-    assert len(gets) == 3
-    assert proc.stdout.strip().endswith("/customJobs/1234567890123456789")
+    # Each state change once, in Vertex's order (stream-logs reads the job too, so a state may
+    # pass between two polls), ending in SUCCEEDED.
+    seen = [
+        line.split(": ", 1)[1]
+        for line in proc.stderr.splitlines()
+        if line.startswith("submit_vertex_job.sh: JOB_")
+    ]
+    assert seen == sorted(set(seen), key=SUCCESS.index) and seen[-1] == "JOB_STATE_SUCCEEDED", seen
+    assert len(gets) >= 3
+    # The job's log lines, as gcloud's stream-logs prints them (severity, time, task, message).
+    for line in lines:
+        assert f"workerpool0-0\t{line}" in proc.stderr.replace("  ", "\t")
+    assert listed and 'resource.labels.job_id="1234567890123456789"' in listed[0].body["filter"]
+    assert proc.stdout == "projects/my-project/locations/us-east4/customJobs/1234567890123456789\n"
+    assert not fake.unhandled()
 
 
 def test_follow_until_failure_exits_1_with_vertex_error(tmp_path: Path):
     with FakeVertex(progression=FAILURE) as fake:
-        proc = submit(fake, tmp_path, "--follow", "--output", "gs://b-1/x")
+        proc = submit(fake, tmp_path, "--follow", "--output", "gs://b-1/x", HFGPU_LOG_GRACE_SECONDS="0")
     assert proc.returncode == 1
-    assert "JOB_STATE_RUNNING" in proc.stderr
+    assert "JOB_STATE_FAILED" in proc.stderr
     assert (
         "ended in JOB_STATE_FAILED: The replica workerpool0-0 exited with a non-zero status of 1"
         in proc.stderr
