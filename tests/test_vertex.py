@@ -458,9 +458,12 @@ def test_two_replicas_train_together_and_write_outputs_once_where_aip_says(image
     assert (run / "model" / "model.safetensors").is_file()
     assert "eval_accuracy" in json.loads((run / "model" / "all_results.json").read_text())
     assert list((run / "logs").rglob("events.out.tfevents.*"))
-    # Written once: every output was created by the chief, except each replica's own RNG state
-    # (transformers saves rng_state_<process>.pth per process by design).
-    by_worker = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.stat().st_gid == gids[1])
+    # Written once: every output file was created by the chief, except each replica's own RNG
+    # state (transformers saves rng_state_<process>.pth per process, by design). Folders may be
+    # made by either (mkdir -p of the same path; on a bucket a folder is only a name prefix).
+    by_worker = sorted(
+        str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and p.stat().st_gid == gids[1]
+    )
     assert all(Path(p).name == "rng_state_1.pth" for p in by_worker), by_worker
     # HF_HOME stayed on each machine's disk, not in the bucket.
     assert not [p for p in gcs.rglob("*") if p.name in ("huggingface", ".cache")]
