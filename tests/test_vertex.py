@@ -164,6 +164,28 @@ def test_defaults_are_one_h100_on_demand(fake: FakeVertex, tmp_path: Path):
     assert "Spot or Flex-start only" in proc.stderr
 
 
+def test_image_from_the_config_layer_and_flags_win(fake: FakeVertex, tmp_path: Path):
+    def image_of(*args: str, **env: str) -> str:
+        proc = submit(fake, tmp_path, "--dry-run", "--output", "gs://b-1/x", *args, **env)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.partition("\n# ")[0])["workerPoolSpecs"][0]["containerSpec"]["imageUri"]
+
+    assert image_of(REGISTRY_HOST="europe-docker.pkg.dev") == IMAGE.replace(
+        "us-east4-docker", "europe-docker"
+    )
+    dotenv = tmp_path / "team.env"
+    dotenv.write_text("CONTAINER_NAME=us-docker.pkg.dev/team/repo/trainer:5\nLOCATION=europe-west4\n")
+    assert image_of(CONFIG_FILE=str(dotenv)) == "us-docker.pkg.dev/team/repo/trainer:5"
+    assert image_of("--image", "eu.gcr.io/p/i:1", CONFIG_FILE=str(dotenv)) == "eu.gcr.io/p/i:1"
+    proc = submit(fake, tmp_path, "--dry-run", "--region", "us-central1", CONFIG_FILE=str(dotenv))
+    assert "--region us-central1" in proc.stdout
+    dotenv.write_text("CONTAINER_NAME=trainer:5\n")
+    proc = submit(fake, tmp_path, "--output", "gs://b-1/x", CONFIG_FILE=str(dotenv))
+    (line,) = error_lines(proc)
+    assert f"image 'trainer:5' (CONTAINER_NAME in {dotenv}) names no registry" in line
+    assert not fake.requests
+
+
 def test_dry_run_prints_the_spec_and_the_command_and_submits_nothing(fake: FakeVertex, tmp_path: Path):
     proc = submit(fake, tmp_path, "--dry-run", "--nodes", "3", "--spot", "--output", "gs://b-1/run", "gpt2")
     assert proc.returncode == 0, proc.stderr
