@@ -166,11 +166,13 @@ duration_seconds() {
   printf '%ss\n' "$n"
 }
 
+# is_secret_name NAME: NAME is one of the launcher's secret variables, or has a credential word
+# (TOKEN, PASSWORD, PASSWD, SECRET, API_KEY, ACCESS_KEY) between underscores, e.g. HF_TOKEN;
+# TOKENIZERS_PARALLELISM is not one.
 is_secret_name() {
-  local name=$1 upper
-  upper=${name^^}
-  [[ " ${SECRET_NAMES[*]} " == *" $name "* || $upper == *TOKEN* || $upper == *PASSWORD* ||
-    $upper == *SECRET* || $upper == *API_KEY* ]]
+  local upper=${1^^}
+  [[ " ${SECRET_NAMES[*]} " == *" $1 "* ]] ||
+    [[ $upper =~ (^|_)(TOKEN|PASSWORD|PASSWD|SECRET|API_KEY|ACCESS_KEY)(_|$) ]]
 }
 
 validate_env() {

@@ -70,7 +70,7 @@ def test_two_spot_nodes_request_field_by_field(fake: FakeVertex, tmp_path: Path)
         *shlex.split(
             "--nodes 2 --machine-type a2-highgpu-2g --accelerator nvidia-tesla-a100,count=2 --spot"
             f" --output gs://my-bucket/runs/bert/ --service-account {SA} --display-name bert-2x2"
-            " --env RUN_NOTE=plain --secret HF_TOKEN=hf-token:3"
+            " --env RUN_NOTE=plain --env TOKENIZERS_PARALLELISM=false --secret HF_TOKEN=hf-token:3"
             " --secret WANDB_API_KEY=projects/other-proj/secrets/wandb/versions/latest"
             " bert -- --num_train_epochs 1 --learning_rate 3e-5"
         ),
@@ -106,6 +106,7 @@ def test_two_spot_nodes_request_field_by_field(fake: FakeVertex, tmp_path: Path)
         ]
         assert env_of(container) == {
             "RUN_NOTE": "plain",
+            "TOKENIZERS_PARALLELISM": "false",
             "HFGPU_SECRETS": "HF_TOKEN=projects/my-project/secrets/hf-token/versions/3,"
             "WANDB_API_KEY=projects/other-proj/secrets/wandb/versions/latest",
         }
@@ -261,6 +262,7 @@ BAD_INPUTS = [
     ("--secret HF_TOKEN", "--secret takes NAME=SECRET"),
     ("--secret HF_TOKEN=hf:v1", "is not projects/P/secrets/S/versions/V"),
     ("--env HF_TOKEN=hf_abc", "use --secret HF_TOKEN=SECRET"),
+    ("--env=MY_DB_PASSWORD=x", "use --secret MY_DB_PASSWORD=SECRET"),
     ("--env 1X=2", "--env takes NAME=VALUE"),
     ("./my_train.py", "upload it (gcloud storage cp"),
     ("gs://my-bucket/train.txt", "must be a .py file in a bucket"),
