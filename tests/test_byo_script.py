@@ -264,10 +264,10 @@ def test_two_cpu_processes_train_as_one_job_and_a_stop_exits_143(image, vol):
     args = classify_args("/volume/ddp", "--save_steps=1")
     env = {"NPROC_PER_NODE": "2"}
     code, logs = stop_after_first_checkpoint(image, vol, out, "train", CLASSIFY, *args, env=env, extra=HOST)
+    assert logs.count("byo: train begins at step 0 of 4") == 1, logs[-3000:]  # one job: rank 0 speaks
+    assert "(w. parallel, distributed & accumulation) = 4" in logs
     assert code == 143, logs[-3000:]
     assert "ACCELERATE_USE_CPU=true" in logs
-    assert "(w. parallel, distributed & accumulation) = 4" in logs
-    assert logs.count("byo: train begins at step 0 of 4") == 1  # one job: rank 0 speaks
 
     mode, extra, note = resume_plan(vol / "byo_classify.py", vol, *args)
     assert mode == "resume", note
