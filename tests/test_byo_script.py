@@ -31,7 +31,7 @@ ENV = {"HF_HUB_OFFLINE": "1"}
 HOST = ("--hostname", "trainer", "--add-host", "trainer:127.0.0.1")
 CLASSIFY = "/volume/byo_classify.py"
 ROWS = 16  # training rows: 8 steps of 2 with one process, 4 with two
-WORDS = "the a movie film plot was is and it this very".split()
+WORDS = ["the", "a", "movie", "film", "plot", "was", "is", "and", "it", "this", "very"]
 CUE = {"pos": "great", "neg": "awful"}
 
 
@@ -106,7 +106,7 @@ def lib(func: str, *args: str, env: dict[str, str] | None = None) -> subprocess.
 def resume_plan(src: Path, volume: Path, *args: str) -> tuple[str, list[str], str]:
     """script_resume_plan's three results: mode, extra arguments, note."""
     script = (
-        "set -euo pipefail; source lib/common.sh; source lib/script_support.sh; script_resume_plan \"$@\"; "
+        'set -euo pipefail; source lib/common.sh; source lib/script_support.sh; script_resume_plan "$@"; '
         'printf "%s\\n" "$SCRIPT_RESUME_MODE" "$SCRIPT_RESUME_NOTE" "${SCRIPT_RESUME_ARGS[@]}"'
     )
     proc = subprocess.run(
@@ -122,11 +122,17 @@ def resume_plan(src: Path, volume: Path, *args: str) -> tuple[str, list[str], st
 
 
 def test_output_paths_outside_the_volume_are_refused_or_warned():
-    for args in (["--output_dir", "/tmp/out"], ["--output_dir=/app/out"], ["--logging_dir", "/volume/../tmp/x"]):
+    for args in (
+        ["--output_dir", "/tmp/out"],
+        ["--output_dir=/app/out"],
+        ["--logging_dir", "/volume/../tmp/x"],
+    ):
         proc = lib("script_check_output_paths", "refuse", "--do_train", *args)
         assert proc.returncode == 1, args
         lines = proc.stderr.splitlines()
-        assert len(lines) == 1 and "outside /volume" in lines[0] and "--allow-outside-volume" in lines[0], lines
+        assert len(lines) == 1 and "outside /volume" in lines[0] and "--allow-outside-volume" in lines[0], (
+            lines
+        )
     warned = lib("script_check_output_paths", "warn", "--output_dir", "/tmp/out")
     assert warned.returncode == 0 and "warning: --output_dir /tmp/out is outside /volume" in warned.stderr
     for args in (
@@ -210,7 +216,9 @@ def start(image, vol: Path, name: str, *cmd: str, env=None, extra=()) -> None:
     docker(*args, *extra, image.tag, *cmd)
 
 
-def stop_after_first_checkpoint(image, vol: Path, out: Path, *cmd: str, env=None, extra=()) -> tuple[int, str]:
+def stop_after_first_checkpoint(
+    image, vol: Path, out: Path, *cmd: str, env=None, extra=()
+) -> tuple[int, str]:
     """Run CMD detached, `docker stop` it once a complete checkpoint exists; exit code and logs."""
     name = f"hfgpu-byo-{uuid.uuid4().hex[:8]}"
     try:
@@ -250,7 +258,9 @@ def test_stopped_single_process_run_exits_143_and_resumes_at_its_checkpoint(imag
     step = int(extra[1].rsplit("-", 1)[1])
     assert step >= 2 and f"resume from step {step}" in note
     started = str(int(time.time()))
-    proc = run_in_image(image.tag, "train", CLASSIFY, *args, *extra, user=USER, volume=vol, env=ENV, timeout=600)
+    proc = run_in_image(
+        image.tag, "train", CLASSIFY, *args, *extra, user=USER, volume=vol, env=ENV, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"byo: train begins at step {step} of 8" in proc.stdout
     outcome = lib("script_run_outcome", str(vol), "0", started, *args)
@@ -287,7 +297,9 @@ def tiny_wheel(folder: Path) -> Path:
     info = f"{name}-{version}.dist-info"
     files = {
         f"{name}/__init__.py": "VALUE = 'extra-ok'\n",
-        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: hfgpu-byo-extra\nVersion: {version}\nRequires-Dist: numpy\n",
+        f"{info}/METADATA": (
+            f"Metadata-Version: 2.1\nName: hfgpu-byo-extra\nVersion: {version}\nRequires-Dist: numpy\n"
+        ),
         f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }
     record = []
@@ -314,7 +326,10 @@ def test_an_extra_package_installs_into_the_volume_and_persists_offline(image, t
     assert first.returncode == 0, first.stderr[-3000:]
     assert "byo-extra: extra-ok from /volume/.local/lib/python3" in first.stdout
     site = next((vol / ".local" / "lib").glob("python3*/site-packages"))
-    assert sorted(p.name for p in site.iterdir()) == ["hfgpu_byo_extra", "hfgpu_byo_extra-1.0.dist-info"]  # no numpy
+    assert sorted(p.name for p in site.iterdir()) == [
+        "hfgpu_byo_extra",
+        "hfgpu_byo_extra-1.0.dist-info",
+    ]  # no numpy
     wheel.unlink()  # later runs cannot install it again: they reuse the volume's copy
     again = run_in_image(image.tag, "train", "/volume/byo_extra.py", user=USER, volume=vol, env=req)
     assert again.returncode == 0 and "byo-extra: extra-ok" in again.stdout, again.stderr[-3000:]
@@ -330,9 +345,17 @@ BAD_INPUTS = [
     # (environment, command, what the one line must say)
     ({}, ["train"], "train: error: no script given"),
     ({}, ["train", "/volume/nope.py"], "train: error: script not found: /volume/nope.py"),
-    ({"NPROC_PER_NODE": "two"}, ["train", "/volume/byo_extra.py"], "NPROC_PER_NODE must be a positive number"),
+    (
+        {"NPROC_PER_NODE": "two"},
+        ["train", "/volume/byo_extra.py"],
+        "NPROC_PER_NODE must be a positive number",
+    ),
     ({"NNODES": "2"}, ["train", "/volume/byo_extra.py"], "NNODES=2 needs MASTER_ADDR"),
-    ({"NNODES": "2", "NODE_RANK": "2", "MASTER_ADDR": "x"}, ["train", "/volume/byo_extra.py"], "NODE_RANK must be"),
+    (
+        {"NNODES": "2", "NODE_RANK": "2", "MASTER_ADDR": "x"},
+        ["train", "/volume/byo_extra.py"],
+        "NODE_RANK must be",
+    ),
     ({"MASTER_PORT": "http"}, ["train", "/volume/byo_extra.py"], "MASTER_PORT must be a port number"),
     (
         {"HFGPU_PIP_REQUIREMENTS": "/volume/missing.txt"},
@@ -347,7 +370,9 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize(("env", "cmd", "says"), BAD_INPUTS, ids=[" ".join(c) + str(e) for e, c, _ in BAD_INPUTS])
+@pytest.mark.parametrize(
+    ("env", "cmd", "says"), BAD_INPUTS, ids=[" ".join(c) + str(e) for e, c, _ in BAD_INPUTS]
+)
 def test_bad_inputs_to_the_entrypoint_and_train(image, tmp_path, env, cmd, says):
     vol = tmp_path / "vol"
     vol.mkdir()
