@@ -185,6 +185,7 @@ script_run_outcome() {
 #   SCRIPT_RESUME_MODE  resume | restart
 #   SCRIPT_RESUME_ARGS  arguments to append to ARGS (an array; maybe empty)
 #   SCRIPT_RESUME_NOTE  one line to print ("resuming from ...", "starting over ...")
+# shellcheck disable=SC2034 # SCRIPT_RESUME_MODE is for the caller
 script_resume_plan() {
   local src=$1 volume=$2 dir ckpt
   shift 2
