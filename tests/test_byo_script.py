@@ -339,6 +339,17 @@ def test_an_extra_package_installs_into_the_volume_and_persists_offline(image, t
     assert home.stdout.strip() == "/volume/.home/4321" and (vol / ".home" / "4321" / "kept").is_file()
 
 
+def test_evaluate_loads_a_metric_from_a_folder_in_the_volume_offline(image, tmp_path):
+    """docs/bring-your-own-script.md's metrics recipe: VOLUME/accuracy/accuracy.py."""
+    vol = tmp_path / "vol"
+    (vol / "accuracy").mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "assets" / "byo_accuracy_metric.py", vol / "accuracy" / "accuracy.py")
+    open_up(vol)
+    code = 'import evaluate; print(evaluate.load("accuracy").compute(predictions=[1, 0], references=[1, 1]))'
+    proc = run_in_image(image.tag, "python3", "-c", code, user=USER, volume=vol, env=ENV, timeout=120)
+    assert proc.returncode == 0 and "'accuracy': 0.5" in proc.stdout, proc.stderr[-2000:]
+
+
 # ------------------------------------------------------------------ bad inputs: one line each
 
 BAD_INPUTS = [
