@@ -291,14 +291,15 @@ def test_two_cpu_processes_train_as_one_job_and_a_stop_exits_143(image, vol):
     assert (final["global_step"], final["max_steps"]) == (4, 4)
 
 
-def tiny_wheel(folder: Path) -> Path:
-    """A pure-Python wheel `hfgpu-byo-extra` that depends on numpy (already in the image)."""
-    name, version = "hfgpu_byo_extra", "1.0"
+def tiny_wheel(folder: Path, name: str = "hfgpu_byo_extra") -> Path:
+    """A pure-Python wheel NAME (as hfgpu-byo-extra) that depends on numpy (already in the image)."""
+    version = "1.0"
     info = f"{name}-{version}.dist-info"
     files = {
         f"{name}/__init__.py": "VALUE = 'extra-ok'\n",
         f"{info}/METADATA": (
-            f"Metadata-Version: 2.1\nName: hfgpu-byo-extra\nVersion: {version}\nRequires-Dist: numpy\n"
+            f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\n"
+            f"Version: {version}\nRequires-Dist: numpy\n"
         ),
         f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }
@@ -337,6 +338,13 @@ def test_an_extra_package_installs_into_the_volume_and_persists_offline(image, t
     assert plain.returncode == 0 and "extra-ok" in plain.stdout, plain.stderr[-2000:]  # any uid, no settings
     home = run_in_image(image.tag, "bash", "-c", "echo $HOME; touch ~/kept", user=USER, volume=vol)
     assert home.stdout.strip() == "/volume/.home/4321" and (vol / ".home" / "4321" / "kept").is_file()
+    # A plain `pip install` (no --user) as a non-root uid lands in the volume's user site too.
+    tiny_wheel(vol / "wheels", "hfgpu_byo_other")
+    open_up(vol)
+    cmd = "pip install -q --no-index --find-links /volume/wheels hfgpu-byo-other"
+    cmd += " && python3 -c 'import hfgpu_byo_other'"
+    other = run_in_image(image.tag, "bash", "-c", cmd, user=USER, volume=vol)
+    assert other.returncode == 0 and (site / "hfgpu_byo_other").is_dir(), other.stderr[-2000:]
 
 
 def test_evaluate_loads_a_metric_from_a_folder_in_the_volume_offline(image, tmp_path):
