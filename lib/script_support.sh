@@ -24,11 +24,14 @@
 #      the run says so (trainer_state.json global_step == max_steps, or all_results.json
 #      written by this run, for scripts that write them); exit 0 at step 1355 of 20000 (an HF
 #      --enable_jit_checkpoint stop) is "stopped at step 1355 of 20000".
-#   4. With --restart-on-preemption, before each restart (codes 75, 137, 143, and 0 when
-#      script_run_outcome said "stopped"):
+#      For our programs (script_uses_trainkit "$src") the exit status alone is exact: 0 is
+#      finished, 75 stopped after a save; the function is for everyone else's scripts.
+#   4. With --restart-on-preemption, before each restart (codes 75, 137, 143 as today; not
+#      on 0: a script that stops early by itself, e.g. early stopping, exits 0 and is done):
 #        script_resume_plan "$src" "$VOLUME" "${script_args[@]}"
 #        note "$name exited $CODE; $SCRIPT_RESUME_NOTE ($restarts/$max)"
 #        run again with: "${script_args[@]}" "${SCRIPT_RESUME_ARGS[@]}"
+#      Always from the ORIGINAL script_args, so --resume_from_checkpoint is not repeated.
 #      SCRIPT_RESUME_MODE is "resume" (trainkit programs; HF Trainer scripts that handle
 #      --resume_from_checkpoint, given the newest complete checkpoint) or "restart" (the
 #      script starts over at step 0: say so, it may overwrite its checkpoints).
