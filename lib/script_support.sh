@@ -1,0 +1,256 @@
+# shellcheck shell=bash
+# Summary: what launch_training.sh needs to know about a training script it did not write
+# (issue 11): whether it saves on a stop, how it resumes, whether it finished, and whether
+# its outputs land in the volume. Pure functions over the script's source and arguments
+# and the host folder mounted at /volume; nothing here starts a container.
+#
+# Source after lib/common.sh (uses warn, and PROG for messages). Paths: SCRIPT is the
+# container path the launcher runs (/app/NAME.py or /volume/NAME.py); VOLUME is the host
+# folder mounted at /volume; ARGS are the script's own arguments (after `--`).
+#
+# How launch_training.sh calls each (the lead wires these in):
+#   1. After parsing, before `docker run`:
+#        script_check_output_paths "$mode" "${script_args[@]}" || exit 2
+#      mode=refuse by default, mode=warn with the launcher flag --allow-outside-volume.
+#      Refuses (one line, exit status 1) an absolute output path outside /volume, e.g.
+#      --output_dir /tmp/out or --output_dir=/app/out: lost with the container, or unwritable.
+#   2. In the "stop:" hint it prints after starting the container:
+#        log "stop:   docker stop NAME ($(script_stop_note "$src" "${script_args[@]}"))"
+#      where src=$(script_host_path "$SCRIPT" "$VOLUME") (the source file on the host).
+#      Replaces the fixed "(saves a checkpoint)", which held only for our programs.
+#   3. When the container has exited with CODE (the run started at epoch START, `date +%s`):
+#        if script_run_outcome "$VOLUME" "$CODE" "$START" "${script_args[@]}"; then (finished)
+#      It prints one line (say it instead of "finished; outputs in ..."): "finished" only when
+#      the run says so (trainer_state.json global_step == max_steps, or all_results.json
+#      written by this run, for scripts that write them); exit 0 at step 1355 of 20000 (an HF
+#      --enable_jit_checkpoint stop) is "stopped at step 1355 of 20000".
+#      For our programs (script_uses_trainkit "$src") the exit status alone is exact: 0 is
+#      finished, 75 stopped after a save; the function is for everyone else's scripts.
+#   4. With --restart-on-preemption, before each restart (codes 75, 137, 143 as today; not
+#      on 0: a script that stops early by itself, e.g. early stopping, exits 0 and is done):
+#        script_resume_plan "$src" "$VOLUME" "${script_args[@]}"
+#        note "$name exited $CODE; $SCRIPT_RESUME_NOTE ($restarts/$max)"
+#        run again with: "${script_args[@]}" "${SCRIPT_RESUME_ARGS[@]}"
+#      Always from the ORIGINAL script_args, so --resume_from_checkpoint is not repeated.
+#      SCRIPT_RESUME_MODE is "resume" (trainkit programs; HF Trainer scripts that handle
+#      --resume_from_checkpoint, given the newest complete checkpoint) or "restart" (the
+#      script starts over at step 0: say so, it may overwrite its checkpoints).
+# `train` in the image makes the exit codes comparable: 75 saved-and-stopped, 143 (130)
+# stopped by a signal, with one process and with torchrun alike.
+
+# The container folder the launcher mounts VOLUME on.
+readonly SCRIPT_VOLUME_MOUNT=/volume
+# trainkit's completion marker (app/trainkit.py COMPLETE_MARKER).
+readonly SCRIPT_TRAINKIT_MARKER=checkpoint-complete.json
+# HF TrainingArguments' output_dir when none is given (relative: under /volume, the workdir).
+readonly SCRIPT_HF_DEFAULT_OUTPUT=trainer_output
+
+SCRIPT_SUPPORT_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# script_host_path SCRIPT VOLUME: the host file behind container path SCRIPT (/volume/X ->
+# VOLUME/X, /app/X -> the repository's app/X). Status 1 when it has none.
+script_host_path() {
+  local path=$1 volume=$2
+  case $path in
+    "$SCRIPT_VOLUME_MOUNT"/*) printf '%s\n' "$volume/${path#"$SCRIPT_VOLUME_MOUNT"/}" ;;
+    /app/*) printf '%s\n' "$SCRIPT_SUPPORT_ROOT/app/${path#/app/}" ;;
+    /*) return 1 ;;
+    *) printf '%s\n' "$volume/$path" ;; # relative: the container's workdir is /volume
+  esac
+}
+
+# script_arg_value NAME ARGS...: the value of the last --NAME VALUE / --NAME=VALUE in ARGS;
+# empty for a bare --NAME (an on/off flag); status 1 when ARGS lack --NAME.
+script_arg_value() {
+  local name=$1 found=1 value='' i
+  shift
+  local -a args=("$@")
+  for ((i = 0; i < ${#args[@]}; i++)); do
+    case ${args[i]} in
+      "--$name="*) found=0 value=${args[i]#*=} ;;
+      "--$name")
+        found=0 value=''
+        if ((i + 1 < ${#args[@]})) && [[ ${args[i + 1]} != --* ]]; then
+          value=${args[i + 1]}
+          i=$((i + 1))
+        fi
+        ;;
+    esac
+  done
+  ((found == 0)) || return 1
+  printf '%s\n' "$value"
+}
+
+# script_flag_on NAME ARGS...: --NAME is given and not false (bare, true, True, 1, yes).
+script_flag_on() {
+  local value
+  value=$(script_arg_value "$@") || return 1
+  [[ ${value,,} == '' || ${value,,} == true || ${value,,} == 1 || ${value,,} == yes ]]
+}
+
+# script_uses_trainkit SRC: the script is one of ours (imports trainkit), which saves a
+# checkpoint on SIGTERM, exits 75, and resumes from its newest complete checkpoint.
+script_uses_trainkit() {
+  [[ -f $1 ]] && grep -qE '^[[:space:]]*(import trainkit|from trainkit import)' "$1"
+}
+
+# script_handles_resume SRC: the script passes --resume_from_checkpoint on to Trainer
+# (HF examples do: trainer.train(resume_from_checkpoint=...)). A script that merely parses
+# TrainingArguments accepts the flag and ignores it, so its source must use the name.
+script_handles_resume() {
+  [[ -f $1 ]] && grep -q 'resume_from_checkpoint' "$1"
+}
+
+# script_stop_note SRC ARGS...: what a `docker stop` does to this run, for the "stop:" hint.
+script_stop_note() {
+  local src=$1
+  shift
+  if script_uses_trainkit "$src"; then
+    echo "saves a checkpoint first"
+  elif script_flag_on enable_jit_checkpoint "$@"; then
+    echo "saves a checkpoint first: --enable_jit_checkpoint"
+  elif [[ $(script_arg_value save_strategy "$@" || echo steps) != no ]] && script_handles_resume "$src"; then
+    echo "not known to save on a stop: the steps since its last checkpoint are lost;" \
+      "add --enable_jit_checkpoint to save first"
+  else
+    echo "not known to save a checkpoint on a stop: its progress is lost"
+  fi
+}
+
+# script_output_dir VOLUME ARGS...: the host folder behind the script's --output_dir (HF's
+# default trainer_output when absent). Status 1 when it is outside the volume.
+script_output_dir() {
+  local volume=$1 dir
+  shift
+  dir=$(script_arg_value output_dir "$@") || dir=$SCRIPT_HF_DEFAULT_OUTPUT
+  [[ -n $dir ]] || return 1
+  script_host_path "$dir" "$volume"
+}
+
+# script_newest_checkpoint DIR: the newest complete checkpoint-N folder in host folder DIR.
+# Complete: trainkit's marker when the folder uses markers, else Trainer's trainer_state.json
+# (written last in a save). A folder left by a kill mid-save is skipped. Status 1: none.
+script_newest_checkpoint() {
+  local dir=$1 path step best=-1 best_path='' need=trainer_state.json
+  [[ -d $dir ]] || return 1
+  compgen -G "$dir/checkpoint-*/$SCRIPT_TRAINKIT_MARKER" >/dev/null && need=$SCRIPT_TRAINKIT_MARKER
+  for path in "$dir"/checkpoint-*; do
+    step=${path##*/checkpoint-}
+    [[ $step =~ ^[0-9]+$ && -f $path/$need ]] || continue
+    if ((10#$step > best)); then
+      best=$((10#$step)) best_path=$path
+    fi
+  done
+  [[ -n $best_path ]] || return 1
+  printf '%s\n' "$best_path"
+}
+
+# script_state_steps FILE: "GLOBAL_STEP MAX_STEPS" from a trainer_state.json.
+script_state_steps() {
+  python3 -c 'import json, sys; s = json.load(open(sys.argv[1])); print(s["global_step"], s["max_steps"])' "$1"
+}
+
+# script_run_outcome VOLUME CODE START ARGS...: one line on stdout saying how the run ended;
+# status 0 only when it finished. START: when the run began (epoch seconds), so that files
+# of an earlier run do not count.
+script_run_outcome() {
+  local volume=$1 code=$2 start=$3 dir state='' steps step max ckpt
+  shift 3
+  dir=$(script_output_dir "$volume" "$@") || dir=''
+  if [[ -n $dir && -f $dir/trainer_state.json ]] && (($(stat -c %Y "$dir/trainer_state.json") >= start)); then
+    state=$dir/trainer_state.json
+  elif [[ -n $dir ]] && ckpt=$(script_newest_checkpoint "$dir") && (($(stat -c %Y "$ckpt") >= start)); then
+    state=$ckpt/trainer_state.json
+  fi
+  if [[ -n $state ]] && steps=$(script_state_steps "$state" 2>/dev/null); then
+    read -r step max <<<"$steps"
+    if ((code == 0 && step >= max)); then
+      echo "finished: step $step of $max"
+      return 0
+    fi
+    echo "stopped at step $step of $max (exit $code)"
+    return 1
+  fi
+  if [[ -n $dir && -f $dir/all_results.json ]] && (($(stat -c %Y "$dir/all_results.json") >= start)) &&
+    ((code == 0)); then
+    echo "finished: it wrote ${dir#"$volume"/}/all_results.json"
+    return 0
+  fi
+  if ((code == 0)); then
+    echo "finished (exit 0; it wrote no trainer_state.json to check)"
+    return 0
+  fi
+  echo "ended with exit $code"
+  return 1
+}
+
+# script_resume_plan SRC VOLUME ARGS...: how a restart of this run will continue. Sets
+#   SCRIPT_RESUME_MODE  resume | restart
+#   SCRIPT_RESUME_ARGS  arguments to append to ARGS (an array; maybe empty)
+#   SCRIPT_RESUME_NOTE  one line to print ("resuming from ...", "starting over ...")
+# shellcheck disable=SC2034 # SCRIPT_RESUME_MODE is for the caller
+script_resume_plan() {
+  local src=$1 volume=$2 dir ckpt
+  shift 2
+  SCRIPT_RESUME_MODE=restart SCRIPT_RESUME_ARGS=() SCRIPT_RESUME_NOTE=''
+  if script_uses_trainkit "$src"; then
+    SCRIPT_RESUME_MODE=resume
+    SCRIPT_RESUME_NOTE="starting it again: it resumes from its newest complete checkpoint by itself"
+    return 0
+  fi
+  if ! script_handles_resume "$src"; then
+    SCRIPT_RESUME_NOTE="starting it again FROM STEP 0: ${src##*/} is not known to resume"
+    SCRIPT_RESUME_NOTE+=" (it does not use --resume_from_checkpoint); it may overwrite its checkpoints"
+    return 0
+  fi
+  if script_arg_value resume_from_checkpoint "$@" >/dev/null; then
+    SCRIPT_RESUME_MODE=resume
+    SCRIPT_RESUME_NOTE="starting it again with the --resume_from_checkpoint it was given"
+    return 0
+  fi
+  dir=$(script_output_dir "$volume" "$@") || dir=''
+  if [[ -z $dir ]] || ! ckpt=$(script_newest_checkpoint "$dir"); then
+    SCRIPT_RESUME_NOTE="starting it again FROM STEP 0: no complete checkpoint in its output folder yet"
+    return 0
+  fi
+  SCRIPT_RESUME_MODE=resume
+  SCRIPT_RESUME_ARGS=(--resume_from_checkpoint "$SCRIPT_VOLUME_MOUNT/${ckpt#"$volume"/}")
+  SCRIPT_RESUME_NOTE="starting it again to resume from step ${ckpt##*/checkpoint-}"
+  SCRIPT_RESUME_NOTE+=" (--resume_from_checkpoint ${SCRIPT_RESUME_ARGS[1]})"
+}
+
+# script_output_option NAME: option names that hold an output path.
+script_output_option() {
+  [[ $1 =~ (^|_)(output|save|logging|log|checkpoint)(_|$) && $1 =~ (dir|path|file|output)$ ]]
+}
+
+# script_check_output_paths MODE ARGS...: an absolute output path outside /volume among ARGS
+# (--output_dir /tmp/out, --logging_dir=/app/logs): MODE refuse prints one error line and
+# returns 1; MODE warn prints a warning and returns 0.
+script_check_output_paths() {
+  local mode=$1 arg name value i norm
+  shift
+  local -a args=("$@")
+  for ((i = 0; i < ${#args[@]}; i++)); do
+    arg=${args[i]}
+    [[ $arg == --?* ]] || continue
+    name=${arg#--} value=''
+    if [[ $name == *=* ]]; then
+      value=${name#*=} name=${name%%=*}
+    elif ((i + 1 < ${#args[@]})); then
+      value=${args[i + 1]}
+    fi
+    script_output_option "$name" || continue
+    [[ $value == /* ]] || continue
+    norm=$(realpath -m -- "$value")
+    [[ $norm == "$SCRIPT_VOLUME_MOUNT" || $norm == "$SCRIPT_VOLUME_MOUNT"/* ]] && continue
+    if [[ $mode == warn ]]; then
+      warn "--$name $value is outside $SCRIPT_VOLUME_MOUNT: it is lost with the container"
+      continue
+    fi
+    printf '%s: error: %s\n' "${PROG:-${0##*/}}" "--$name $value is outside $SCRIPT_VOLUME_MOUNT, so it would be lost with \
+the container; use a path under $SCRIPT_VOLUME_MOUNT (or a relative one), or pass --allow-outside-volume" >&2
+    return 1
+  done
+  return 0
+}

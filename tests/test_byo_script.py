@@ -1,0 +1,407 @@
+"""Scripts someone else wrote (issue 11): run by the image and judged by lib/script_support.sh.
+
+tests/assets/byo_*.py are plain Hugging Face Trainer scripts that do not import trainkit.
+They run for real in the built image on CPU (tiny models made by
+tests/assets/make_tiny_models.py, `--network none`, a non-root uid that is not 1000). The
+launcher-side functions of lib/script_support.sh are called from bash, as
+launch_training.sh calls them, on the folders those runs leave behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, docker, run_in_image
+
+USER = "4321:4321"  # neither root nor the image's own 1000
+ENV = {"HF_HUB_OFFLINE": "1"}
+# torchrun's rendezvous resolves the hostname; --network none has no DNS.
+HOST = ("--hostname", "trainer", "--add-host", "trainer:127.0.0.1")
+CLASSIFY = "/volume/byo_classify.py"
+ROWS = 16  # training rows: 8 steps of 2 with one process, 4 with two
+WORDS = ["the", "a", "movie", "film", "plot", "was", "is", "and", "it", "this", "very"]
+CUE = {"pos": "great", "neg": "awful"}
+
+
+def classify_args(out: str, *extra: str) -> list[str]:
+    return [
+        "--model_name_or_path=/volume/models/tiny-bert-2labels",
+        "--train_file=/volume/data/train.csv",
+        f"--output_dir={out}",
+        "--do_train",
+        "--per_device_train_batch_size=2",
+        "--num_train_epochs=1",
+        "--report_to=none",
+        "--disable_tqdm=True",
+        "--log_level=info",
+        *extra,
+    ]
+
+
+def open_up(vol: Path) -> None:
+    for path in [vol, *vol.rglob("*")]:
+        path.chmod(0o777 if path.is_dir() else 0o666)
+
+
+@pytest.fixture(scope="module")
+def vol(image, tmp_path_factory) -> Path:
+    """A volume with the byo scripts, a csv and tiny models made inside the image."""
+    vol = tmp_path_factory.mktemp("byo-volume")
+    (vol / "data").mkdir()
+    rng = random.Random(0)
+    with (vol / "data" / "train.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["review", "sentiment"])
+        writer.writeheader()
+        for _ in range(ROWS):
+            label = rng.choice(sorted(CUE))
+            words = rng.choices(WORDS, k=6)
+            words.insert(3, CUE[label])
+            writer.writerow({"review": " ".join(words), "sentiment": label})
+    (vol / "data" / "vocab.txt").write_text("\n".join([*WORDS, *CUE.values()]) + "\n")
+    for asset in ("make_tiny_models.py", "byo_classify.py", "byo_extra.py"):
+        shutil.copy(ROOT / "tests" / "assets" / asset, vol)
+    open_up(vol)
+    made = run_in_image(
+        image.tag,
+        *("python3", "/volume/make_tiny_models.py", "/volume/data/vocab.txt", "/volume/models"),
+        user=USER,
+        volume=vol,
+        env=ENV,
+        timeout=300,
+    )
+    assert made.returncode == 0, made.stderr[-3000:]
+    return vol
+
+
+# ------------------------------------------------------------------ the library, from bash
+
+
+def lib(func: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Call FUNC of lib/script_support.sh as launch_training.sh would (common.sh first)."""
+    script = (
+        'set -euo pipefail; PROG=launch_training.sh; source lib/common.sh; source lib/script_support.sh; "$@"'
+    )
+    return subprocess.run(
+        ["bash", "-c", script, "bash", func, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def resume_plan(src: Path, volume: Path, *args: str) -> tuple[str, list[str], str]:
+    """script_resume_plan's three results: mode, extra arguments, note."""
+    script = (
+        'set -euo pipefail; source lib/common.sh; source lib/script_support.sh; script_resume_plan "$@"; '
+        'printf "%s\\n" "$SCRIPT_RESUME_MODE" "$SCRIPT_RESUME_NOTE" "${SCRIPT_RESUME_ARGS[@]}"'
+    )
+    proc = subprocess.run(
+        ["bash", "-c", script, "bash", str(src), str(volume), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    mode, note, *extra = proc.stdout.splitlines()
+    return mode, extra, note
+
+
+def test_output_paths_outside_the_volume_are_refused_or_warned():
+    for args in (
+        ["--output_dir", "/tmp/out"],
+        ["--output_dir=/app/out"],
+        ["--logging_dir", "/volume/../tmp/x"],
+    ):
+        proc = lib("script_check_output_paths", "refuse", "--do_train", *args)
+        assert proc.returncode == 1, args
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1 and "outside /volume" in lines[0] and "--allow-outside-volume" in lines[0], (
+            lines
+        )
+    warned = lib("script_check_output_paths", "warn", "--output_dir", "/tmp/out")
+    assert warned.returncode == 0 and "warning: --output_dir /tmp/out is outside /volume" in warned.stderr
+    for args in (
+        ["--output_dir", "/volume/out"],
+        ["--output_dir=out/rel"],
+        ["--cache_dir", "/tmp/cache", "--train_file", "/app/data.csv"],  # inputs, not outputs
+        ["--resume_from_checkpoint", "/tmp/ckpt"],
+    ):
+        proc = lib("script_check_output_paths", "refuse", *args)
+        assert proc.returncode == 0 and proc.stderr == "", (args, proc.stderr)
+
+
+def test_stop_note_depends_on_what_the_script_does(tmp_path):
+    byo = ROOT / "tests" / "assets" / "byo_classify.py"
+    ours = lib("script_stop_note", str(ROOT / "app" / "test_training_bert_base.py")).stdout.strip()
+    assert ours == "saves a checkpoint first"
+    jit = lib("script_stop_note", str(byo), "--enable_jit_checkpoint", "--output_dir", "x").stdout.strip()
+    assert jit == "saves a checkpoint first: --enable_jit_checkpoint"
+    off = lib("script_stop_note", str(byo), "--enable_jit_checkpoint=false").stdout.strip()
+    assert off.startswith("not known to save on a stop: the steps since its last checkpoint are lost")
+    plain = lib("script_stop_note", str(ROOT / "tests" / "assets" / "byo_extra.py")).stdout.strip()
+    assert plain == "not known to save a checkpoint on a stop: its progress is lost"
+
+
+def fake_checkpoint(folder: Path, step: int, max_steps: int, complete: bool = True) -> None:
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_text("x")
+    if complete:
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": max_steps}))
+
+
+def test_resume_plan_says_resume_or_start_over(tmp_path):
+    byo = ROOT / "tests" / "assets" / "byo_classify.py"
+    out = tmp_path / "out"
+    args = ["--output_dir", "/volume/out", "--do_train"]
+    mode, extra, note = resume_plan(byo, tmp_path, *args)
+    assert (mode, extra) == ("restart", []) and "FROM STEP 0: no complete checkpoint" in note
+    fake_checkpoint(out / "checkpoint-4", 4, 8)
+    fake_checkpoint(out / "checkpoint-6", 6, 8, complete=False)  # killed mid-save: skipped
+    mode, extra, note = resume_plan(byo, tmp_path, *args)
+    assert mode == "resume" and extra == ["--resume_from_checkpoint", "/volume/out/checkpoint-4"], note
+    assert "resume from step 4" in note
+    mode, extra, _ = resume_plan(byo, tmp_path, *args, "--resume_from_checkpoint=/volume/out/checkpoint-2")
+    assert (mode, extra) == ("resume", [])  # the caller's own choice stands
+    mode, extra, note = resume_plan(ROOT / "tests" / "assets" / "byo_extra.py", tmp_path, *args)
+    assert (mode, extra) == ("restart", []) and "FROM STEP 0: byo_extra.py is not known to resume" in note
+    mode, extra, note = resume_plan(ROOT / "app" / "test_training_bert_base.py", tmp_path)
+    assert (mode, extra) == ("resume", []) and "by itself" in note
+    # trainkit's folders: complete only with the marker, even when trainer_state.json exists.
+    (out / "checkpoint-2").mkdir()
+    (out / "checkpoint-2" / "checkpoint-complete.json").write_text("{}")
+    _, extra, _ = resume_plan(byo, tmp_path, *args)
+    assert extra == ["--resume_from_checkpoint", "/volume/out/checkpoint-2"]
+
+
+def test_run_outcome_says_finished_only_when_the_run_did(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    start = str(int(time.time()) - 1)
+    args = ["--output_dir", "/volume/out"]
+    (out / "all_results.json").write_text("{}")
+    (out / "trainer_state.json").write_text(json.dumps({"global_step": 1355, "max_steps": 20000}))
+    proc = lib("script_run_outcome", str(tmp_path), "0", start, *args)
+    assert (proc.returncode, proc.stdout.strip()) == (1, "stopped at step 1355 of 20000 (exit 0)")
+    (out / "trainer_state.json").write_text(json.dumps({"global_step": 20000, "max_steps": 20000}))
+    proc = lib("script_run_outcome", str(tmp_path), "0", start, *args)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "finished: step 20000 of 20000")
+    # An earlier run's files do not count for this one.
+    later = str(int(time.time()) + 5)
+    proc = lib("script_run_outcome", str(tmp_path), "143", later, *args)
+    assert (proc.returncode, proc.stdout.strip()) == (1, "ended with exit 143")
+
+
+# ------------------------------------------------------------------ the image
+
+
+def start(image, vol: Path, name: str, *cmd: str, env=None, extra=()) -> None:
+    args = ["run", "-d", "--name", name, "--network", "none", "--user", USER, "-v", f"{vol}:/volume"]
+    for key, value in {**ENV, **(env or {})}.items():
+        args += ["-e", f"{key}={value}"]
+    docker(*args, *extra, image.tag, *cmd)
+
+
+def stop_after_first_checkpoint(
+    image, vol: Path, out: Path, *cmd: str, env=None, extra=()
+) -> tuple[int, str]:
+    """Run CMD detached, `docker stop` it once a complete checkpoint exists; exit code and logs."""
+    name = f"hfgpu-byo-{uuid.uuid4().hex[:8]}"
+    try:
+        start(image, vol, name, *cmd, env={"BYO_STEP_DELAY": "1.5", **(env or {})}, extra=extra)
+        deadline = time.monotonic() + 300
+        while not list(out.glob("checkpoint-*/trainer_state.json")):
+            assert time.monotonic() < deadline, docker("logs", name, check=False).stderr[-3000:]
+            time.sleep(0.2)
+        docker("stop", "-t", "60", name, timeout=120)
+        code = int(docker("wait", name, timeout=120).stdout.strip())
+        logs = docker("logs", name)
+        return code, logs.stdout + logs.stderr
+    finally:
+        docker("rm", "-f", name, check=False)
+
+
+def state(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_stopped_single_process_run_exits_143_and_resumes_at_its_checkpoint(image, vol):
+    """transformers' --enable_jit_checkpoint saves on SIGTERM and returns normally: exit 0
+    from the script, yet `train` says 143, and the outcome is "stopped", not "finished"."""
+    out = vol / "jit"
+    args = classify_args("/volume/jit", "--save_steps=2", "--enable_jit_checkpoint")
+    started = str(int(time.time()))
+    code, logs = stop_after_first_checkpoint(image, vol, out, "train", CLASSIFY, *args)
+    assert code == 143, logs[-3000:]
+    assert "train: stopped by SIGTERM (the program exited 0); exit 143" in logs
+    outcome = lib("script_run_outcome", str(vol), str(code), started, *args)
+    assert outcome.returncode == 1 and outcome.stdout.startswith("stopped at step "), outcome.stdout
+    stopped_at = state(out / "trainer_state.json")["global_step"]
+    assert 2 <= stopped_at < 8
+
+    mode, extra, note = resume_plan(vol / "byo_classify.py", vol, *args)
+    assert mode == "resume", note
+    step = int(extra[1].rsplit("-", 1)[1])
+    assert step >= 2 and f"resume from step {step}" in note
+    started = str(int(time.time()))
+    proc = run_in_image(
+        image.tag, "train", CLASSIFY, *args, *extra, user=USER, volume=vol, env=ENV, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"byo: train begins at step {step} of 8" in proc.stdout
+    outcome = lib("script_run_outcome", str(vol), "0", started, *args)
+    assert (outcome.returncode, outcome.stdout.strip()) == (0, "finished: step 8 of 8")
+
+
+def test_two_cpu_processes_train_as_one_job_and_a_stop_exits_143(image, vol):
+    """--nproc 2 without a GPU: one job of 2 x 2 per step (4 steps, not 8 twice); a stopped
+    torchrun run exits 143 like one process (torchrun itself exits 1); the rerun resumes."""
+    out = vol / "ddp"
+    args = classify_args("/volume/ddp", "--save_steps=1")
+    env = {"NPROC_PER_NODE": "2"}
+    code, logs = stop_after_first_checkpoint(image, vol, out, "train", CLASSIFY, *args, env=env, extra=HOST)
+    assert logs.count("byo: train begins at step 0 of 4") == 1, logs[-3000:]  # one job: rank 0 speaks
+    assert "(w. parallel, distributed & accumulation) = 4" in logs
+    assert code == 143, logs[-3000:]
+    assert "ACCELERATE_USE_CPU=true" in logs
+
+    mode, extra, note = resume_plan(vol / "byo_classify.py", vol, *args)
+    assert mode == "resume", note
+    step = int(extra[1].rsplit("-", 1)[1])
+    proc = run_in_image(
+        image.tag, "train", CLASSIFY, *args, *extra, user=USER, volume=vol, env={**ENV, **env}, extra=HOST
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"byo: train begins at step {step} of 4" in proc.stdout
+    final = state(out / "trainer_state.json")
+    assert (final["global_step"], final["max_steps"]) == (4, 4)
+
+
+def tiny_wheel(folder: Path, name: str = "hfgpu_byo_extra") -> Path:
+    """A pure-Python wheel NAME (as hfgpu-byo-extra) that depends on numpy (already in the image)."""
+    version = "1.0"
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": "VALUE = 'extra-ok'\n",
+        f"{info}/METADATA": (
+            f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\n"
+            f"Version: {version}\nRequires-Dist: numpy\n"
+        ),
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    files[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, text in files.items():
+            zf.writestr(path, text)
+    return wheel
+
+
+def test_an_extra_package_installs_into_the_volume_and_persists_offline(image, tmp_path):
+    vol = tmp_path / "vol"
+    wheel = tiny_wheel(vol / "wheels")
+    (vol / "requirements.txt").write_text("--no-index\n--find-links /volume/wheels\nhfgpu-byo-extra\n")
+    shutil.copy(ROOT / "tests" / "assets" / "byo_extra.py", vol)
+    open_up(vol)
+    req = {"HFGPU_PIP_REQUIREMENTS": "/volume/requirements.txt"}
+    first = run_in_image(image.tag, "train", "/volume/byo_extra.py", user=USER, volume=vol, env=req)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "byo-extra: extra-ok from /volume/.local/lib/python3" in first.stdout
+    site = next((vol / ".local" / "lib").glob("python3*/site-packages"))
+    assert sorted(p.name for p in site.iterdir()) == [
+        "hfgpu_byo_extra",
+        "hfgpu_byo_extra-1.0.dist-info",
+    ]  # no numpy
+    wheel.unlink()  # later runs cannot install it again: they reuse the volume's copy
+    again = run_in_image(image.tag, "train", "/volume/byo_extra.py", user=USER, volume=vol, env=req)
+    assert again.returncode == 0 and "byo-extra: extra-ok" in again.stdout, again.stderr[-3000:]
+    plain = run_in_image(image.tag, "python3", "/volume/byo_extra.py", user="5555:5555", volume=vol)
+    assert plain.returncode == 0 and "extra-ok" in plain.stdout, plain.stderr[-2000:]  # any uid, no settings
+    home = run_in_image(image.tag, "bash", "-c", "echo $HOME; touch ~/kept", user=USER, volume=vol)
+    assert home.stdout.strip() == "/volume/.home/4321" and (vol / ".home" / "4321" / "kept").is_file()
+    # A plain `pip install` (no --user) as a non-root uid lands in the volume's user site too.
+    tiny_wheel(vol / "wheels", "hfgpu_byo_other")
+    open_up(vol)
+    cmd = "pip install -q --no-index --find-links /volume/wheels hfgpu-byo-other"
+    cmd += " && python3 -c 'import hfgpu_byo_other'"
+    other = run_in_image(image.tag, "bash", "-c", cmd, user=USER, volume=vol)
+    assert other.returncode == 0 and (site / "hfgpu_byo_other").is_dir(), other.stderr[-2000:]
+
+
+def test_evaluate_loads_a_metric_from_a_folder_in_the_volume_offline(image, tmp_path):
+    """docs/bring-your-own-script.md's metrics recipe: VOLUME/accuracy/accuracy.py."""
+    vol = tmp_path / "vol"
+    (vol / "accuracy").mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "assets" / "byo_accuracy_metric.py", vol / "accuracy" / "accuracy.py")
+    open_up(vol)
+    code = 'import evaluate; print(evaluate.load("accuracy").compute(predictions=[1, 0], references=[1, 1]))'
+    proc = run_in_image(image.tag, "python3", "-c", code, user=USER, volume=vol, env=ENV, timeout=120)
+    assert proc.returncode == 0 and "'accuracy': 0.5" in proc.stdout, proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ bad inputs: one line each
+
+BAD_INPUTS = [
+    # (environment, command, what the one line must say)
+    ({}, ["train"], "train: error: no script given"),
+    ({}, ["train", "/volume/nope.py"], "train: error: script not found: /volume/nope.py"),
+    (
+        {"NPROC_PER_NODE": "two"},
+        ["train", "/volume/byo_extra.py"],
+        "NPROC_PER_NODE must be a positive number",
+    ),
+    ({"NNODES": "2"}, ["train", "/volume/byo_extra.py"], "NNODES=2 needs MASTER_ADDR"),
+    (
+        {"NNODES": "2", "NODE_RANK": "2", "MASTER_ADDR": "x"},
+        ["train", "/volume/byo_extra.py"],
+        "NODE_RANK must be",
+    ),
+    ({"MASTER_PORT": "http"}, ["train", "/volume/byo_extra.py"], "MASTER_PORT must be a port number"),
+    (
+        {"HFGPU_PIP_REQUIREMENTS": "/volume/missing.txt"},
+        ["touch", "/volume/ran"],
+        "entrypoint: error: HFGPU_PIP_REQUIREMENTS=/volume/missing.txt: no such readable file",
+    ),
+    (
+        {"HFGPU_PIP_REQUIREMENTS": "/volume/conflict.txt"},
+        ["touch", "/volume/ran"],
+        "conflicts with the image's locked versions (transformers==",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("env", "cmd", "says"), BAD_INPUTS, ids=[" ".join(c) + str(e) for e, c, _ in BAD_INPUTS]
+)
+def test_bad_inputs_to_the_entrypoint_and_train(image, tmp_path, env, cmd, says):
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "conflict.txt").write_text("--no-index\ntransformers==4.0.0\n")
+    shutil.copy(ROOT / "tests" / "assets" / "byo_extra.py", vol)
+    open_up(vol)
+    proc = run_in_image(image.tag, *cmd, user=USER, volume=vol, env=env, timeout=120)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and says in lines[0], (proc.returncode, proc.stderr)
+    assert not (vol / "ran").exists()  # the command did not run
+    if "conflict" in says:
+        assert "PIP_CONSTRAINT=/opt/venv/constraints.txt" in lines[0] and "requirements.lock" in lines[0]
+        assert not list(vol.glob(".local/lib/*/site-packages/transformers"))  # nothing half-installed
