@@ -588,7 +588,7 @@ check_driver() {
 
 # resolve_name: sets owner, name (hfgpu-<user>-<script stem>, or --container-name) and log_file.
 resolve_name() {
-  owner=$(id -un 2>/dev/null || id -u)
+  owner=$(id -un 2>/dev/null) || owner=$(id -u)
   owner=${owner//[^a-zA-Z0-9_.-]/-}
   if [[ -n $opt_name ]]; then
     name=$opt_name
@@ -786,12 +786,13 @@ remove_failed_start() {
 
 # start_container: sets container_id; a failure leaves nothing behind.
 start_container() {
-  local out err
-  if ! out=$("${run_cmd[@]}" 2>&1); then
-    err=$(grep -m1 -v '^[[:space:]]*$' <<<"$out" || true)
-    err=${err#docker: }
+  local err line
+  if ! err=$("${run_cmd[@]}" 2>&1 >/dev/null); then
+    line=$(grep -m1 'Error response from daemon' <<<"$err" || grep -m1 -v '^[[:space:]]*$' <<<"$err" || true)
+    line=${line#docker: }
+    line=${line#Error response from daemon: }
     [[ $err == *"is already in use"* ]] || remove_failed_start
-    if ((memlock)) && [[ $out == *"error setting rlimit"* ]]; then
+    if ((memlock)) && [[ $err == *"error setting rlimit"* ]]; then
       warn "this Docker engine cannot raise the locked-memory limit (memlock=-1); running with its default" \
         "(multi-node NCCL over RDMA may be slower)"
       memlock=0
@@ -799,14 +800,13 @@ start_container() {
       start_container
       return 0
     fi
-    if [[ $gpus != none && $out == *"device driver"* ]]; then
-      die "docker cannot give the container GPUs ($err); install the NVIDIA container toolkit, then" \
+    if [[ $gpus != none && $err == *"device driver"* ]]; then
+      die "docker cannot give the container GPUs: ${line%.}; install the NVIDIA container toolkit, then" \
         "sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker; or pass --gpus none"
     fi
-    die "docker could not start the container: $err"
+    die "docker could not start the container: ${line:-exit status of docker run}"
   fi
-  container_id=$(grep -E '^[0-9a-f]{64}$' <<<"$out" | tail -n1 || true)
-  [[ -n $container_id ]] || container_id=$name
+  container_id=$(docker inspect --format '{{.Id}}' "$name" 2>/dev/null || echo "$name")
 }
 
 # shellcheck disable=SC2329 # run by trap
