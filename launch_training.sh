@@ -417,7 +417,8 @@ pull_image() {
       die "cannot pull $image: no network to $host ($why); check this machine's network and DNS" \
         "(a GCE VM needs an external IP or Cloud NAT), then run again"
       ;;
-    *denied* | *unauthorized* | *"authentication required"* | *forbidden* | *" 403 "*)
+    *denied* | *unauthorized* | *"authentication required"* | *"no basic auth credentials"* | *forbidden* | \
+      *" 403 "*)
       die "cannot pull $image: no access ($why); run gcloud auth configure-docker $host, and give this" \
         "machine's account read access (Artifact Registry Reader on the repository; create_instance.sh does)"
       ;;
