@@ -816,6 +816,15 @@ def test_bad_input_is_one_line_and_changes_nothing(image, workdir, bad_input_vol
         assert part in lines[0], lines[0]
     assert proc.stdout == ""
     assert (containers(), tree(vol, workdir / "home")) == before
+    # HFGPU_BAD_INPUTS_DOC=FILE: append the case as a row of docs/bad-inputs/launch_training.md.
+    if os.environ.get("HFGPU_BAD_INPUTS_DOC"):
+        shown = (
+            " ".join(shlex.quote(w) for w in words).replace(str(workdir), "DIR").replace(image.tag, "IMAGE")
+        )
+        envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()).replace(str(workdir), "DIR")
+        line = lines[0].replace(str(workdir), "DIR").replace(image.tag, "IMAGE").replace("|", "\\|")
+        with open(os.environ["HFGPU_BAD_INPUTS_DOC"], "a") as doc:
+            doc.write(f"| `{(envs + ' ' if envs else '') + shown}` | `{line}` |\n")
 
 
 def test_deprecated_name_and_inline_values_still_work(image, workdir: Path):
