@@ -283,7 +283,7 @@ resolve_env() {
   return 0
 }
 
-# resolve_bucket: checks CHECKPOINT_BUCKET (any source) and names where a bad one came from.
+# resolve_bucket: sets nothing; checks CHECKPOINT_BUCKET (any source), naming where a bad one came from.
 resolve_bucket() {
   [[ -n $CHECKPOINT_BUCKET ]] || return 0
   local why
@@ -878,7 +878,8 @@ supervise() {
 
 main() {
   parse_args "$@"
-  config_init
+  # A .env file may hold secrets too: its lines are not traced.
+  quietly config_init
   apply_flags
   check_args
   resolve_sharing

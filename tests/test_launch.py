@@ -1054,8 +1054,13 @@ def test_every_secret_reaches_the_foreground_program_and_the_folder_goes(image, 
     args = argv(
         f"--image {image.tag} --volume {vol} --container-name {name} --secret MY_EXTRA_SECRET probe.py"
     )
-    # Foreground, with HFGPU_DEBUG=1 tracing every command: no secret value may show in the trace.
-    proc = launch_bg(workdir, *args, log=log, env={**secret_env(), "HFGPU_DEBUG": "1"})
+    # Foreground, with HFGPU_DEBUG=1 tracing every command: no secret value may show in the trace,
+    # not even one sitting in the .env file the configuration layer reads.
+    dotenv = workdir / "secret.env"
+    dotenv.write_text(f"HF_TOKEN={CANARY}-dotenv\nTAG=x\n")
+    dotenv.chmod(0o644)
+    env = {**secret_env(), "HFGPU_DEBUG": "1", "CONFIG_FILE": str(dotenv)}
+    proc = launch_bg(workdir, *args, log=log, env=env)
     wait_for(lambda: (vol / "seen.json").exists(), "the probe to start")
     mounts = json.loads(docker("container", "inspect", name).stdout)[0]["Mounts"]
     secret_dir = Path(next(m["Source"] for m in mounts if m["Destination"] == "/run/hfgpu-secrets"))
