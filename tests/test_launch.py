@@ -755,7 +755,7 @@ BAD_INPUTS = [
     ("container-name", "--container-name bad!name", {}, ["is not a valid container name"]),
     ("bucket-scheme", "--checkpoint-bucket s3://b/p", {}, ["does not start with gs://"]),
     ("bucket-uppercase", "--checkpoint-bucket gs://Bad_Bucket/p", {}, ["must be lowercase"]),
-    ("bucket-google", "--checkpoint-bucket gs://google-runs/p", {}, ["contain 'google'"]),
+    ("bucket-google", "--checkpoint-bucket gs://my-google-runs/p", {}, ["contain 'google'"]),
     ("bucket-from-env", "", {"CHECKPOINT_BUCKET": "runs/x"}, ["CHECKPOINT_BUCKET from the environment"]),
     ("env-secret-name", "--env HF_TOKEN=x", {}, ["--env HF_TOKEN looks like a secret", "--secret HF_TOKEN"]),
     ("env-bad-name", "--env 1BAD=x", {}, ["--env takes NAME or NAME=VALUE"]),
