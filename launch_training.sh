@@ -11,13 +11,16 @@
 #   NAME.py         a script bundled in the image's /app
 #   PATH.py         a .py file inside the volume folder (a path on this machine,
 #                   relative to the volume, or /volume/...): no rebuild needed
-# Everything after `--` goes to the script unchanged.
+# Everything after `--` goes to the script unchanged. Options read `--opt VALUE`
+# or `--opt=VALUE`; on/off flags take no value; numbers are decimal.
 #
 # Options
-#   --image REF         image to run (default: CONTAINER_NAME, else the Artifact
-#                       Registry image when PROJECT is known, else IMAGE_NAME:TAG);
-#                       pulled when absent, built from build_image/ when found nowhere
-#   --volume DIR        host folder mounted at /volume (default: VOLUME, else ./volume)
+#   --image REF         image to run (env CONTAINER_NAME; default: the Artifact Registry
+#                       image when PROJECT is known, else the local IMAGE_NAME:TAG).
+#                       A registry reference is pulled when absent; a local one (no
+#                       registry host) is built with build_and_push.sh --no-push
+#   --build             build the local image (IMAGE_NAME:TAG, or --image NAME:TAG) first
+#   --volume DIR        host folder mounted at /volume (env VOLUME; default ./volume)
 #   --gpus all|N|none|device=I,J
 #                       GPUs to give the container (default: all when the NVIDIA
 #                       container runtime is present, else a warning and CPU)
@@ -27,187 +30,95 @@
 #   --master-addr HOST  the rank-0 node's address      --master-port P (29500)
 #   --rdzv-endpoint H:P a c10d rendezvous instead of --master-addr/--master-port
 #   --network NET       docker network (default: docker's bridge; host when --nnodes > 1)
-#   --name NAME         container name (default: hfgpu-<script name>)
+#   --container-name NAME  container name (default: hfgpu-<user>-<script name>);
+#                       --name is the old spelling (deprecated)
 #   --detach            return once started; logs still go to VOLUME/logs/
 #   --restart-on-preemption
 #                       run again (resuming) when the program exits 75 ("preempted,
 #                       checkpoint saved") or the container is killed (137/143)
-#   --max-restarts N    bound for --restart-on-preemption (default 10)
+#   --max-restarts N    bound for --restart-on-preemption (0-1000, default 10)
+#   --checkpoint-bucket gs://BUCKET/PATH
+#                       where checkpoints outlive the VM (env CHECKPOINT_BUCKET)
+#   --env NAME[=VALUE]  a plain variable for the program (repeatable; NAME alone takes
+#                       yours); secrets go through --secret instead
 #   --env-file FILE     NAME=VALUE lines for the program, passed privately like secrets
 #   --secret NAME       one more environment variable to pass as a secret (repeatable)
-#   --stop-timeout S    seconds `docker stop` waits for the checkpoint (default 120)
+#   --share             outputs and logs readable by group and others (umask 022);
+#                       the default is private to you (umask 077)
+#   --stop-timeout S    seconds `docker stop` waits for the checkpoint (1-3600, default 120)
 #   --docker-arg ARG    one extra `docker run` argument, as is (repeatable)
-#   --dry-run           print the docker commands, run nothing
+#   --dry-run           print the commands, run nothing
 #   -h, --help          this help
 #
 # Secrets: HF_TOKEN, HUGGING_FACE_HUB_TOKEN, WANDB_API_KEY, COMET_API_KEY,
 # NEPTUNE_API_TOKEN, MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_PASSWORD (when set)
-# reach the program through a file in a private tmpfs folder, mounted read-only;
-# never through the command line, docker inspect, the logs or the volume.
+# reach the program through a file in a private folder ($XDG_RUNTIME_DIR, else
+# ~/.cache/hfgpu, mode 700), mounted read-only; never through the command line,
+# docker inspect, the logs or the volume. On a shared VM, anyone in the docker
+# group is root-equivalent: they can read your secrets and your volume.
 # Exit status: the program's (75 = preempted after a complete checkpoint; run the
 # same command again to resume), or 1 with one line on stderr when a check fails.
 # Environment: HFGPU_MIN_FREE_GB (default 20) free-disk warning threshold;
-# BASE_IMAGE and CA_BUNDLE for the fallback local build; see lib/common.sh.
+# HFGPU_DEBUG=1 traces every command (never a secret's value); BASE_IMAGE and
+# CA_BUNDLE for a local build; see lib/common.sh for the configuration names.
 
 set -euo pipefail
 
-# lib/common.sh is linted on its own (make lint runs shellcheck without -x).
+# lib/*.sh are linted on their own (make lint runs shellcheck without -x).
 # shellcheck disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/lib/flags.sh"
 
 readonly PROG=launch_training.sh
 readonly PREEMPTED_EXIT=75
 readonly SECRETS_MOUNT=/run/hfgpu-secrets
 readonly DEFAULT_SECRET_NAMES=(HF_TOKEN HUGGING_FACE_HUB_TOKEN WANDB_API_KEY COMET_API_KEY
   NEPTUNE_API_TOKEN MLFLOW_TRACKING_TOKEN MLFLOW_TRACKING_PASSWORD)
-readonly DRIVER_LABEL=ai.gpu-transformers.min-nvidia-driver
-readonly OWNER_LABEL=ai.gpu-transformers.launcher
+# The image's minimum driver: the new label, the old one, then the image's ENV.
+readonly DRIVER_LABELS=(hfgpu.min-nvidia-driver ai.gpu-transformers.min-nvidia-driver)
+readonly OWNER_LABEL=hfgpu.owner
 
-# Settings, filled by parse_args and the resolve_* functions.
-opt_image='' opt_volume='' opt_gpus='' opt_nproc='' opt_nnodes=1 opt_node_rank=0
-opt_master_addr='' opt_master_port='' opt_rdzv='' opt_network='' opt_name=''
-opt_detach=0 opt_restart=0 opt_max_restarts=10 opt_env_file='' opt_stop_timeout=120
-script_arg=bert
-script_args=() docker_extra=() secret_names=()
-volume='' image='' script_path='' gpus='' log_file='' secrets_dir=''
-owns_secrets=0 stopping=0 memlock=1
+# ------------------------------------------------------------------ globals
+# Set by parse_args (the opt_* values, as given) and by the resolve_* functions.
+opt_image='' opt_build=0 opt_volume='' opt_gpus='' opt_nproc='' opt_nnodes=1 opt_node_rank=0
+opt_master_addr='' opt_master_port='' opt_rdzv='' opt_network='' opt_name='' opt_detach=0
+opt_restart=0 opt_max_restarts=10 opt_bucket='' opt_env_file='' opt_share=0 opt_stop_timeout=120
+script_arg=bert script_given=0
+script_args=() docker_extra=() extra_secret_names=() env_specs=()
+volume=''          # resolve_volume: the host folder (absolute, symlinks resolved)
+image=''           # resolve_image: the reference to run
+image_origin=''    # resolve_image: where it came from (config_origin)
+script_path=''     # resolve_script: the script's path inside the container
+app_script=''      # resolve_script: a name to find in the image's /app ('' for volume scripts)
+gpus=''            # resolve_gpus: all, none, N or device=...
+owner=''           # resolve_name: the owner label's value (your user name)
+name=''            # resolve_name: the container's name
+log_file=''        # resolve_name: VOLUME/logs/NAME-DATE.log
+umask_value=077    # resolve_sharing: 077, or 022 with --share
+env_pairs=()       # resolve_env: NAME=VALUE of each --env
+secret_names=()    # resolve_secrets: the secret variables that are set
+secrets_dir=''     # write_secrets: the private folder of this run
+owns_secrets=0     # write_secrets: this process removes secrets_dir
+container_id=''    # start_container: the running container
+stopping=0 memlock=1 docker_runtimes='' run_cmd=()
 
 # ---------------------------------------------------------------- helpers
-
-is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
-is_posint() { is_uint "$1" && (($1 >= 1)); }
-rank_ok() { is_uint "$opt_node_rank" && ((opt_node_rank < opt_nnodes)); }
-is_port() { is_uint "$1" && (($1 >= 1 && $1 <= 65535)); }
 
 # version_lt A B: A is an older version than B (dotted numbers).
 version_lt() {
   [[ $1 != "$2" && $(printf '%s\n%s\n' "$1" "$2" | sort -V | head -n1) == "$1" ]]
 }
 
-# need_value FLAG COUNT: the flag has a value after it.
-need_value() {
-  (($2 >= 2)) || die "$1 needs a value; see $PROG --help"
+# quietly FUNCTION ARGS...: run it with xtrace off (HFGPU_DEBUG=1 never shows a secret).
+quietly() {
+  local traced=0 rc=0
+  [[ $- == *x* ]] && traced=1
+  { set +x; } 2>/dev/null
+  "$@" || rc=$?
+  ((traced == 0)) || set -x
+  return "$rc"
 }
-
-# ------------------------------------------------------------- arguments
-
-parse_args() {
-  local positional=0
-  while (($#)); do
-    case $1 in
-      -h | --help) usage "${BASH_SOURCE[0]}"; exit 0 ;;
-      --image) need_value "$1" $#; opt_image=$2; shift ;;
-      --volume) need_value "$1" $#; opt_volume=$2; shift ;;
-      --gpus) need_value "$1" $#; opt_gpus=$2; shift ;;
-      --nproc) need_value "$1" $#; opt_nproc=$2; shift ;;
-      --nnodes) need_value "$1" $#; opt_nnodes=$2; shift ;;
-      --node-rank) need_value "$1" $#; opt_node_rank=$2; shift ;;
-      --master-addr) need_value "$1" $#; opt_master_addr=$2; shift ;;
-      --master-port) need_value "$1" $#; opt_master_port=$2; shift ;;
-      --rdzv-endpoint) need_value "$1" $#; opt_rdzv=$2; shift ;;
-      --network) need_value "$1" $#; opt_network=$2; shift ;;
-      --name) need_value "$1" $#; opt_name=$2; shift ;;
-      --detach) opt_detach=1 ;;
-      --restart-on-preemption) opt_restart=1 ;;
-      --max-restarts) need_value "$1" $#; opt_max_restarts=$2; shift ;;
-      --env-file) need_value "$1" $#; opt_env_file=$2; shift ;;
-      --secret) need_value "$1" $#; secret_names+=("$2"); shift ;;
-      --stop-timeout) need_value "$1" $#; opt_stop_timeout=$2; shift ;;
-      --docker-arg) need_value "$1" $#; docker_extra+=("$2"); shift ;;
-      --docker-arg=*) docker_extra+=("${1#--docker-arg=}") ;;
-      --dry-run) DRY_RUN=1 ;;
-      --) shift; script_args=("$@"); break ;;
-      -*) die "unknown option $1; see $PROG --help" ;;
-      *)
-        ((positional == 0)) || die "unexpected argument '$1': give one SCRIPT; its own arguments go after --"
-        script_arg=$1
-        positional=1
-        ;;
-    esac
-    shift
-  done
-  validate_args
-}
-
-validate_args() {
-  case $opt_gpus in
-    '' | all | none | device=*) ;;
-    *) is_posint "$opt_gpus" || die "--gpus must be all, none, a count or device=I,J; got '$opt_gpus'" ;;
-  esac
-  if [[ -n $opt_nproc && $opt_nproc != auto ]]; then
-    is_posint "$opt_nproc" || die "--nproc must be a positive number or auto; got '$opt_nproc'"
-  fi
-  is_posint "$opt_nnodes" || die "--nnodes must be a positive number; got '$opt_nnodes'"
-  rank_ok || die "--node-rank must be in 0..$((opt_nnodes - 1)); got '$opt_node_rank'"
-  if ((opt_nnodes > 1)) && [[ -z $opt_master_addr && -z $opt_rdzv ]]; then
-    die "--nnodes $opt_nnodes needs --master-addr HOST (the rank-0 node's address) or --rdzv-endpoint HOST:PORT"
-  fi
-  if [[ -n $opt_master_port ]]; then
-    is_port "$opt_master_port" || die "--master-port must be a port number; got '$opt_master_port'"
-  fi
-  is_uint "$opt_max_restarts" || die "--max-restarts must be a number; got '$opt_max_restarts'"
-  is_uint "$opt_stop_timeout" || die "--stop-timeout must be a number of seconds; got '$opt_stop_timeout'"
-  if [[ -n $opt_name && ! $opt_name =~ ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$ ]]; then
-    die "--name '$opt_name' is not a valid container name; use letters, digits, '_', '.', '-'"
-  fi
-  if [[ -n $opt_env_file && ! -r $opt_env_file ]]; then
-    die "--env-file $opt_env_file is not a readable file; check the path"
-  fi
-  local name
-  for name in "${secret_names[@]}"; do
-    [[ $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "--secret takes a variable name; got '$name'"
-  done
-  return 0
-}
-
-# ------------------------------------------------------------- preflight
-
-# check_docker: the client exists and the daemon answers; sets docker_runtimes.
-docker_runtimes=''
-check_docker() {
-  command -v docker >/dev/null 2>&1 ||
-    die "docker not found on PATH; install Docker (https://docs.docker.com/engine/install/) or use a GCE Deep Learning VM image"
-  local out
-  if ! out=$(docker version --format '{{.Server.Version}}' 2>&1); then
-    if [[ $out == *"permission denied"* ]]; then
-      die "no permission to use the Docker daemon; add yourself to the docker group (sudo usermod -aG docker \$USER, then log in again)"
-    fi
-    out=$(grep -v '^[[:space:]]*$' <<<"$out" | tail -n1)
-    die "the Docker daemon is not reachable (${out:-no answer}); start it: sudo systemctl start docker"
-  fi
-  docker_runtimes=$(docker info --format '{{json .Runtimes}}' 2>/dev/null || true)
-}
-
-resolve_volume() {
-  volume=${opt_volume:-${VOLUME:-./volume}}
-  volume=$(realpath -m -- "$volume")
-  if [[ ! -d $volume ]]; then
-    [[ -e $volume ]] && die "volume $volume exists but is not a folder; pass --volume DIR"
-    if [[ $DRY_RUN == 1 ]]; then
-      log "would create the volume folder $volume"
-    else
-      mkdir -p -- "$volume" 2>/dev/null || die "cannot create the volume folder $volume; create it yourself or pass --volume DIR"
-      log "created the volume folder $volume"
-    fi
-  fi
-  if [[ -d $volume && ! -w $volume ]]; then
-    die "volume $volume is not writable by uid $(id -u); fix its owner (sudo chown -R $(id -u):$(id -g) $volume) or pass --volume DIR"
-  fi
-  check_free_space
-}
-
-check_free_space() {
-  local min_gb=${HFGPU_MIN_FREE_GB:-20} free_kb probe=$volume
-  [[ -d $probe ]] || probe=$(dirname "$probe")
-  free_kb=$(df -Pk -- "$probe" 2>/dev/null | awk 'NR == 2 { print $4 }') || return 0
-  is_uint "${free_kb:-x}" || return 0
-  if ((free_kb < min_gb * 1024 * 1024)); then
-    warn "only $((free_kb / 1024 / 1024)) GiB free under $volume (< ${min_gb} GiB): checkpoints and the model cache may fill the disk; free space or grow the disk"
-  fi
-}
-
-# image_exists REF
-image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 
 # has_registry REF: the reference names a registry host (so pulling can work).
 has_registry() {
@@ -215,55 +126,343 @@ has_registry() {
   [[ $1 == */* && ($first == *.* || $first == *:* || $first == localhost) ]]
 }
 
+# is_image_ref REF: a plausible docker image reference ([HOST[:PORT]/]PATH[:TAG][@sha256:HEX]).
+is_image_ref() {
+  local host='([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]+)?/)?'
+  local part='[a-z0-9]+([._-]+[a-z0-9]+)*'
+  [[ $1 =~ ^$host$part(/$part)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$ ]]
+}
+
+# bucket_problem URL: why URL is not gs://BUCKET[/PATH] (Cloud Storage's bucket naming rules); '' if it is.
+bucket_problem() {
+  local url=$1 bucket
+  [[ $url == gs://* ]] || { echo "does not start with gs://"; return 0; }
+  bucket=${url#gs://}
+  bucket=${bucket%%/*}
+  if [[ ! $bucket =~ ^[a-z0-9][a-z0-9._-]*[a-z0-9]$ ]]; then
+    echo "bucket '$bucket' must be lowercase letters, digits, '-', '_', '.', starting and ending with a letter or digit"
+  elif ((${#bucket} < 3 || ${#bucket} > 222)) || { [[ $bucket != *.* ]] && ((${#bucket} > 63)); }; then
+    echo "bucket '$bucket' must be 3-63 characters (up to 222 with dots)"
+  elif [[ $bucket =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ || $bucket == goog* || $bucket == *google* ]]; then
+    echo "bucket '$bucket' may not be an IP address, start with 'goog' or contain 'google'"
+  elif [[ $url =~ [[:space:]] ]]; then
+    echo "contains white space"
+  fi
+}
+
+# looks_secret NAME: a name that should go through --secret, not --env.
+looks_secret() {
+  [[ " ${DEFAULT_SECRET_NAMES[*]} " == *" $1 "* ]] && return 0
+  [[ $1 =~ (TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY)$ ]]
+}
+
+# ------------------------------------------------------------- arguments
+
+parse_args() {
+  while (($#)); do
+    flag_begin "$1"
+    case $FLAG in
+      -h | --help) flag_switch; usage "${BASH_SOURCE[0]}"; exit 0 ;;
+      --image) flag_value "$@"; opt_image=$VALUE ;;
+      --build) flag_switch; opt_build=1 ;;
+      --volume) flag_value "$@"; opt_volume=$VALUE ;;
+      --gpus) flag_value "$@"; opt_gpus=$VALUE ;;
+      --nproc)
+        flag_value "$@"
+        opt_nproc=$VALUE
+        [[ $VALUE == auto ]] || to_int opt_nproc --nproc "$VALUE" 1 1024
+        ;;
+      --nnodes) flag_value "$@"; to_int opt_nnodes --nnodes "$VALUE" 1 4096 ;;
+      --node-rank) flag_value "$@"; to_int opt_node_rank --node-rank "$VALUE" 0 4095 ;;
+      --master-addr) flag_value "$@"; opt_master_addr=$VALUE ;;
+      --master-port) flag_value "$@"; to_int opt_master_port --master-port "$VALUE" 1 65535 ;;
+      --rdzv-endpoint) flag_value "$@"; opt_rdzv=$VALUE ;;
+      --network) flag_value "$@"; opt_network=$VALUE ;;
+      --container-name) flag_value "$@"; opt_name=$VALUE ;;
+      --name) flag_value "$@"; flag_deprecated --container-name; opt_name=$VALUE ;;
+      --detach) flag_switch; opt_detach=1 ;;
+      --restart-on-preemption) flag_switch; opt_restart=1 ;;
+      --max-restarts) flag_value "$@"; to_int opt_max_restarts --max-restarts "$VALUE" 0 1000 ;;
+      --checkpoint-bucket) flag_value "$@"; opt_bucket=$VALUE ;;
+      --env) flag_value "$@"; env_specs+=("$VALUE") ;;
+      --env-file) flag_value "$@"; opt_env_file=$VALUE ;;
+      --secret) flag_value "$@"; extra_secret_names+=("$VALUE") ;;
+      --share) flag_switch; opt_share=1 ;;
+      --stop-timeout) flag_value "$@"; to_int opt_stop_timeout --stop-timeout "$VALUE" 1 3600 ;;
+      --docker-arg) flag_value "$@"; docker_extra+=("$VALUE") ;;
+      --dry-run) flag_switch; DRY_RUN=1 ;;
+      --) shift; script_args=("$@"); break ;;
+      -*) flag_unknown ;;
+      *)
+        ((script_given == 0)) ||
+          die "unexpected argument '$1': give one SCRIPT; its own arguments go after --"
+        script_arg=$1 script_given=1
+        ;;
+    esac
+    shift "$FLAG_SHIFT"
+  done
+}
+
+# apply_flags: the flags that are configuration names win over everything else.
+apply_flags() {
+  [[ -z $opt_image ]] || config_set_flag CONTAINER_NAME --image "$opt_image"
+  [[ -z $opt_volume ]] || config_set_flag VOLUME --volume "$opt_volume"
+  [[ -z $opt_bucket ]] || config_set_flag CHECKPOINT_BUCKET --checkpoint-bucket "$opt_bucket"
+  return 0
+}
+
+# check_args: the flags that need no configuration nor Docker to be judged.
+check_args() {
+  case $opt_gpus in
+    '' | all | none) ;;
+    device=*)
+      [[ $opt_gpus =~ ^device=[A-Za-z0-9-]+(,[A-Za-z0-9-]+)*$ ]] ||
+        die "--gpus device= takes GPU indexes or UUIDs separated by commas (device=0,1); got '$opt_gpus'"
+      ;;
+    *) to_int opt_gpus "--gpus (all, none, a count or device=I,J)" "$opt_gpus" 1 1024 ;;
+  esac
+  ((opt_node_rank < opt_nnodes)) || die "--node-rank must be in 0..$((opt_nnodes - 1)); got '$opt_node_rank'"
+  if ((opt_nnodes > 1)) && [[ -z $opt_master_addr && -z $opt_rdzv ]]; then
+    die "--nnodes $opt_nnodes needs --master-addr HOST (the rank-0 node's address)" \
+      "or --rdzv-endpoint HOST:PORT"
+  fi
+  if [[ -n $opt_master_addr && ! $opt_master_addr =~ ^[A-Za-z0-9]([A-Za-z0-9._:-]*[A-Za-z0-9])?$ ]]; then
+    die "--master-addr takes a host name or IP address; got '$opt_master_addr'"
+  fi
+  if [[ -n $opt_rdzv ]]; then
+    [[ $opt_rdzv =~ ^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?:([0-9]+)$ ]] ||
+      die "--rdzv-endpoint takes HOST:PORT (e.g. 10.0.0.2:29400); got '$opt_rdzv'"
+    # shellcheck disable=SC2034 # only range-checked
+    local port
+    to_int port "--rdzv-endpoint's port" "${BASH_REMATCH[2]}" 1 65535
+  fi
+  if [[ -n $opt_name && ! $opt_name =~ ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$ ]]; then
+    die "--container-name '$opt_name' is not a valid container name; use letters, digits, '_', '.', '-'"
+  fi
+  if [[ -n $opt_env_file ]] && [[ ! -f $opt_env_file || ! -r $opt_env_file ]]; then
+    die "--env-file $opt_env_file is not a regular readable file; give a file of NAME=VALUE lines"
+  fi
+  local n arg
+  for n in "${extra_secret_names[@]}"; do
+    [[ $n =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "--secret takes a variable name (e.g. MY_TOKEN); got '$n'"
+  done
+  for arg in "${docker_extra[@]}"; do
+    if [[ $arg == --restart || $arg == --restart=* ]]; then
+      die "--docker-arg=$arg: Docker restart policies are not supported; use --restart-on-preemption" \
+        "(and deploy/gpu-training.service to start again after a reboot)"
+    fi
+  done
+  return 0
+}
+
+# resolve_sharing: sets umask_value (and this process's umask): 077, or 022 with --share.
+resolve_sharing() {
+  ((opt_share)) && umask_value=022
+  umask "$umask_value"
+}
+
+# resolve_env: sets env_pairs from the --env NAME[=VALUE] options.
+resolve_env() {
+  local spec n
+  env_pairs=()
+  for spec in "${env_specs[@]}"; do
+    n=${spec%%=*}
+    [[ $n =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "--env takes NAME or NAME=VALUE (NAME: letters, digits, '_'); got '$n'"
+    if looks_secret "$n"; then
+      die "--env $n looks like a secret, and --env values show in docker inspect; pass it with --secret $n" \
+        "(it is read from your environment)"
+    fi
+    if [[ $spec == *=* ]]; then
+      env_pairs+=("$spec")
+    else
+      [[ -n ${!n+set} ]] || die "--env $n: $n is not set in your environment; export it or give --env $n=VALUE"
+      env_pairs+=("$n=${!n}")
+    fi
+    [[ ${env_pairs[-1]} != *$'\n'* ]] || die "--env $n: the value contains a newline; give one line"
+  done
+  return 0
+}
+
+# resolve_bucket: sets nothing; checks CHECKPOINT_BUCKET (any source), naming where a bad one came from.
+resolve_bucket() {
+  [[ -n $CHECKPOINT_BUCKET ]] || return 0
+  local why
+  why=$(bucket_problem "$CHECKPOINT_BUCKET")
+  [[ -z $why ]] ||
+    die "$(config_origin CHECKPOINT_BUCKET) '$CHECKPOINT_BUCKET' is not gs://BUCKET/PATH: $why; fix it or unset it"
+}
+
+# ------------------------------------------------------------- preflight
+
+# check_docker: the client exists and the daemon answers; sets docker_runtimes.
+check_docker() {
+  command -v docker >/dev/null 2>&1 ||
+    die "docker not found on PATH; install Docker (https://docs.docker.com/engine/install/)" \
+      "or use a GCE Deep Learning VM image"
+  local out
+  if ! out=$(docker version --format '{{.Server.Version}}' 2>&1); then
+    if [[ $out == *"permission denied"* ]]; then
+      die "no permission to use the Docker daemon; add yourself to the docker group" \
+        "(sudo usermod -aG docker \$USER, then log in again)"
+    fi
+    out=$(grep -v '^[[:space:]]*$' <<<"$out" | tail -n1)
+    die "the Docker daemon is not reachable (${out:-no answer}); start it: sudo systemctl start docker"
+  fi
+  docker_runtimes=$(docker info --format '{{json .Runtimes}}' 2>/dev/null || true)
+}
+
+# resolve_volume: sets volume (VOLUME, absolute); checks it is usable. Creates nothing.
+resolve_volume() {
+  local origin
+  [[ -n $VOLUME ]] || config_default VOLUME ./volume
+  origin=$(config_origin VOLUME)
+  [[ $VOLUME != *$'\n'* ]] || die "$origin contains a newline; give a folder path on one line"
+  volume=$(realpath -m -- "$VOLUME")
+  if [[ -e $volume && ! -d $volume ]]; then
+    die "$origin: $volume exists but is not a folder; pass --volume DIR"
+  fi
+  if [[ -d $volume && ! -w $volume ]]; then
+    die "volume $volume ($origin) is not writable by uid $(id -u); fix its owner" \
+      "(sudo chown -R $(id -u):$(id -g) $volume) or pass --volume DIR"
+  fi
+  local parent=$volume
+  while [[ ! -e $parent ]]; do parent=$(dirname -- "$parent"); done
+  [[ -w $parent ]] || die "cannot create the volume folder $volume ($origin): $parent is not writable;" \
+    "create it yourself or pass --volume DIR"
+  check_free_space "$parent"
+}
+
+# check_free_space DIR: a warning when the disk under DIR is nearly full.
+check_free_space() {
+  local min_gb free_kb
+  to_int min_gb "HFGPU_MIN_FREE_GB from the environment" "${HFGPU_MIN_FREE_GB:-20}" 0
+  free_kb=$(df -Pk -- "$1" 2>/dev/null | awk 'NR == 2 { print $4 }') || return 0
+  [[ ${free_kb:-x} =~ ^[0-9]+$ ]] || return 0
+  if ((free_kb < min_gb * 1024 * 1024)); then
+    warn "only $((free_kb / 1024 / 1024)) GiB free under $volume (< ${min_gb} GiB):" \
+      "checkpoints and the model cache may fill the disk; free space or grow the disk"
+  fi
+}
+
+# image_exists REF
+image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
+
+# resolve_image: sets image and image_origin; checks the reference. Pulls and builds nothing.
 resolve_image() {
-  if [[ -n $opt_image ]]; then
-    image=$opt_image
-  elif [[ -n $CONTAINER_NAME ]]; then
+  if [[ -n $CONTAINER_NAME ]]; then
     image=$CONTAINER_NAME
+    image_origin=$(config_origin CONTAINER_NAME)
+  elif ((opt_build)); then
+    image=$(local_image)
+    image_origin="IMAGE_NAME:TAG"
   else
     config_default_project
     if [[ -n $PROJECT ]]; then
       image=$(registry_image)
+      image_origin="the project's registry image (PROJECT $PROJECT)"
     else
       image=$(local_image)
+      image_origin="the local image IMAGE_NAME:TAG"
     fi
   fi
-  image_exists "$image" && return 0
-  if has_registry "$image"; then
-    local host=${image%%/*}
-    if [[ $host == *.pkg.dev ]] && ! grep -qs "\"$host\"" "${DOCKER_CONFIG:-$HOME/.docker}/config.json"; then
-      if command -v gcloud >/dev/null 2>&1; then
-        log "configuring docker to pull from $host"
-        run_to_stderr gcloud auth configure-docker "$host" --quiet || warn "gcloud auth configure-docker $host failed; the pull may be refused"
-      else
-        warn "gcloud not found: docker has no credentials for $host; the pull may be refused"
-      fi
-    fi
-    log "pulling $image"
-    if run_to_stderr docker pull "$image"; then
-      return 0
-    fi
-    warn "could not pull $image"
+  is_image_ref "$image" ||
+    die "$image_origin '$image' is not an image reference (HOST/PROJECT/REPO/IMAGE:TAG, or NAME:TAG);" \
+      "fix it, unset it, or pass --image REF"
+  if ((opt_build)) && has_registry "$image"; then
+    die "--build makes a local image and never tags it with a registry reference ($image, $image_origin);" \
+      "pass --image NAME:TAG without a registry host, or drop --build"
   fi
-  build_image_locally
+  return 0
 }
 
-build_image_locally() {
-  local dockerfile=$HFGPU_ROOT/build_image/Dockerfile
-  [[ -f $dockerfile ]] ||
-    die "image $image is not on this machine and could not be pulled; push it with build_and_push.sh, or pass --image REF"
-  log "image $image is not on this machine nor in a registry it can reach: building it from build_image/ (the first build downloads ~4 GB and takes minutes)"
-  local -a cmd=(env DOCKER_BUILDKIT=1 docker build -f "$dockerfile" -t "$image")
-  [[ -n ${BASE_IMAGE:-} ]] && cmd+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
-  [[ -n ${CA_BUNDLE:-} ]] && cmd+=(--secret "id=ca_bundle,src=$CA_BUNDLE")
-  cmd+=("$HFGPU_ROOT")
-  run_to_stderr "${cmd[@]}" ||
-    die "building $image failed (see above); fix the build or pass --image REF of an image you have"
+# ensure_image: the image is on this machine: pulled (registry reference) or built (local one).
+ensure_image() {
+  if ((opt_build)); then
+    build_locally
+  elif image_exists "$image"; then
+    return 0
+  elif has_registry "$image"; then
+    pull_image
+  elif [[ $image_origin == *"from the environment"* || $image_origin == *" in "* ]]; then
+    die "image $image ($image_origin) is not on this machine; unset it, pass --image REF, or add --build"
+  else
+    build_locally
+  fi
+}
+
+# pull_image: docker pull, with one line saying why it failed and what to do.
+pull_image() {
+  local host=${image%%/*} err why
+  if [[ $host == *.pkg.dev ]] && ! grep -qs "\"$host\"" "${DOCKER_CONFIG:-$HOME/.docker}/config.json"; then
+    if command -v gcloud >/dev/null 2>&1; then
+      log "configuring docker to pull from $host"
+      run_to_stderr gcloud auth configure-docker "$host" --quiet ||
+        warn "gcloud auth configure-docker $host failed; the pull may be refused"
+    else
+      warn "gcloud not found: docker has no credentials for $host; the pull may be refused"
+    fi
+  fi
+  log "pulling $image"
+  if [[ $DRY_RUN == 1 ]]; then
+    run docker pull "$image"
+    return 0
+  fi
+  err=$(docker pull "$image" 2>&1 >&2) && return 0
+  why=$(grep -v '^[[:space:]]*$' <<<"$err" | tail -n1)
+  why=${why#docker: }
+  why=${why#Error response from daemon: }
+  case $err in
+    *"dial tcp"* | *"no such host"* | *"connection refused"* | *timeout* | *"network is unreachable"* | \
+      *"server misbehaving"*)
+      die "cannot pull $image: no network to $host ($why); check this machine's network and DNS" \
+        "(a GCE VM needs an external IP or Cloud NAT), then run again"
+      ;;
+    *denied* | *unauthorized* | *"authentication required"* | *"no basic auth credentials"* | *forbidden* | \
+      *" 403 "*)
+      die "cannot pull $image: no access ($why); run gcloud auth configure-docker $host, and give this" \
+        "machine's account read access (Artifact Registry Reader on the repository; create_instance.sh does)"
+      ;;
+    *"not found"* | *"manifest unknown"* | *"name unknown"* | *"does not exist"*)
+      die "cannot pull $image: not found in $host ($why); check the reference" \
+        "(build_and_push.sh prints it), push the image, or pass --image REF"
+      ;;
+    *) die "cannot pull $image: $why; check the reference and this machine's access to $host" ;;
+  esac
+}
+
+# build_locally: the one build path, build_and_push.sh --no-push, for a local reference.
+build_locally() {
+  [[ -x $HFGPU_ROOT/build_and_push.sh && -f $HFGPU_ROOT/build_image/Dockerfile ]] ||
+    die "image $image is not on this machine, and this copy of the launcher has no build_image/ to build it;" \
+      "pass --image with a pushed reference (HOST/PROJECT/REPO/IMAGE@sha256:...), or run from a full checkout"
+  [[ $image != *@* ]] || die "cannot build $image: a digest names a pushed image; pull it, or pass --image NAME:TAG"
+  if [[ -n $CA_BUNDLE ]] && [[ ! -f $CA_BUNDLE || ! -r $CA_BUNDLE || $CA_BUNDLE == *,* ]]; then
+    die "$(config_origin CA_BUNDLE) '$CA_BUNDLE' is not a readable regular file without commas; fix it or unset it"
+  fi
+  if [[ -n $BASE_IMAGE ]] && ! is_image_ref "$BASE_IMAGE"; then
+    die "$(config_origin BASE_IMAGE) '$BASE_IMAGE' is not an image reference; fix it or unset it"
+  fi
+  local image_name=$image tag=latest last
+  if [[ ${image##*/} == *:* ]]; then
+    image_name=${image%:*} tag=${image##*:}
+  fi
+  local -a cmd=(env "IMAGE_NAME=$image_name" "TAG=$tag")
+  [[ -z $CA_BUNDLE ]] || cmd+=("CA_BUNDLE=$CA_BUNDLE")
+  cmd+=("$HFGPU_ROOT/build_and_push.sh" --no-push)
+  [[ -z $BASE_IMAGE ]] || cmd+=(--base-image "$BASE_IMAGE")
+  log "building $image locally with build_and_push.sh --no-push (the first build downloads ~4 GB and takes minutes)"
+  if [[ $DRY_RUN == 1 ]]; then
+    run "${cmd[@]}"
+    return 0
+  fi
+  last=$("${cmd[@]}" | tail -n1) || die "building $image failed (see above); fix the build or pass --image REF"
+  image_exists "$image" || die "build_and_push.sh built ${last:-nothing}, not $image; pass --image $last"
 }
 
 # image_scripts: the .py files bundled in the image's /app, one a line.
 image_scripts() {
-  docker run --rm --network none --entrypoint find "$image" /app -maxdepth 1 -name '*.py' -printf '%f\n' 2>/dev/null | sort
+  docker run --rm --network none --entrypoint find "$image" /app -maxdepth 1 -name '*.py' -printf '%f\n' \
+    2>/dev/null | sort
 }
 
 volume_scripts() {
@@ -275,56 +474,63 @@ script_not_found() {
   local bundled=() dropped=()
   image_exists "$image" && mapfile -t bundled < <(image_scripts)
   mapfile -t dropped < <(volume_scripts)
-  die "script '$1' not found; bundled in the image: ${bundled[*]:-none}; in $volume: ${dropped[*]:-none}; shortcuts: bert, gpt2"
+  die "script '$1' not found; bundled in the image: ${bundled[*]:-none}; in $volume: ${dropped[*]:-none};" \
+    "shortcuts: bert, gpt2"
 }
 
-# resolve_script: script_arg -> script_path (a path inside the container).
+# in_volume PATH: PATH (symlinks resolved) as a path inside the container; refuses an escape.
+in_volume() {
+  local abs
+  abs=$(realpath -e -- "$1")
+  [[ $abs == "$volume"/* ]] ||
+    die "script $1 resolves to $abs, outside the volume $volume: copy it there (cp '$abs' '$volume/')" \
+      "and pass its name"
+  printf '/volume/%s\n' "${abs#"$volume"/}"
+}
+
+# resolve_script: sets script_path (inside the container) and app_script (a name in /app, checked later).
 resolve_script() {
-  local arg=$script_arg app_name=''
+  local arg=$script_arg
+  app_script=''
   case $arg in
-    bert) app_name=test_training_bert_base.py ;;
+    bert)
+      app_script=test_training_bert_base.py
+      script_path=/app/$app_script
+      return 0
+      ;;
     gpt2)
       arg=test_training_distillgpt2.py
-      if [[ ! -f $volume/$arg && -f $HFGPU_ROOT/volume/$arg ]]; then
-        [[ $HFGPU_ROOT/volume -ef $volume ]] || {
-          log "copying $arg from $HFGPU_ROOT/volume into $volume"
-          run cp -- "$HFGPU_ROOT/volume/$arg" "$volume/$arg"
-        }
+      if [[ -f $volume/$arg ]]; then
+        script_path=$(in_volume "$volume/$arg")
+      elif [[ -f $HFGPU_ROOT/volume/$arg ]]; then
+        script_path=/volume/$arg # copied in prepare_volume
+      else
+        script_not_found gpt2
       fi
-      [[ -f $volume/$arg || $DRY_RUN == 1 ]] || script_not_found gpt2
-      script_path=/volume/$arg
       return 0
       ;;
   esac
-  if [[ -z $app_name ]]; then
-    [[ $arg == *.py ]] || arg=$arg.py
-    local abs
-    if [[ $arg == /volume/* && -f $volume/${arg#/volume/} ]]; then
-      script_path=$arg
-      return 0
-    elif [[ $arg != /* && -f $volume/$arg ]]; then
-      abs=$(realpath -- "$volume/$arg")
-    elif [[ -f $arg ]]; then
-      abs=$(realpath -- "$arg")
-    elif [[ $arg == /app/* ]]; then
-      app_name=${arg#/app/}
-    elif [[ $arg != */* ]]; then
-      app_name=$arg
-    else
-      script_not_found "$script_arg"
-    fi
-    if [[ -n ${abs:-} ]]; then
-      [[ $abs == "$volume"/* ]] ||
-        die "script $abs is outside the volume $volume: copy it there (cp '$abs' '$volume/') and pass its name"
-      script_path=/volume/${abs#"$volume"/}
-      return 0
-    fi
+  [[ $arg == *.py ]] || arg=$arg.py
+  if [[ $arg == /volume/* && -e $volume/${arg#/volume/} ]]; then
+    script_path=$(in_volume "$volume/${arg#/volume/}")
+  elif [[ $arg != /* && -e $volume/$arg ]]; then
+    script_path=$(in_volume "$volume/$arg")
+  elif [[ -f $arg ]]; then
+    script_path=$(in_volume "$arg")
+  elif [[ $arg == /app/* ]]; then
+    app_script=${arg#/app/}
+  elif [[ $arg != */* ]]; then
+    app_script=$arg
+  else
+    script_not_found "$script_arg"
   fi
-  # A dry run starts no container, not even the one that lists /app.
-  if [[ $DRY_RUN != 1 ]] && image_exists "$image"; then
-    grep -qxF -- "$app_name" < <(image_scripts) || script_not_found "$script_arg"
-  fi
-  script_path=/app/$app_name
+  [[ -z $app_script ]] || script_path=/app/$app_script
+}
+
+# check_app_script: a script named for the image's /app is there (needs the image; not in a dry run).
+check_app_script() {
+  [[ -n $app_script && $DRY_RUN != 1 ]] || return 0
+  grep -qxF -- "$app_script" < <(image_scripts) || script_not_found "$script_arg"
 }
 
 # nvidia_runtime_present: docker can give containers GPUs (runtime or hook).
@@ -333,121 +539,156 @@ nvidia_runtime_present() {
   command -v nvidia-container-runtime-hook >/dev/null 2>&1
 }
 
-# check_driver: the host driver is new enough for the image's CUDA runtime.
-check_driver() {
-  command -v nvidia-smi >/dev/null 2>&1 || return 0
-  local driver need
-  if ! driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n1 | tr -d '[:space:]') || [[ -z $driver ]]; then
-    die "nvidia-smi cannot talk to the NVIDIA driver; install or reload the driver (GCE Deep Learning VMs: sudo /opt/deeplearning/install-driver.sh), or pass --gpus none"
-  fi
-  image_exists "$image" || return 0
-  need=$(docker image inspect --format "{{index .Config.Labels \"$DRIVER_LABEL\"}}" "$image" 2>/dev/null || true)
-  if [[ -z $need || $need == '<no value>' ]]; then
-    need=$(docker image inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$image" 2>/dev/null |
-      sed -n 's/^MIN_NVIDIA_DRIVER=//p' | head -n1)
-  fi
-  [[ -n $need ]] || return 0
-  if version_lt "$driver" "$need"; then
-    die "NVIDIA driver $driver is older than the $need that $image needs (CUDA $(docker image inspect --format '{{index .Config.Labels "ai.gpu-transformers.cuda-runtime"}}' "$image" 2>/dev/null || echo 12)); upgrade the host driver (GCE: a newer Deep Learning VM image), or pass --gpus none"
-  fi
-}
-
+# resolve_gpus: sets gpus (--gpus, else all with a runtime and a GPU, else none with a warning).
 resolve_gpus() {
   gpus=$opt_gpus
-  if [[ -z $gpus ]]; then
-    if ! nvidia_runtime_present; then
-      warn "no NVIDIA container runtime in this Docker engine: running on CPU (install nvidia-container-toolkit to use GPUs)"
-      gpus=none
-    elif ! nvidia-smi -L >/dev/null 2>&1; then
-      warn "the NVIDIA container runtime is present but nvidia-smi finds no GPU: running on CPU"
-      gpus=none
-    else
-      gpus=all
-    fi
+  [[ -z $gpus ]] || return 0
+  if ! nvidia_runtime_present; then
+    warn "no NVIDIA container runtime in this Docker engine: running on CPU" \
+      "(install nvidia-container-toolkit to use GPUs)"
+    gpus=none
+  elif ! nvidia-smi -L >/dev/null 2>&1; then
+    warn "the NVIDIA container runtime is present but nvidia-smi finds no GPU: running on CPU"
+    gpus=none
+  else
+    gpus=all
   fi
-  [[ $gpus == none ]] && return 0
-  check_driver
-  nvidia_runtime_present || die "$(gpu_runtime_missing)"
 }
 
-gpu_runtime_missing() {
-  printf '%s' "--gpus $gpus needs the NVIDIA container toolkit, which this Docker engine lacks (could not select device driver \"\" with capabilities: [[gpu]]); install it and run 'sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker', or pass --gpus none"
+# image_min_driver: the image's minimum NVIDIA driver (a label, else its MIN_NVIDIA_DRIVER), or ''.
+image_min_driver() {
+  local label need
+  for label in "${DRIVER_LABELS[@]}"; do
+    need=$(docker image inspect --format "{{index .Config.Labels \"$label\"}}" "$image" 2>/dev/null || true)
+    [[ -z $need || $need == '<no value>' ]] || { printf '%s\n' "$need"; return 0; }
+  done
+  docker image inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$image" 2>/dev/null |
+    sed -n 's/^MIN_NVIDIA_DRIVER=//p' | head -n1
+}
+
+# check_driver: with GPUs, the host driver is new enough for the image (needs the image).
+check_driver() {
+  [[ $gpus != none ]] || return 0
+  command -v nvidia-smi >/dev/null 2>&1 || return 0
+  local driver need
+  driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n1 | tr -d '[:space:]') ||
+    true
+  [[ -n $driver ]] || die "nvidia-smi cannot talk to the NVIDIA driver; install or reload the driver" \
+    "(GCE Deep Learning VMs: sudo /opt/deeplearning/install-driver.sh), or pass --gpus none"
+  image_exists "$image" || return 0
+  need=$(image_min_driver)
+  [[ -n $need ]] || return 0
+  if version_lt "$driver" "$need"; then
+    die "NVIDIA driver $driver is older than the $need that $image needs; upgrade the host driver" \
+      "(GCE: a newer Deep Learning VM image), or pass --gpus none"
+  fi
+  log "NVIDIA driver $driver (the image needs $need or newer)"
 }
 
 # ---------------------------------------------------------- the command
 
+# resolve_name: sets owner, name (hfgpu-<user>-<script stem>, or --container-name) and log_file.
 resolve_name() {
+  owner=$(id -un 2>/dev/null) || owner=$(id -u)
+  owner=${owner//[^a-zA-Z0-9_.-]/-}
   if [[ -n $opt_name ]]; then
     name=$opt_name
   else
     local stem=${script_path##*/}
     stem=${stem%.py}
-    name=hfgpu-${stem//[^a-zA-Z0-9_.-]/-}
+    name=hfgpu-$owner-${stem//[^a-zA-Z0-9_.-]/-}
   fi
   log_file=$volume/logs/$name-$(date +%Y%m%d-%H%M%S).log
 }
 
-# The variables that carry secrets, and whether any is set.
-collect_secret_names() {
-  local -a all=("${DEFAULT_SECRET_NAMES[@]}" "${secret_names[@]}")
-  secret_names=()
+# check_name_free: a container with this name blocks the launch unless it is a stopped one of ours.
+check_name_free() {
+  local state who
+  state=$(docker inspect --format '{{.State.Status}}' "$name" 2>/dev/null) || return 0
+  who=$(docker inspect --format "{{index .Config.Labels \"$OWNER_LABEL\"}}" "$name" 2>/dev/null || true)
+  [[ $who != '<no value>' ]] || who=''
+  if [[ $who != "$owner" ]]; then
+    die "a container named $name already exists and belongs to ${who:-someone else (no $OWNER_LABEL label)};" \
+      "the launcher never stops or removes it: pass --container-name NEW"
+  fi
+  if [[ $state == running || $state == restarting || $state == paused ]]; then
+    die "a container named $name is already running; follow it (docker logs -f $name)," \
+      "stop it (docker stop $name) or pass --container-name NEW"
+  fi
+}
+
+# remove_own_stale: a stopped container of ours with this name goes (check_name_free allowed it).
+remove_own_stale() {
+  docker inspect --format '{{.State.Status}}' "$name" >/dev/null 2>&1 || return 0
+  log "removing your stopped container $name"
+  run_to_stderr docker rm "$name"
+}
+
+# shellcheck disable=SC2329 # run through quietly
+# resolve_secrets: sets secret_names: the default and --secret names that are set.
+resolve_secrets() {
+  local -a all=("${DEFAULT_SECRET_NAMES[@]}" "${extra_secret_names[@]}")
   local n
+  secret_names=()
   for n in "${all[@]}"; do
-    [[ -n ${!n:-} ]] && secret_names+=("$n")
+    [[ -z ${!n:-} ]] || secret_names+=("$n")
+  done
+  for n in "${secret_names[@]}"; do
+    [[ ${!n} != *$'\n'* ]] || die "$n contains a newline; a secret must be one line"
   done
   return 0
 }
 
-# write_secrets: the private file the entrypoint exports (mode 600, tmpfs).
+# shellcheck disable=SC2329 # run through quietly
+# secrets_parent: a folder only you can enter: $XDG_RUNTIME_DIR, else ~/.cache/hfgpu (made 0700).
+# Never /dev/shm: `--ipc host` shares it with every such container on the machine.
+secrets_parent() {
+  local dir=${XDG_RUNTIME_DIR:-}
+  if [[ -n $dir && -d $dir && -O $dir && -w $dir && $(stat -c %a -- "$dir") == 700 ]]; then
+    printf '%s\n' "$dir"
+    return 0
+  fi
+  dir=${HOME:?HOME is not set}/.cache/hfgpu
+  if [[ $DRY_RUN != 1 ]]; then
+    mkdir -p -- "$dir" 2>/dev/null && chmod 700 -- "$dir" 2>/dev/null && [[ -O $dir ]] ||
+      die "cannot make the private folder $dir for secrets; set XDG_RUNTIME_DIR to a folder" \
+        "only you can enter, or fix the owner of $HOME/.cache"
+  fi
+  printf '%s\n' "$dir"
+}
+
+# shellcheck disable=SC2329 # run through quietly
+# write_secrets: sets secrets_dir: a private file (0600) of NAME=VALUE lines the entrypoint exports.
+# Runs with xtrace off (see quietly).
 write_secrets() {
   ((${#secret_names[@]})) || [[ -n $opt_env_file ]] || return 0
   local base
-  for base in "${XDG_RUNTIME_DIR:-}" /dev/shm "${TMPDIR:-/tmp}"; do
-    [[ -n $base && -d $base && -w $base ]] && break
-  done
+  base=$(secrets_parent)
   if [[ $DRY_RUN == 1 ]]; then
     secrets_dir="$base/hfgpu-secrets.XXXXXX"
     return 0
   fi
-  secrets_dir=$(umask 077 && mktemp -d "$base/hfgpu-secrets.XXXXXX") || die "cannot create a private folder in $base for the secrets; set TMPDIR to a writable folder"
+  secrets_dir=$(umask 077 && mktemp -d "$base/hfgpu-secrets.XXXXXX") ||
+    die "cannot create a private folder in $base for the secrets; set XDG_RUNTIME_DIR to a private folder"
   owns_secrets=1
   local file=$secrets_dir/env n line
   (
     umask 077
     : >"$file"
     for n in "${secret_names[@]}"; do
-      [[ ${!n} != *$'\n'* ]] || die "$n contains a newline; secrets must be one line"
       printf '%s=%s\n' "$n" "${!n}" >>"$file"
     done
     if [[ -n $opt_env_file ]]; then
       while IFS= read -r line || [[ -n $line ]]; do
         line=${line%$'\r'}
-        if [[ $line =~ ^[[:space:]]*([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]]; then
-          printf '%s=%s\n' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}" >>"$file"
+        if [[ $line =~ ^[[:space:]]*(export[[:space:]]+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]]; then
+          printf '%s=%s\n' "${BASH_REMATCH[2]}" "${BASH_REMATCH[3]}" >>"$file"
         elif [[ $line =~ ^[[:space:]]*([A-Za-z_][A-Za-z0-9_]*)[[:space:]]*$ && -n ${!BASH_REMATCH[1]:-} ]]; then
           printf '%s=%s\n' "${BASH_REMATCH[1]}" "${!BASH_REMATCH[1]}" >>"$file"
         fi
       done <"$opt_env_file"
     fi
   )
-}
-
-# docker_restart_policy: the user asked Docker itself to restart the container.
-docker_restart_policy() {
-  local arg
-  for arg in "${docker_extra[@]}"; do
-    [[ $arg == --restart || $arg == --restart=* ]] && return 0
-  done
-  return 1
-}
-
-# check_restart_policy: Docker's restart policy runs the container without us.
-check_restart_policy() {
-  docker_restart_policy || return 0
-  ((opt_detach)) || die "a Docker restart policy (--docker-arg=--restart=...) needs --detach"
-  ((!opt_restart)) || die "use --restart-on-preemption or a Docker restart policy, not both"
-  ((${#secret_names[@]} == 0)) && [[ -z $opt_env_file ]] ||
-    die "secrets cannot outlive a reboot under a Docker restart policy; use deploy/gpu-training.service with --restart-on-preemption instead"
 }
 
 # shellcheck disable=SC2329 # run by trap
@@ -458,19 +699,26 @@ cleanup() {
   return 0
 }
 
+# docker_mount_source PATH: PATH as a quoted CSV field of --mount (',' and '"' survive).
+docker_mount_source() {
+  printf '"source=%s"' "${1//\"/\"\"}"
+}
+
+# build_run_cmd: sets run_cmd, the docker run command.
 build_run_cmd() {
   run_cmd=(docker run --detach --name "$name"
-    --label "$OWNER_LABEL=$PROG"
+    --label "$OWNER_LABEL=$owner"
     --user "$(id -u):$(id -g)"
     --ipc host
     --ulimit stack=67108864
     --stop-timeout "$opt_stop_timeout"
-    --volume "$volume:/volume")
+    --mount "type=bind,$(docker_mount_source "$volume"),target=/volume"
+    --env "HFGPU_UMASK=$umask_value")
   # Unlimited locked memory, as NVIDIA recommends for NCCL; an engine without
   # CAP_SYS_RESOURCE (some sandboxes, rootless Docker) cannot grant it.
   ((memlock)) && run_cmd+=(--ulimit memlock=-1)
   [[ $gpus == none ]] || run_cmd+=(--gpus "$(docker_gpus_value)")
-  local network=$opt_network
+  local network=$opt_network pair
   [[ -z $network ]] && ((opt_nnodes > 1)) && network=host
   [[ -n $network ]] && run_cmd+=(--network "$network")
   [[ -n $opt_nproc ]] && run_cmd+=(--env "NPROC_PER_NODE=$opt_nproc")
@@ -482,8 +730,12 @@ build_run_cmd() {
   fi
   # Without a network the Hugging Face libraries must not wait on the hub.
   [[ $network == none ]] && run_cmd+=(--env HF_HUB_OFFLINE=1 --env HF_DATASETS_OFFLINE=1)
+  [[ -z $CHECKPOINT_BUCKET ]] || run_cmd+=(--env "CHECKPOINT_BUCKET=$CHECKPOINT_BUCKET")
+  for pair in "${env_pairs[@]}"; do
+    run_cmd+=(--env "$pair")
+  done
   if [[ -n $secrets_dir ]]; then
-    run_cmd+=(--mount "type=bind,source=$secrets_dir,target=$SECRETS_MOUNT,readonly"
+    run_cmd+=(--mount "type=bind,$(docker_mount_source "$secrets_dir"),target=$SECRETS_MOUNT,readonly"
       --env "HFGPU_SECRETS_FILE=$SECRETS_MOUNT/env")
   fi
   run_cmd+=("${docker_extra[@]}" "$image" train "$script_path" "${script_args[@]}")
@@ -498,6 +750,25 @@ docker_gpus_value() {
 
 # ------------------------------------------------------------ running it
 
+# prepare_volume: the volume and its logs folder (0700, or 0755 with --share); the gpt2 copy.
+prepare_volume() {
+  if [[ ! -d $volume ]]; then
+    run mkdir -p -- "$volume"
+    [[ $DRY_RUN == 1 ]] || log "created the volume folder $volume"
+  fi
+  local mode=700
+  ((opt_share)) && mode=755
+  run mkdir -p -- "$volume/logs"
+  if [[ $DRY_RUN != 1 && -O $volume/logs ]]; then
+    chmod "$mode" -- "$volume/logs"
+  fi
+  if [[ $script_arg == gpt2 && ! -f $volume/test_training_distillgpt2.py ]]; then
+    log "copying test_training_distillgpt2.py from $HFGPU_ROOT/volume into $volume"
+    run cp -- "$HFGPU_ROOT/volume/test_training_distillgpt2.py" "$volume/test_training_distillgpt2.py"
+  fi
+  return 0
+}
+
 # note MESSAGE: a progress line on stderr and in the run's log file.
 note() {
   log "$@"
@@ -505,60 +776,62 @@ note() {
   ((opt_detach)) || printf '%s: %s\n' "$PROG" "$*" >>"$log_file" 2>/dev/null || true
 }
 
-# clear_stale_container: a stopped container of ours with this name is removed;
-# a running one, or someone else's, stops the launch.
-clear_stale_container() {
-  local state owner
-  state=$(docker inspect --format '{{.State.Status}}' "$name" 2>/dev/null) || return 0
-  owner=$(docker inspect --format "{{index .Config.Labels \"$OWNER_LABEL\"}}" "$name" 2>/dev/null || true)
-  if [[ $state == running || $state == restarting ]]; then
-    die "a container named $name is already running; follow it (docker logs -f $name), stop it (docker stop $name) or pass --name NEW"
-  fi
-  [[ $owner == "$PROG" ]] || die "a container named $name already exists; remove it (docker rm $name) or pass --name NEW"
-  docker rm "$name" >/dev/null
+# remove_failed_start: the container docker created but could not start, if it is ours.
+remove_failed_start() {
+  local who
+  who=$(docker inspect --format "{{index .Config.Labels \"$OWNER_LABEL\"}}" "$name" 2>/dev/null) || return 0
+  [[ $who == "$owner" ]] || return 0
+  [[ $(docker inspect --format '{{.State.Status}}' "$name" 2>/dev/null) != running ]] || return 0
+  docker rm --force "$name" >/dev/null 2>&1 || true
 }
 
-# start_container: docker run --detach; a failure leaves nothing behind.
+# start_container: sets container_id; a failure leaves nothing behind.
 start_container() {
-  local err
+  local err line
   if ! err=$("${run_cmd[@]}" 2>&1 >/dev/null); then
-    docker rm --force "$name" >/dev/null 2>&1 || true
+    line=$(grep -m1 'Error response from daemon' <<<"$err" || grep -m1 -v '^[[:space:]]*$' <<<"$err" || true)
+    line=${line#docker: }
+    line=${line#Error response from daemon: }
+    [[ $err == *"is already in use"* ]] || remove_failed_start
     if ((memlock)) && [[ $err == *"error setting rlimit"* ]]; then
-      warn "this Docker engine cannot raise the locked-memory limit (memlock=-1); running with its default (multi-node NCCL over RDMA may be slower)"
+      warn "this Docker engine cannot raise the locked-memory limit (memlock=-1); running with its default" \
+        "(multi-node NCCL over RDMA may be slower)"
       memlock=0
       build_run_cmd
       start_container
       return 0
     fi
-    if [[ $err == *"could not select device driver"* ]]; then
-      die "$(gpu_runtime_missing)"
+    if [[ $gpus != none && $err == *"device driver"* ]]; then
+      die "docker cannot give the container GPUs: ${line%.}; install the NVIDIA container toolkit, then" \
+        "sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker; or pass --gpus none"
     fi
-    die "docker could not start the container: ${err%%$'\n'*}"
+    die "docker could not start the container: ${line:-exit status of docker run}"
   fi
+  container_id=$(docker inspect --format '{{.Id}}' "$name" 2>/dev/null || echo "$name")
 }
 
 # shellcheck disable=SC2329 # run by trap
 on_stop_signal() {
   stopping=1
   log "stopping $name: the program saves a checkpoint first (up to ${opt_stop_timeout}s)"
-  docker stop --time "$opt_stop_timeout" "$name" >/dev/null 2>&1 || true
+  [[ -z $container_id ]] || docker stop --time "$opt_stop_timeout" "$container_id" >/dev/null 2>&1 || true
 }
 
 # follow_logs: the container's output into the log file (and to stdout in the foreground).
 follow_logs() {
   if ((opt_detach)); then
-    docker logs --follow "$name" >>"$log_file" 2>&1 || true
+    docker logs --follow "$container_id" >>"$log_file" 2>&1 || true
   else
-    docker logs --follow "$name" 2>&1 | tee -a "$log_file" || true
+    docker logs --follow "$container_id" 2>&1 | tee -a "$log_file" || true
   fi
 }
 
 # container_exit_code: wait for the container, tolerating a daemon restart.
 container_exit_code() {
   local tries=0 code
-  until code=$(docker wait "$name" 2>/dev/null); do
+  until code=$(docker wait "$container_id" 2>/dev/null); do
     # Removed by someone else (the daemon answers, the container is gone): no status.
-    if docker version >/dev/null 2>&1 && ! docker container inspect "$name" >/dev/null 2>&1; then
+    if docker version >/dev/null 2>&1 && ! docker container inspect "$container_id" >/dev/null 2>&1; then
       echo 255
       return 0
     fi
@@ -580,8 +853,8 @@ supervise() {
       wait "$follower" || true
     done
     code=$(container_exit_code)
-    oom=$(docker inspect --format '{{.State.OOMKilled}}' "$name" 2>/dev/null || echo false)
-    docker rm --force "$name" >/dev/null 2>&1 || true
+    oom=$(docker inspect --format '{{.State.OOMKilled}}' "$container_id" 2>/dev/null || echo false)
+    docker rm --force "$container_id" >/dev/null 2>&1 || true
     [[ $oom == true ]] && note "$name ran out of memory (OOM-killed); use a smaller batch size or a larger machine"
     if ((opt_restart && !stopping)) && [[ $oom != true ]] &&
       [[ $code == "$PREEMPTED_EXIT" || $code == 137 || $code == 143 ]]; then
@@ -605,34 +878,38 @@ supervise() {
 
 main() {
   parse_args "$@"
-  config_init
+  # A .env file may hold secrets too: its lines are not traced.
+  quietly config_init
+  apply_flags
+  check_args
+  resolve_sharing
+  resolve_env
+  resolve_bucket
+  quietly resolve_secrets
   check_docker
   resolve_volume
   resolve_image
   resolve_script
   resolve_gpus
   resolve_name
-  collect_secret_names
-  check_restart_policy
+  check_name_free
+  # Every check above changed nothing; from here on the launcher acts.
+  ensure_image
+  check_app_script
+  check_driver
+  prepare_volume
+  remove_own_stale
   trap cleanup EXIT
-  write_secrets
+  quietly write_secrets
   build_run_cmd
   if [[ $DRY_RUN == 1 ]]; then
     quote_cmd "${run_cmd[@]}"
     return 0
   fi
-  clear_stale_container
-  mkdir -p -- "$volume/logs"
   log "running: $(quote_cmd "${run_cmd[@]}")"
   log "log file: $log_file"
   ((opt_detach)) || trap on_stop_signal INT TERM
   start_container
-  if docker_restart_policy; then
-    # Docker reruns the container itself: keep it; copy its output until its first exit.
-    (docker logs --follow "$name" >>"$log_file" 2>&1 || true) </dev/null &
-    log "started $name under Docker's restart policy; follow: docker logs -f $name; stop: docker stop $name && docker rm $name"
-    return 0
-  fi
   if ((opt_detach)); then
     (
       trap '' HUP INT

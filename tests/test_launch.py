@@ -1,12 +1,16 @@
 """launch_training.sh against the real Docker engine and the built image, on CPU.
 
 The launcher runs as a non-root user (uid/gid 4242, given the docker socket's group
-with `setpriv`), with a `docker` symlink to the BuildKit-capable client first on PATH.
+with `setpriv`), with a `docker` symlink to the BuildKit-capable client first on PATH;
+the two-users test creates two real users (useradd) and runs it as each.
 Training runs are the real programs (app/test_training_bert_base.py and
 volume/test_training_distillgpt2.py) on tiny models made by tests/assets/make_tiny_models.py;
 a few launcher mechanics (secrets, the restart loop, torchrun with 2 processes) use tiny
 scripts written below, so that they cost seconds, not minutes.
-Only `nvidia-smi` is faked (for the old-driver check): no NVIDIA driver exists here.
+Images are pulled from Debian's real docker-registry on loopback (tests/gcp_env.py's Registry).
+Only `nvidia-smi` is faked (the driver checks, old and new enough): no NVIDIA driver exists here.
+Many configuration checks run the launcher with --dry-run, which prints the docker command
+and changes nothing.
 """
 
 from __future__ import annotations
@@ -15,19 +19,26 @@ import csv
 import hashlib
 import json
 import os
+import pwd
 import random
+import shlex
 import shutil
 import signal
+import stat
 import subprocess
+import sys
 import tempfile
 import textwrap
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import DOCKER, ROOT, docker
+from gcp_env import Registry
 
 LAUNCHER = ROOT / "launch_training.sh"
 UID = GID = 4242
@@ -139,30 +150,38 @@ def caller_env(workdir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def as_caller(args: list[str], gid: int | None = None) -> list[str]:
+def as_caller(args: list[str], gid: int | None = None, uid: int = UID) -> list[str]:
     groups = str(docker_gid() if gid is None else gid)
-    return ["setpriv", f"--reuid={UID}", f"--regid={GID}", f"--groups={groups}", *args]
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid if uid != UID else GID}", f"--groups={groups}", *args]
 
 
 def launch(
-    workdir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300
+    workdir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    uid: int = UID,
+    launcher: Path = LAUNCHER,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run launch_training.sh as uid 4242; capture stdout and stderr."""
+    """Run launch_training.sh as uid 4242 (or UID); capture stdout and stderr."""
     return subprocess.run(
-        as_caller([str(LAUNCHER), *args]),
+        as_caller([str(launcher), *args], uid=uid),
         env=caller_env(workdir, **(env or {})),
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=workdir,
+        cwd=cwd or workdir,
     )
 
 
-def launch_bg(workdir: Path, *args: str, log: Path) -> subprocess.Popen:
+def launch_bg(
+    workdir: Path, *args: str, log: Path, env: dict[str, str] | None = None, uid: int = UID
+) -> subprocess.Popen:
     with log.open("w") as out:
         return subprocess.Popen(
-            as_caller([str(LAUNCHER), *args]),
-            env=caller_env(workdir),
+            as_caller([str(LAUNCHER), *args], uid=uid),
+            env=caller_env(workdir, **(env or {})),
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,
@@ -170,21 +189,81 @@ def launch_bg(workdir: Path, *args: str, log: Path) -> subprocess.Popen:
         )
 
 
-def make_volume(workdir: Path, name: str, assets: Path | None = None) -> Path:
+def make_volume(workdir: Path, name: str, assets: Path | None = None, uid: int = UID) -> Path:
     vol = workdir / name
     if assets is not None:
         shutil.copytree(assets, vol / "assets")
     vol.mkdir(exist_ok=True)
     for path in [vol, *vol.rglob("*")]:
-        os.chown(path, UID, GID, follow_symlinks=False)
+        os.chown(path, uid, GID if uid == UID else uid, follow_symlinks=False)
     return vol
 
 
-def write_script(vol: Path, name: str, text: str) -> Path:
+def write_script(vol: Path, name: str, text: str, uid: int = UID) -> Path:
     path = vol / name
     path.write_text(textwrap.dedent(text))
-    os.chown(path, UID, GID)
+    os.chown(path, uid, GID if uid == UID else uid)
     return path
+
+
+def dry_cmd(proc: subprocess.CompletedProcess) -> list[str]:
+    """The docker run command a --dry-run printed (its last stdout line), as argv."""
+    assert proc.returncode == 0, output(proc)
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith("docker run "), proc.stdout
+    return shlex.split(line)
+
+
+def option_values(cmd: list[str], option: str) -> list[str]:
+    return [cmd[i + 1] for i, arg in enumerate(cmd[:-1]) if arg == option]
+
+
+def mount_source(cmd: list[str], target: str = "/volume") -> str:
+    """The host folder of the --mount with TARGET (a CSV field list, as docker parses it)."""
+    for value in option_values(cmd, "--mount"):
+        fields = dict(f.split("=", 1) for f in next(csv.reader([value])) if "=" in f)
+        if fields.get("target") == target:
+            return fields["source"]
+    raise AssertionError(f"no --mount with target={target} in {cmd}")
+
+
+def env_values(cmd: list[str]) -> dict[str, str]:
+    return dict(v.split("=", 1) for v in option_values(cmd, "--env") if "=" in v)
+
+
+def tree(*roots: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ROOTS with its size and mtime: what 'changes nothing' compares."""
+    seen: dict[str, tuple[int, int]] = {}
+    for root in roots:
+        if not root.exists():
+            continue
+        for path in [root, *root.rglob("*")]:
+            st = path.lstat()
+            seen[str(path)] = (st.st_size, st.st_mtime_ns)
+    return seen
+
+
+OURS: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _our_image(request) -> None:
+    """Remember the session's image: other people's containers on this shared engine are not ours."""
+    if "image" in request.fixturenames:
+        OURS["image"] = request.getfixturevalue("image").tag
+
+
+def containers() -> list[str]:
+    """Containers this test file's callers could have made: from our image, or with our owner labels."""
+    filters = [
+        ["--filter", f"label=hfgpu.owner={owner}"] for owner in (UID, "hfgpu-lt-alice", "hfgpu-lt-bob")
+    ]
+    if "image" in OURS:
+        filters.append(["--filter", f"ancestor={OURS['image']}"])
+    found: set[str] = set()
+    for f in filters:
+        found.update(docker("ps", "-aq", "--no-trunc", *f).stdout.split())
+    return sorted(found)
 
 
 def wait_for(predicate, what: str, limit: float = 180) -> None:
@@ -253,7 +332,9 @@ def bert_reference(image, workdir: Path, assets: Path) -> tuple[Path, subprocess
     """One uninterrupted run of the bundled BERT program through the launcher."""
     vol = make_volume(workdir, "vol-bert", assets)
     name = f"lt-bert-{uuid.uuid4().hex[:6]}"
-    proc = launch(workdir, *argv(f"--image {image.tag} --volume {vol} --name {name} bert --"), *BERT_ARGS)
+    proc = launch(
+        workdir, *argv(f"--image {image.tag} --volume {vol} --container-name {name} bert --"), *BERT_ARGS
+    )
     return vol, proc
 
 
@@ -268,14 +349,17 @@ def test_help_prints_the_header():
 
 def test_dry_run_prints_the_command_and_starts_nothing(image, workdir: Path):
     vol = make_volume(workdir, "vol-dry")
-    before = docker("ps", "-aq").stdout.split()
+    before = containers()
     flags = "--nnodes 2 --node-rank 1 --master-addr 10.0.0.2 --nproc 4"
     proc = launch(
         workdir, *f"--dry-run --image {image.tag} --volume {vol} {flags} bert -- --learning_rate 3e-5".split()
     )
-    assert proc.returncode == 0, proc.stderr
+    cmd = dry_cmd(proc)
+    assert mount_source(cmd) == str(vol)
+    assert option_values(cmd, "--name") == [f"hfgpu-{UID}-test_training_bert_base"]  # uid 4242 has no name
+    assert option_values(cmd, "--label") == [f"hfgpu.owner={UID}"]
+    assert env_values(cmd)["HFGPU_UMASK"] == "077"
     line = proc.stdout.strip().splitlines()[-1]
-    assert line.startswith("docker run ")
     for part in (
         f"--user {UID}:{GID}",
         "--ipc host",
@@ -290,7 +374,7 @@ def test_dry_run_prints_the_command_and_starts_nothing(image, workdir: Path):
         "--ulimit stack=67108864",
     ):
         assert part in line, part
-    assert docker("ps", "-aq").stdout.split() == before
+    assert containers() == before
     assert not (vol / "logs").exists()
 
 
@@ -312,24 +396,34 @@ def test_script_shortcuts_and_paths_resolve(image, workdir: Path):
     outside = workdir / "outside.py"
     outside.write_text("print('no')\n")
     line = one_error_line(launch(workdir, "--image", image.tag, "--volume", str(vol), str(outside)))
-    assert f"script {outside} is outside the volume {vol}: copy it there" in line
+    assert f"script {outside} resolves to {outside}, outside the volume {vol}: copy it there" in line
 
 
-def test_an_image_found_nowhere_is_built_from_build_image(image, workdir: Path):
-    # The layers are the `image` fixture's, cached: only the tag is new.
-    tag = f"gpu_transformers:lt-autobuild-{uuid.uuid4().hex[:6]}"
+def remove_image_name(name: str) -> None:
+    """Remove every tag of the image NAME (build_and_push.sh also tags sha-... and latest)."""
+    refs = docker("images", "--format", "{{.Repository}}:{{.Tag}}", name).stdout.split()
+    for ref in refs:
+        docker("image", "rm", "--force", ref, check=False)
+
+
+def test_a_local_image_found_nowhere_is_built_with_build_and_push(image, workdir: Path):
+    # The layers are the `image` fixture's, cached: only the tags are new. A name of its own, so
+    # that build_and_push.sh's extra tags (sha-..., latest) touch no one else's image.
+    name = f"hfgpu-lt-autobuild-{uuid.uuid4().hex[:6]}"
+    tag = f"{name}:t1"
     vol = make_volume(workdir, "vol-autobuild")
     write_script(vol, "hello.py", "print('hello from the built image')\n")
     env = {"BASE_IMAGE": "hfgpu-test-base:bookworm", "CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt"}
     try:
+        dry = launch(workdir, "--dry-run", "--image", tag, "--volume", str(vol), "hello.py", env=env)
+        assert f"IMAGE_NAME={name} TAG=t1" in dry.stdout and "build_and_push.sh --no-push" in dry.stdout
+        assert not image_exists(tag)
         proc = launch(workdir, "--image", tag, "--volume", str(vol), "hello.py", env=env, timeout=1800)
         assert proc.returncode == 0, output(proc)[-4000:]
-        assert (
-            f"image {tag} is not on this machine nor in a registry it can reach: building it" in proc.stderr
-        )
+        assert f"building {tag} locally with build_and_push.sh --no-push" in proc.stderr
         assert "hello from the built image" in proc.stdout
     finally:
-        docker("image", "rm", "--force", tag, check=False)
+        remove_image_name(name)
 
 
 def test_bundled_script_runs_and_files_belong_to_the_caller(bert_reference):
@@ -380,7 +474,7 @@ def test_docker_stop_then_the_same_command_resumes_to_the_same_final_step(
     assert ref.returncode == 0
     vol = make_volume(workdir, "vol-resume", assets)
     name = f"lt-resume-{uuid.uuid4().hex[:6]}"
-    args = ["--image", image.tag, "--volume", str(vol), "--name", name, "bert", "--", *BERT_ARGS]
+    args = ["--image", image.tag, "--volume", str(vol), "--container-name", name, "bert", "--", *BERT_ARGS]
     # The tiny model finishes all 32 steps in a fraction of a second: slow each step (a test-only
     # hook of trainkit), so that `docker stop` lands mid-training, not after the last step.
     slow = ["--docker-arg=--env=TRAINKIT_TEST_STEP_DELAY=0.2"]
@@ -405,7 +499,9 @@ def test_restart_on_preemption_runs_again_until_done(image, workdir: Path):
     write_script(vol, "preemptible.py", PREEMPTIBLE)
     name = f"lt-restart-{uuid.uuid4().hex[:6]}"
     log = workdir / f"{name}.log"
-    args = f"--image {image.tag} --volume {vol} --name {name} --restart-on-preemption preemptible.py"
+    args = (
+        f"--image {image.tag} --volume {vol} --container-name {name} --restart-on-preemption preemptible.py"
+    )
     proc = launch_bg(workdir, *args.split(), "--", "/volume/p", "60", log=log)
     step = vol / "p" / "step"
     wait_for(lambda: step.exists() and int(step.read_text() or 0) >= 5, "5 steps")
@@ -425,7 +521,9 @@ def test_stopping_the_launcher_stops_without_restarting(image, workdir: Path):
     write_script(vol, "preemptible.py", PREEMPTIBLE)
     name = f"lt-sigterm-{uuid.uuid4().hex[:6]}"
     log = workdir / f"{name}.log"
-    args = f"--image {image.tag} --volume {vol} --name {name} --restart-on-preemption preemptible.py"
+    args = (
+        f"--image {image.tag} --volume {vol} --container-name {name} --restart-on-preemption preemptible.py"
+    )
     proc = launch_bg(workdir, *args.split(), "--", "/volume/p", "600", log=log)
     step = vol / "p" / "step"
     wait_for(lambda: step.exists(), "the first step")
@@ -433,33 +531,6 @@ def test_stopping_the_launcher_stops_without_restarting(image, workdir: Path):
     assert proc.wait(timeout=120) == 75, log.read_text()[-3000:]
     assert "starting it again" not in log.read_text()
     assert container_gone(name)
-
-
-def test_docker_restart_policy_alternative(image, workdir: Path):
-    vol = make_volume(workdir, "vol-policy")
-    # Exits 75 on its first run, 0 on the next: Docker's policy, not the launcher, reruns it.
-    write_script(
-        vol,
-        "once.py",
-        "import os, sys\nfirst = not os.path.exists('/volume/ran')\n"
-        "open('/volume/ran', 'a').write('run\\n')\nsys.exit(75 if first else 0)\n",
-    )
-    name = f"lt-policy-{uuid.uuid4().hex[:6]}"
-    args = argv(
-        f"--image {image.tag} --volume {vol} --name {name} --detach --docker-arg=--restart=on-failure:3"
-    )
-    try:
-        refused = launch(workdir, *args, "once.py", env={"HF_TOKEN": CANARY})
-        assert "secrets cannot outlive a reboot" in one_error_line(refused)
-        proc = launch(workdir, *args, "once.py")
-        assert proc.returncode == 0, output(proc)
-        state = "{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}"
-        wait_for(
-            lambda: docker("inspect", "-f", state, name).stdout.split() == ["exited", "0", "1"], "one rerun"
-        )
-        assert (vol / "ran").read_text() == "run\nrun\n"
-    finally:
-        docker("rm", "--force", name, check=False)
 
 
 def test_two_nodes_on_a_docker_network_train_together(image, workdir: Path, assets: Path, bert_reference):
@@ -479,7 +550,7 @@ def test_two_nodes_on_a_docker_network_train_together(image, workdir: Path, asse
                 image.tag,
                 "--volume",
                 str(vols[rank]),
-                "--name",
+                "--container-name",
                 names[rank],
                 "--network",
                 net,
@@ -523,8 +594,11 @@ def test_secrets_reach_the_program_and_nothing_else(image, workdir: Path):
     env_file.write_text(f"WANDB_API_KEY={CANARY}-wandb\nRUN_NOTE=plain\n")
     env_file.chmod(0o644)
     name = f"lt-secrets-{uuid.uuid4().hex[:6]}"
-    args = argv(f"--image {image.tag} --volume {vol} --name {name} --detach --env-file {env_file} probe.py")
-    proc = launch(workdir, *args, env={"HF_TOKEN": CANARY})
+    runtime = workdir / "xdg-runtime-4242"  # what pam_systemd gives a logged-in user: 0700, theirs
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    os.chown(runtime, UID, GID)
+    args = argv(f"--image {image.tag} --volume {vol} --container-name {name} --detach --env-file {env_file}")
+    proc = launch(workdir, *args, "probe.py", env={"HF_TOKEN": CANARY, "XDG_RUNTIME_DIR": str(runtime)})
     assert proc.returncode == 0, output(proc)
     assert CANARY not in output(proc)
     wait_for(lambda: (vol / "seen.json").exists(), "the probe to start")
@@ -534,7 +608,7 @@ def test_secrets_reach_the_program_and_nothing_else(image, workdir: Path):
     assert CANARY not in running_logs.stdout + running_logs.stderr
     mounts = json.loads(inspect)[0]["Mounts"]
     secret_dirs = [m["Source"] for m in mounts if m["Destination"] == "/run/hfgpu-secrets"]
-    assert len(secret_dirs) == 1 and not secret_dirs[0].startswith(str(vol))
+    assert len(secret_dirs) == 1 and secret_dirs[0].startswith(f"{runtime}/hfgpu-secrets.")
     (vol / "go").touch()
     wait_for(lambda: container_gone(name), "the detached run to end")
     wait_for(lambda: not Path(secret_dirs[0]).exists(), "the secrets folder to be removed")
@@ -550,6 +624,10 @@ def test_secrets_reach_the_program_and_nothing_else(image, workdir: Path):
 # ------------------------------------------------------------ preflight
 
 
+def image_exists(ref: str) -> bool:
+    return docker("image", "inspect", ref, check=False).returncode == 0
+
+
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
     lines = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert proc.returncode == 1, output(proc)
@@ -558,12 +636,15 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
 
 
 def test_gpus_without_the_nvidia_runtime_is_one_line_with_the_fix(image, workdir: Path):
+    # Docker's own error (exit 125 on this machine, which has no NVIDIA container toolkit) reaches
+    # the user: the launcher does not hold that text itself, so it cannot fake it.
+    assert "[[gpu]]" not in LAUNCHER.read_text()
     vol = make_volume(workdir, "vol-nogpu")
-    before = docker("ps", "-aq").stdout.split()
+    before = containers()
     line = one_error_line(launch(workdir, "--image", image.tag, "--volume", str(vol), "--gpus", "all"))
     assert 'could not select device driver "" with capabilities: [[gpu]]' in line
     assert "nvidia-ctk runtime configure" in line and "--gpus none" in line
-    assert docker("ps", "-aq").stdout.split() == before
+    assert containers() == before  # docker created one; the launcher removed its own
 
 
 def test_default_gpus_without_runtime_warns_and_uses_cpu(image, workdir: Path):
@@ -575,22 +656,37 @@ def test_default_gpus_without_runtime_warns_and_uses_cpu(image, workdir: Path):
     assert "--gpus" not in proc.stdout
 
 
-def test_old_host_driver_is_refused(image, workdir: Path):
-    # A fake nvidia-smi (no NVIDIA driver exists on this machine): it reports driver 470.
-    fake = workdir / "fake-nvidia"
+def fake_nvidia_smi(workdir: Path, driver: str) -> str:
+    """PATH with a fake nvidia-smi reporting DRIVER first: allowed, since no NVIDIA driver exists here."""
+    fake = workdir / f"fake-nvidia-{driver}"
     fake.mkdir(exist_ok=True)
     smi = fake / "nvidia-smi"
     smi.write_text(
-        "#!/bin/sh\ncase \"$*\" in *driver_version*) echo 470.57.02 ;; *) echo 'GPU 0: Fake' ;; esac\n"
+        f"#!/bin/sh\ncase \"$*\" in *driver_version*) echo {driver} ;; *) echo 'GPU 0: Fake' ;; esac\n"
     )
     smi.chmod(0o755)
-    env = caller_env(workdir)
-    path = f"{fake}:{env['PATH']}"
+    return f"{fake}:{caller_env(workdir)['PATH']}"
+
+
+def test_old_host_driver_is_refused(image, workdir: Path):
     vol = make_volume(workdir, "vol-driver")
+    path = fake_nvidia_smi(workdir, "470.57.02")
     proc = launch(workdir, *argv(f"--image {image.tag} --volume {vol} --gpus all"), env={"PATH": path})
     line = one_error_line(proc)
     assert "NVIDIA driver 470.57.02 is older than the 525.60.13" in line
     assert "upgrade the host driver" in line
+
+
+def test_new_enough_host_driver_is_accepted(image, workdir: Path):
+    vol = make_volume(workdir, "vol-driver-ok")
+    path = fake_nvidia_smi(workdir, "550.54.15")
+    proc = launch(
+        workdir, *argv(f"--dry-run --image {image.tag} --volume {vol} --gpus all"), env={"PATH": path}
+    )
+    cmd = dry_cmd(proc)
+    assert option_values(cmd, "--gpus") == ["all"]
+    assert "NVIDIA driver 550.54.15 (the image needs 525.60.13 or newer)" in proc.stderr
+    assert "error" not in proc.stderr
 
 
 def test_missing_script_lists_the_available_ones(image, workdir: Path):
@@ -606,7 +702,7 @@ def test_unwritable_volume_is_refused(image, workdir: Path):
     vol.mkdir()
     vol.chmod(0o755)  # root's, not the caller's
     line = one_error_line(launch(workdir, "--image", image.tag, "--volume", str(vol)))
-    assert f"volume {vol} is not writable by uid {UID}" in line and "chown" in line
+    assert f"volume {vol} (--volume) is not writable by uid {UID}" in line and "chown" in line
 
 
 def test_docker_daemon_down_and_docker_missing(workdir: Path):
@@ -642,11 +738,563 @@ def test_low_free_disk_is_a_warning(image, workdir: Path):
     assert "GiB free under" in proc.stderr and "warning:" in proc.stderr
 
 
-def test_bad_flags_are_one_line(workdir: Path):
-    for args, expected in (
-        (["--nnodes", "2"], "needs --master-addr"),
-        (["--nnodes", "2", "--node-rank", "2", "--master-addr", "h"], "--node-rank must be in 0..1"),
-        (["--gpus", "many"], "--gpus must be"),
-        (["a.py", "b.py"], "its own arguments go after --"),
-    ):
-        assert expected in one_error_line(launch(workdir, *args))
+# ------------------------------------------------------------ bad inputs
+
+# (id, arguments, extra environment, what the one error line must say). {image}, {vol} and
+# {workdir} are filled in. Every case exits 1 with ONE line on stderr and changes nothing.
+BAD_INPUTS = [
+    ("switch-with-value", "--dry-run=1", {}, ["--dry-run is an on/off flag", "write --dry-run alone"]),
+    ("switch-with-value-2", "--detach=yes", {}, ["--detach is an on/off flag"]),
+    ("count-not-a-number", "--max-restarts 1x", {}, ["--max-restarts must be a whole number"]),
+    ("port-out-of-range", "--master-port 70000", {}, ["--master-port must be from 1 to 65535"]),
+    ("nproc-zero", "--nproc 0", {}, ["--nproc must be from 1 to 1024"]),
+    ("stop-timeout-too-long", "--stop-timeout 99999", {}, ["--stop-timeout must be from 1 to 3600"]),
+    ("nnodes-without-address", "--nnodes 2", {}, ["needs --master-addr HOST", "--rdzv-endpoint"]),
+    ("node-rank-too-big", "--nnodes 2 --node-rank 2 --master-addr h", {}, ["--node-rank must be in 0..1"]),
+    ("gpus-word", "--gpus many", {}, ["--gpus (all, none, a count or device=I,J) must be a whole number"]),
+    ("rdzv-without-port", "--rdzv-endpoint hostonly", {}, ["--rdzv-endpoint takes HOST:PORT"]),
+    ("rdzv-port-zero", "--rdzv-endpoint h:0", {}, ["--rdzv-endpoint's port must be from 1 to 65535"]),
+    ("container-name", "--container-name bad!name", {}, ["is not a valid container name"]),
+    ("bucket-scheme", "--checkpoint-bucket s3://b/p", {}, ["does not start with gs://"]),
+    ("bucket-uppercase", "--checkpoint-bucket gs://Bad_Bucket/p", {}, ["must be lowercase"]),
+    ("bucket-google", "--checkpoint-bucket gs://my-google-runs/p", {}, ["contain 'google'"]),
+    ("bucket-from-env", "", {"CHECKPOINT_BUCKET": "runs/x"}, ["CHECKPOINT_BUCKET from the environment"]),
+    ("env-secret-name", "--env HF_TOKEN=x", {}, ["--env HF_TOKEN looks like a secret", "--secret HF_TOKEN"]),
+    ("env-bad-name", "--env 1BAD=x", {}, ["--env takes NAME or NAME=VALUE"]),
+    ("env-unset", "--env HFGPU_LT_UNSET", {}, ["HFGPU_LT_UNSET is not set in your environment"]),
+    ("env-file-folder", "--env-file {workdir}", {}, ["is not a regular readable file"]),
+    ("env-file-missing", "--env-file {workdir}/none.env", {}, ["is not a regular readable file"]),
+    ("secret-bad-name", "--secret bad-name", {}, ["--secret takes a variable name"]),
+    ("restart-policy", "--docker-arg=--restart=always", {}, ["restart policies are not supported"]),
+    ("symlink-escape", "escape.py", {}, ["outside the volume", "copy it there"]),
+    ("image-ref", "--image Bad/Ref:Tag", {}, ["'Bad/Ref:Tag' is not an image reference"]),
+    ("image-from-env", "-image", {"CONTAINER_NAME": "my container"}, ["CONTAINER_NAME from the environment"]),
+    (
+        "volume-from-env",
+        "-volume",
+        {"VOLUME": "{workdir}/run.env"},
+        ["VOLUME from the environment", "not a folder"],
+    ),
+    ("build-registry-ref", "--build --image 127.0.0.1:5000/p/r/i:t", {}, ["never tags it with a registry"]),
+    ("stray-image-absent", "--gpus none -image", {"CONTAINER_NAME": "hfgpu-lt-absent:1"}, ["unset it"]),
+    ("two-scripts", "a.py b.py", {}, ["its own arguments go after --"]),
+    ("unknown-option", "--frobnicate", {}, ["unknown option --frobnicate"]),
+    ("missing-value", "--secret", {}, ["--secret needs a value"]),
+    ("value-is-an-option", "--container-name --detach", {}, ["needs a value but got the option"]),
+    ("free-gb-from-env", "", {"HFGPU_MIN_FREE_GB": "lots"}, ["HFGPU_MIN_FREE_GB from the environment"]),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_volume(workdir: Path) -> Path:
+    vol = make_volume(workdir, "vol-bad")
+    write_script(vol, "ok.py", "print('ok')\n")
+    (workdir / "outside.py").write_text("print('outside')\n")
+    (vol / "escape.py").symlink_to(workdir / "outside.py")
+    if not (workdir / "run.env").exists():
+        (workdir / "run.env").write_text("RUN_NOTE=plain\n")
+    return vol
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"), [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS]
+)
+def test_bad_input_is_one_line_and_changes_nothing(image, workdir, bad_input_volume, args, env, expected):
+    vol = bad_input_volume
+    fill = {"image": image.tag, "vol": str(vol), "workdir": str(workdir)}
+    words = [w.format(**fill) for w in args.split() if w not in ("-image", "-volume")]
+    # "-image", "-volume": the case leaves that setting to the environment; otherwise both are given.
+    common = [] if "-image" in args.split() else ["--image", image.tag]
+    common += [] if "-volume" in args.split() else ["--volume", str(vol)]
+    if not any(w.endswith(".py") for w in words):
+        words.insert(0, "ok.py")
+    env = {k: v.format(**fill) for k, v in env.items()}
+    before = (containers(), tree(vol, workdir / "home"))
+    proc = launch(workdir, *common, *words, env=env)
+    assert proc.returncode == 1, output(proc)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("launch_training.sh: error: "), proc.stderr
+    for part in expected:
+        assert part in lines[0], lines[0]
+    assert proc.stdout == ""
+    assert (containers(), tree(vol, workdir / "home")) == before
+    # HFGPU_BAD_INPUTS_DOC=FILE: append the case as a row of docs/bad-inputs/launch_training.md.
+    if os.environ.get("HFGPU_BAD_INPUTS_DOC"):
+        shown = (
+            " ".join(shlex.quote(w) for w in words).replace(str(workdir), "DIR").replace(image.tag, "IMAGE")
+        )
+        envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()).replace(str(workdir), "DIR")
+        line = lines[0].replace(str(workdir), "DIR").replace(image.tag, "IMAGE").replace("|", "\\|")
+        with open(os.environ["HFGPU_BAD_INPUTS_DOC"], "a") as doc:
+            doc.write(f"| `{(envs + ' ' if envs else '') + shown}` | `{line}` |\n")
+
+
+def test_deprecated_name_and_inline_values_still_work(image, workdir: Path):
+    vol = make_volume(workdir, "vol-inline")
+    proc = launch(
+        workdir, f"--image={image.tag}", f"--volume={vol}", "--dry-run", "--name=old-style", "--nproc=02"
+    )
+    cmd = dry_cmd(proc)
+    assert "--name is deprecated and will be removed in the next release; use --container-name" in proc.stderr
+    assert option_values(cmd, "--name") == ["old-style"]
+    assert env_values(cmd)["NPROC_PER_NODE"] == "2"  # decimal, not octal
+
+
+# ------------------------------------------------------ configuration
+
+
+def test_configuration_precedence_flag_env_file_default(image, workdir: Path):
+    vols = {k: make_volume(workdir, f"vol-prec-{k}") for k in ("flag", "env", "file")}
+    conf = workdir / "prec.env"
+    # The .env parser: comments, `export`, double and single quotes, CRLF line ends, unknown names.
+    conf.write_bytes(
+        (
+            "# VOLUME=/not/this\r\n"
+            f'export VOLUME="{vols["file"]}"\r\n'
+            f"CONTAINER_NAME='{image.tag}'\r\n"
+            "CHECKPOINT_BUCKET=gs://file-bucket/run\r\n"
+            "NOT_A_SETTING=ignored\r\n"
+            "   \r\n"
+        ).encode()
+    )
+    conf.chmod(0o644)
+    base = ["--dry-run", "--gpus", "none"]
+
+    def run(*args: str, **env: str) -> list[str]:
+        return dry_cmd(launch(workdir, *base, *args, env={"CONFIG_FILE": str(conf), **env}))
+
+    from_file = run()
+    assert mount_source(from_file) == str(vols["file"])
+    assert from_file[from_file.index("train") - 1] == image.tag
+    assert env_values(from_file)["CHECKPOINT_BUCKET"] == "gs://file-bucket/run"
+
+    from_env = run(VOLUME=str(vols["env"]), CHECKPOINT_BUCKET="gs://env-bucket/run")
+    assert mount_source(from_env) == str(vols["env"])
+    assert env_values(from_env)["CHECKPOINT_BUCKET"] == "gs://env-bucket/run"
+
+    from_flag = run(
+        "--volume", str(vols["flag"]), "--checkpoint-bucket=gs://flag-bucket/x", VOLUME=str(vols["env"])
+    )
+    assert mount_source(from_flag) == str(vols["flag"])
+    assert env_values(from_flag)["CHECKPOINT_BUCKET"] == "gs://flag-bucket/x"
+
+    cwd = make_volume(workdir, "cwd-default")
+    default = dry_cmd(launch(workdir, *base, "--image", image.tag, cwd=cwd))  # CONFIG_FILE=/dev/null
+    assert mount_source(default) == str(cwd / "volume")
+    assert "CHECKPOINT_BUCKET" not in env_values(default)
+    assert not (cwd / "volume").exists()
+
+    # A bad value from the file names the file.
+    conf.write_text(f"CONTAINER_NAME={image.tag}\nCHECKPOINT_BUCKET=gs://Bad/x\n")
+    bad = launch(workdir, *base, env={"CONFIG_FILE": str(conf)})
+    assert f"CHECKPOINT_BUCKET in {conf} 'gs://Bad/x' is not gs://BUCKET/PATH" in one_error_line(bad)
+
+
+def test_rdzv_endpoint_env_and_plain_env(image, workdir: Path):
+    vol = make_volume(workdir, "vol-rdzv")
+    cmd = dry_cmd(
+        launch(
+            workdir,
+            *argv(f"--dry-run --image {image.tag} --volume {vol} --rdzv-endpoint 10.0.0.2:29400 --nproc 2"),
+            *argv("--env RUN_MODE=fast --env PLAIN --checkpoint-bucket gs://my-runs/exp1"),
+            env={"PLAIN": "from-caller"},
+        )
+    )
+    env = env_values(cmd)
+    assert env["RDZV_ENDPOINT"] == "10.0.0.2:29400"
+    assert env["NNODES"] == "1" and env["NODE_RANK"] == "0" and env["NPROC_PER_NODE"] == "2"
+    assert env["RUN_MODE"] == "fast" and env["PLAIN"] == "from-caller"
+    assert env["CHECKPOINT_BUCKET"] == "gs://my-runs/exp1"
+
+
+def test_rdzv_endpoint_really_rendezvous(image, workdir: Path):
+    # One node, two processes, meeting through a c10d rendezvous on the container's own loopback;
+    # torchrun's run id is the rendezvous id (--standalone would make a random one).
+    vol = make_volume(workdir, "vol-rdzv-run")
+    write_script(vol, "rdzv_probe.py", GLOO_PROBE + 'print("run id", os.environ["TORCHELASTIC_RUN_ID"])\n')
+    args = f"--image {image.tag} --volume {vol} --nproc 2 --rdzv-endpoint localhost:29411 rdzv_probe.py"
+    proc = launch(workdir, *args.split())
+    assert proc.returncode == 0, output(proc)[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank} of 2 local {rank} sum 2" in proc.stdout
+    assert proc.stdout.count("gpu-transformers") == 2, proc.stdout  # the two ranks' lines may interleave
+
+
+def test_volume_path_with_colon_and_comma_works(image, workdir: Path):
+    vol = make_volume(workdir, 'vol:with,odd"chars')
+    write_script(
+        vol, "hello.py", "open('/volume/made.txt', 'w').write('ok')\nprint('hello from', __file__)\n"
+    )
+    proc = launch(workdir, "--image", image.tag, "--volume", str(vol), "hello.py")
+    assert proc.returncode == 0, output(proc)[-3000:]
+    assert "hello from /volume/hello.py" in proc.stdout
+    assert (vol / "made.txt").read_text() == "ok"
+
+
+# ------------------------------------------------------------ privacy
+
+UMASK_PROBE = """
+import os, sys
+os.makedirs("/volume/out", exist_ok=True)
+open("/volume/out/result.txt", "w").write("r")
+print("umask", oct(os.umask(0o22)), "HFGPU_UMASK", os.environ.get("HFGPU_UMASK"), flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("share", "folder", "file", "mask"), [(False, 0o700, 0o600, "077"), (True, 0o755, 0o644, "022")]
+)
+def test_outputs_and_logs_private_unless_shared(image, workdir: Path, share, folder, file, mask):
+    vol = make_volume(workdir, f"vol-umask-{mask}")
+    write_script(vol, "umask_probe.py", UMASK_PROBE)
+    args = ["--image", image.tag, "--volume", str(vol), *(["--share"] if share else []), "umask_probe.py"]
+    proc = launch(workdir, *args)
+    assert proc.returncode == 0, output(proc)[-3000:]
+    assert f"umask 0o{mask[1:] if mask != '077' else '77'} HFGPU_UMASK {mask}" in proc.stdout
+    assert stat.S_IMODE((vol / "logs").stat().st_mode) == folder
+    assert stat.S_IMODE((vol / "out").stat().st_mode) == folder
+    assert stat.S_IMODE((vol / "out" / "result.txt").stat().st_mode) == file
+    for log in (vol / "logs").glob("*.log"):
+        assert stat.S_IMODE(log.stat().st_mode) == file
+
+
+# ------------------------------------------------------------ restarts
+
+EXIT_SEQUENCE = """
+import os, sys
+runs = "/volume/runs"
+n = len(open(runs).read().splitlines()) if os.path.exists(runs) else 0
+open(runs, "a").write("run\\n")
+codes = [int(c) for c in sys.argv[1].split(",")]
+code = codes[n] if n < len(codes) else 0
+print(f"run {n + 1} exits {code}", flush=True)
+sys.exit(code)
+"""
+
+
+def test_restarts_after_137_and_143_then_finishes(image, workdir: Path):
+    vol = make_volume(workdir, "vol-killed")
+    write_script(vol, "seq.py", EXIT_SEQUENCE)
+    args = f"--image {image.tag} --volume {vol} --restart-on-preemption seq.py -- 137,143"
+    proc = launch(workdir, *args.split())
+    assert proc.returncode == 0, output(proc)[-3000:]
+    assert (vol / "runs").read_text() == "run\n" * 3
+    assert "exited 137 (preempted or killed); starting it again to resume (1/10)" in proc.stderr
+    assert "exited 143 (preempted or killed); starting it again to resume (2/10)" in proc.stderr
+
+
+def test_gives_up_at_max_restarts(image, workdir: Path):
+    vol = make_volume(workdir, "vol-giveup")
+    write_script(vol, "seq.py", EXIT_SEQUENCE)
+    args = (
+        f"--image {image.tag} --volume {vol} --restart-on-preemption --max-restarts 2 seq.py -- 75,75,75,75,0"
+    )
+    proc = launch(workdir, *args.split())
+    assert proc.returncode == 75, output(proc)[-3000:]
+    assert (vol / "runs").read_text() == "run\n" * 3
+    assert "exited 75; --max-restarts 2 reached, giving up" in proc.stderr
+
+
+def test_without_restart_flag_a_kill_is_not_restarted(image, workdir: Path):
+    vol = make_volume(workdir, "vol-norestart")
+    write_script(vol, "seq.py", EXIT_SEQUENCE)
+    proc = launch(workdir, *f"--image {image.tag} --volume {vol} seq.py -- 137".split())
+    assert proc.returncode == 137, output(proc)[-3000:]
+    assert (vol / "runs").read_text() == "run\n"
+
+
+# ------------------------------------------------------------ secrets
+
+ALL_SECRETS_PROBE = """
+import hashlib, json, os, time
+names = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "COMET_API_KEY", "NEPTUNE_API_TOKEN",
+         "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MY_EXTRA_SECRET")
+seen = {n: hashlib.sha256(os.environ[n].encode()).hexdigest() for n in names if n in os.environ}
+seen["HFGPU_SECRETS_FILE"] = os.environ.get("HFGPU_SECRETS_FILE")
+with open("/volume/seen.json", "w") as f:
+    json.dump(seen, f)
+print("probe running", flush=True)
+for _ in range(600):
+    if os.path.exists("/volume/go"):
+        break
+    time.sleep(0.1)
+"""
+
+DEFAULT_SECRETS = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "WANDB_API_KEY",
+    "COMET_API_KEY",
+    "NEPTUNE_API_TOKEN",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_PASSWORD",
+)
+
+
+def secret_env() -> dict[str, str]:
+    return {n: f"{CANARY}-{n}" for n in (*DEFAULT_SECRETS, "MY_EXTRA_SECRET")}
+
+
+def test_secrets_never_in_dry_run_output(image, workdir: Path):
+    vol = make_volume(workdir, "vol-dry-secrets")
+    env_file = workdir / "dry.env"
+    env_file.write_text(f"EXTRA_FROM_FILE={CANARY}-file\n")
+    env_file.chmod(0o644)
+    args = f"--dry-run --image {image.tag} --volume {vol} --secret MY_EXTRA_SECRET --env-file {env_file}"
+    proc = launch(workdir, *args.split(), env={**secret_env(), "HFGPU_DEBUG": "1"})
+    cmd = dry_cmd(proc)
+    assert CANARY not in output(proc)
+    assert env_values(cmd)["HFGPU_SECRETS_FILE"] == "/run/hfgpu-secrets/env"
+    assert not (workdir / "home" / ".cache" / "hfgpu").exists()  # a dry run made no folder
+
+
+def test_every_secret_reaches_the_foreground_program_and_the_folder_goes(image, workdir: Path):
+    vol = make_volume(workdir, "vol-all-secrets")
+    write_script(vol, "probe.py", ALL_SECRETS_PROBE)
+    name = f"lt-allsecrets-{uuid.uuid4().hex[:6]}"
+    log = workdir / f"{name}.log"
+    args = argv(
+        f"--image {image.tag} --volume {vol} --container-name {name} --secret MY_EXTRA_SECRET probe.py"
+    )
+    # Foreground, with HFGPU_DEBUG=1 tracing every command: no secret value may show in the trace,
+    # not even one sitting in the .env file the configuration layer reads.
+    dotenv = workdir / "secret.env"
+    dotenv.write_text(f"HF_TOKEN={CANARY}-dotenv\nTAG=x\n")
+    dotenv.chmod(0o644)
+    env = {**secret_env(), "HFGPU_DEBUG": "1", "CONFIG_FILE": str(dotenv)}
+    proc = launch_bg(workdir, *args, log=log, env=env)
+    wait_for(lambda: (vol / "seen.json").exists(), "the probe to start")
+    mounts = json.loads(docker("container", "inspect", name).stdout)[0]["Mounts"]
+    secret_dir = Path(next(m["Source"] for m in mounts if m["Destination"] == "/run/hfgpu-secrets"))
+    private = workdir / "home" / ".cache" / "hfgpu"  # no XDG_RUNTIME_DIR: ~/.cache/hfgpu, never /dev/shm
+    assert secret_dir.parent == private, secret_dir
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700 and private.stat().st_uid == UID
+    assert stat.S_IMODE(secret_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((secret_dir / "env").stat().st_mode) == 0o600
+    (vol / "go").touch()
+    assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    assert not secret_dir.exists(), "the foreground launcher left its secrets folder behind"
+    seen = json.loads((vol / "seen.json").read_text())
+    for n, value in secret_env().items():
+        assert seen.get(n) == hashlib.sha256(value.encode()).hexdigest(), n
+    assert seen["HFGPU_SECRETS_FILE"] is None  # the entrypoint unsets it
+    text = log.read_text()
+    assert "+ launch_training.sh:" in text  # the trace is on ...
+    assert CANARY not in text  # ... and shows no secret
+    assert not [str(p) for p in vol.rglob("*") if p.is_file() and CANARY.encode() in p.read_bytes()]
+
+
+# ------------------------------------------------------------ images and registries
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[Registry]:
+    reg = Registry().start()
+    yield reg
+    reg.stop()
+
+
+def test_pull_not_found_is_an_error_and_never_a_build(image, workdir: Path, registry: Registry):
+    vol = make_volume(workdir, "vol-pull-missing")
+    ref = f"{registry.host}/proj/repo/gpu_transformers:missing-{uuid.uuid4().hex[:6]}"
+    before = containers()
+    line = one_error_line(launch(workdir, "--image", ref, "--volume", str(vol), "--gpus", "none"))
+    assert f"cannot pull {ref}: not found in {registry.host}" in line and "push the image" in line
+    assert not image_exists(ref) and containers() == before
+
+
+def test_pull_without_network_says_so(image, workdir: Path):
+    ref = "127.0.0.1:9/proj/repo/gpu_transformers:1"  # the discard port: nothing listens
+    vol = make_volume(workdir, "vol-pull-nonet")
+    line = one_error_line(launch(workdir, "--image", ref, "--volume", str(vol), "--gpus", "none"))
+    assert f"cannot pull {ref}: no network to 127.0.0.1:9" in line and "connection refused" in line
+
+
+def registry_answers(host: str) -> bool:
+    """The registry's /v2/ answers (401 without credentials counts: it is up)."""
+    try:
+        urllib.request.urlopen(f"http://{host}/v2/", timeout=1).close()
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, ConnectionError):
+        return False
+    return True
+
+
+def test_pull_without_access_says_so(image, workdir: Path, tmp_path: Path):
+    # The same registry, with htpasswd auth (Distribution's documented `auth.htpasswd`): bcrypt via crypt(3)
+    # (Python's crypt module: 3.11 on Debian 12, as here; it is gone from 3.13).
+    pw = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "ignore",
+            "-c",
+            "import crypt; print(crypt.crypt('pw', crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    reg = Registry()
+    (reg.root / "htpasswd").write_text(f"someone:{pw}\n")
+    exe = shutil.which("docker-registry")
+    assert exe
+    config = reg.root / "auth.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n"
+        f"  filesystem:\n    rootdirectory: {reg.root / 'data'}\n"
+        f"auth:\n  htpasswd:\n    realm: test\n    path: {reg.root / 'htpasswd'}\n"
+        f"http:\n  addr: {reg.host}\n"
+    )
+    server = subprocess.Popen(
+        [exe, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(lambda: registry_answers(reg.host), "the auth registry", 30)
+        ref = f"{reg.host}/proj/repo/gpu_transformers:1"
+        vol = make_volume(workdir, "vol-pull-noauth")
+        line = one_error_line(launch(workdir, "--image", ref, "--volume", str(vol), "--gpus", "none"))
+        assert f"cannot pull {ref}: no access" in line and "Artifact Registry Reader" in line
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(reg.root, ignore_errors=True)
+
+
+def test_vm_flow_pulls_the_digest_and_runs_from_the_copied_files(image, workdir: Path, registry: Registry):
+    # What create_instance.sh tells users: scp `launch_training.sh lib VERSION` to the VM, then
+    # run the pushed image by digest. The copy has no build_image/: it can only pull.
+    repo = f"{registry.host}/proj/repo/gpu_transformers"
+    pushed_tag = f"{repo}:vmflow"
+    docker("tag", image.tag, pushed_tag)
+    try:
+        docker("push", pushed_tag, timeout=3600)
+        digest = docker("image", "inspect", "--format", "{{json .RepoDigests}}", pushed_tag).stdout
+        ref = next(d for d in json.loads(digest) if d.startswith(repo + "@sha256:"))
+    finally:
+        docker("image", "rm", pushed_tag, check=False)  # untag: the digest must be pulled
+    assert not image_exists(ref)
+    copy = workdir / "vm-copy"
+    copy.mkdir()
+    shutil.copy2(LAUNCHER, copy / "launch_training.sh")
+    shutil.copytree(ROOT / "lib", copy / "lib")
+    shutil.copy2(ROOT / "VERSION", copy / "VERSION")
+    vol = make_volume(workdir, "vol-vmflow")
+    write_script(vol, "hello.py", "print('hello from the pulled image')\n")
+    try:
+        proc = launch(
+            workdir, "--image", ref, "--volume", str(vol), "hello.py", launcher=copy / "launch_training.sh"
+        )
+        assert proc.returncode == 0, output(proc)[-3000:]
+        assert f"pulling {ref}" in proc.stderr
+        assert "hello from the pulled image" in proc.stdout
+        assert image_exists(ref)
+        # An absent local reference from this copy cannot be built: one line says what to do.
+        line = one_error_line(
+            launch(
+                workdir,
+                "--image",
+                "hfgpu-lt-nowhere:1",
+                "--volume",
+                str(vol),
+                "--gpus",
+                "none",
+                "hello.py",
+                launcher=copy / "launch_training.sh",
+            )
+        )
+        assert "has no build_image/ to build it" in line
+    finally:
+        docker("image", "rm", ref, check=False)
+
+
+# ------------------------------------------------------------ two users
+
+
+@pytest.fixture(scope="module")
+def two_users(workdir: Path) -> Iterator[list[tuple[str, int]]]:
+    """Two real users (with names, so the default container names differ by user)."""
+    users = []
+    for name, uid in (("hfgpu-lt-alice", 4301), ("hfgpu-lt-bob", 4302)):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(
+                ["useradd", "--uid", str(uid), "--no-create-home", "--shell", "/bin/sh", name], check=True
+            )
+        uid = pwd.getpwnam(name).pw_uid
+        home = workdir / f"home-{name}"
+        home.mkdir(exist_ok=True)
+        os.chown(home, uid, uid)
+        users.append((name, uid))
+    yield users
+    for name, _ in users:
+        subprocess.run(["userdel", name], check=False)
+
+
+WAIT_PROBE = """
+import os, time
+print("waiting", flush=True)
+for _ in range(1200):
+    if os.path.exists("/volume/go"):
+        break
+    time.sleep(0.1)
+"""
+
+
+def test_two_users_never_clobber_each_other(image, workdir: Path, two_users):
+    (alice, alice_uid), (bob, bob_uid) = two_users
+    vols = {u: make_volume(workdir, f"vol-{u}", uid=uid) for u, uid in two_users}
+    for u, uid in two_users:
+        write_script(vols[u], "wait.py", WAIT_PROBE, uid=uid)
+
+    def run_as(user: str, uid: int, *args: str) -> subprocess.CompletedProcess:
+        return launch(
+            workdir,
+            "--image",
+            image.tag,
+            "--volume",
+            str(vols[user]),
+            *args,
+            "wait.py",
+            env={"HOME": str(workdir / f"home-{user}")},
+            uid=uid,
+        )
+
+    names = {u: f"hfgpu-{u}-wait" for u, _ in two_users}
+    stale = f"lt-stale-{uuid.uuid4().hex[:6]}"
+    try:
+        for u, uid in two_users:
+            proc = run_as(u, uid, "--detach")
+            assert proc.returncode == 0, output(proc)
+        ids = {u: docker("inspect", "-f", "{{.Id}}", names[u]).stdout.strip() for u in names}
+        labels = {
+            u: docker("inspect", "-f", '{{index .Config.Labels "hfgpu.owner"}}', names[u]).stdout.strip()
+            for u in names
+        }
+        assert labels == {alice: alice, bob: bob}
+        # Bob asks for Alice's container name: refused, hers untouched.
+        line = one_error_line(run_as(bob, bob_uid, "--container-name", names[alice]))
+        assert f"belongs to {alice}" in line and "--container-name NEW" in line
+        # Alice again with her own running name: refused too, not stopped.
+        assert "is already running" in one_error_line(run_as(alice, alice_uid))
+        assert {
+            u: docker("inspect", "-f", "{{.Id}} {{.State.Status}}", names[u]).stdout.split() for u in names
+        } == {u: [ids[u], "running"] for u in names}
+        # A stopped container of Alice's: Bob may not remove it; Alice's launcher does.
+        docker("create", "--name", stale, "--label", f"hfgpu.owner={alice}", image.tag, "true")
+        assert f"belongs to {alice}" in one_error_line(
+            run_as(bob, bob_uid, "--container-name", stale, "--detach")
+        )
+        assert not container_gone(stale)
+        (vols[alice] / "go").touch()
+        proc = run_as(alice, alice_uid, "--container-name", stale)
+        assert proc.returncode == 0, output(proc)
+        assert f"removing your stopped container {stale}" in proc.stderr
+    finally:
+        for u in names:
+            (vols[u] / "go").touch()
+        for name in names.values():
+            wait_for(lambda name=name: container_gone(name), f"{name} to end", 120)
+        docker("rm", "--force", stale, check=False)
