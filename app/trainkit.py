@@ -200,6 +200,8 @@ def cli(main: Callable[..., int], parse_args: Callable[[Sequence[str]], tuple], 
     """Run MAIN on the parsed ARGV; user mistakes and stop signals become exit codes."""
     install_signal_handlers()
     try:
+        if bucket := _bucket():  # CHECKPOINT_BUCKET: a bad name or unreachable bucket ends here
+            bucket.check_environment()
         return main(*parse_args(argv))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -461,6 +463,8 @@ def train_and_evaluate(
             metrics.update(eval_extras(metrics))
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+    if bucket := _bucket():
+        bucket.finish(trainer)  # the final model and results to CHECKPOINT_BUCKET
     _write_status("finished")
     return 0
 
@@ -487,7 +491,18 @@ def make_resilient(trainer) -> None:
     that moment could leave no complete checkpoint; we rotate after the marker instead.
     """
     trainer.add_callback(Preemption(trainer.args.save_total_limit))
+    if bucket := _bucket():  # after Preemption: it uploads what Preemption marked complete
+        bucket.attach(trainer, trainer.args.save_total_limit)
     trainer.args.save_total_limit = None
+
+
+def _bucket():
+    """app/bucket_checkpoints.py when CHECKPOINT_BUCKET is set (checkpoints mirrored to Cloud Storage)."""
+    if not os.environ.get("CHECKPOINT_BUCKET"):
+        return None
+    import bucket_checkpoints
+
+    return bucket_checkpoints
 
 
 class Preemption(TrainerCallback):
