@@ -1,9 +1,9 @@
 # The project's commands. `make test` is the one CI runs (.ci/run calls it).
 #   make test     lint, then every test (needs a running Docker engine)
-#   make lint     shellcheck, hadolint and ruff only
-#   make image    build the image locally as $(IMAGE) (BuildKit)
+#   make lint     shellcheck, hadolint and ruff: exactly tests/test_lint.py
+#   make image    build the image locally as $(IMAGE) (build_and_push.sh --no-push)
 #   make lock     regenerate build_image/requirements.lock from requirements.txt
-#   make bench-image  measure image builds (bench/image_build.py) into README.md
+#   make bench-image  measure image builds (bench/image_build.py) into docs/bench-image.md
 #   make images   render the README's pictures from their sources (Graphviz)
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -16,11 +16,14 @@ IMAGE  ?= gpu_transformers:dev
 BASE_IMAGE ?=
 CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
 PYTEST_ARGS ?=
-comma := ,
-# The lock is resolved for the image's Python (3.10, Ubuntu 22.04) on x86-64 Linux.
-LOCK_FLAGS := --python-version 3.10 --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header -q
-
-SHELL_SCRIPTS := $(shell git ls-files -co --exclude-standard -- '*.sh' 'build_image/bin/*' '.ci/run')
+# Where `make lock` writes (tests/test_build_and_push.py relocks into a temporary folder).
+LOCK_DIR ?= build_image
+# The lock is resolved for the image's Python (3.10, Ubuntu 22.04) on x86-64 Linux, as PyPI
+# stood at LOCK_EXCLUDE_NEWER: a re-lock gives the same file (tests/test_build_and_push.py).
+# Move the date forward to take newer releases, then run `make lock`.
+LOCK_EXCLUDE_NEWER ?= 2026-11-29T08:00:00Z
+LOCK_FLAGS := --python-version 3.10 --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header -q \
+  --exclude-newer $(LOCK_EXCLUDE_NEWER)
 
 .PHONY: help test lint image lock bench-image images clean-images
 help:
@@ -31,24 +34,25 @@ $(VENV)/.ok: tests/requirements.txt
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
 	touch $@
 
+# The lint commands and their flags live once, in tests/test_lint.py.
 lint: $(VENV)/.ok
-	$(VENV)/bin/shellcheck $(SHELL_SCRIPTS)
-	$(VENV)/bin/hadolint build_image/Dockerfile
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/test_lint.py
 
 test: $(VENV)/.ok
 	tests/make-test-base.sh
 	$(VENV)/bin/pytest $(PYTEST_ARGS) tests
 
+# The one build path: build_and_push.sh --no-push, with $(DOCKER)'s folder first on PATH
+# (a client that builds with BuildKit). IMAGE is NAME:TAG.
 image:
-	DOCKER_BUILDKIT=1 $(DOCKER) build -f build_image/Dockerfile -t $(IMAGE) \
-	  $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
-	  $(if $(CA_BUNDLE),--secret id=ca_bundle$(comma)src=$(CA_BUNDLE)) .
+	image='$(IMAGE)'; [[ $$image == *:* ]] || { echo "make image: IMAGE must be NAME:TAG" >&2; exit 1; }; \
+	$(if $(findstring /,$(DOCKER)),PATH="$(dir $(DOCKER)):$$PATH") ./build_and_push.sh --no-push \
+	  --image-name "$${image%:*}" --tag "$${image##*:}" \
+	  $(if $(BASE_IMAGE),--base-image '$(BASE_IMAGE)') $(if $(CA_BUNDLE),--ca-bundle '$(CA_BUNDLE)')
 
 lock: $(VENV)/.ok
-	$(VENV)/bin/uv pip compile build_image/requirements.txt $(LOCK_FLAGS) -o build_image/requirements.lock
-	$(VENV)/bin/uv pip compile build_image/tools.in $(LOCK_FLAGS) -o build_image/tools.lock
+	$(VENV)/bin/uv pip compile build_image/requirements.txt $(LOCK_FLAGS) -o $(LOCK_DIR)/requirements.lock
+	$(VENV)/bin/uv pip compile build_image/tools.in $(LOCK_FLAGS) -o $(LOCK_DIR)/tools.lock
 
 bench-image: $(VENV)/.ok
 	tests/make-test-base.sh

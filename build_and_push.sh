@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
 # Summary: build the training image with BuildKit and push it to Google Artifact Registry.
-# Usage: build_and_push.sh [--project ID] [--location REGION] [--repo NAME] [--image NAME]
-#                          [--tag TAG] [--base-image IMAGE] [--ca-cert FILE]
+# Usage: build_and_push.sh [--project ID] [--location REGION] [--repo NAME] [--image-name NAME]
+#                          [--tag TAG] [--base-image IMAGE] [--ca-bundle FILE]
 #                          [--registry-host HOST] [--no-push] [--dry-run] [-h|--help]
 #
-#   --project ID          Google Cloud project (env PROJECT; default: gcloud config)
-#   --location REGION     Artifact Registry region, e.g. us-east4 (env LOCATION)
-#   --repo NAME           Artifact Registry repository (env REPO_NAME; gpu-transformers)
-#   --image NAME          image name (env IMAGE_NAME; gpu_transformers)
-#   --tag TAG             the release tag (env TAG; default: the VERSION file)
-#   --base-image IMAGE    build argument BASE_IMAGE (default: the Dockerfile's CUDA 12 base)
-#   --ca-cert FILE        extra CA bundle for the build (TLS-intercepting proxies), given
-#                         to BuildKit as secret ca_bundle: it is never stored in a layer
-#   --registry-host HOST  registry host (env REGISTRY_HOST; default LOCATION-docker.pkg.dev)
-#   --no-push             build and tag locally only (IMAGE:TAG, IMAGE:sha-..., IMAGE:latest)
+#   --project ID          Google Cloud project (PROJECT; default: gcloud config)
+#   --location REGION     Artifact Registry region, e.g. us-east4 (LOCATION)
+#   --repo NAME           Artifact Registry repository (REPO_NAME; gpu-transformers)
+#   --image-name NAME     image name (IMAGE_NAME; gpu_transformers); --image is its old name
+#   --tag TAG             the release tag (TAG; default: the VERSION file)
+#   --base-image IMAGE    build argument BASE_IMAGE (BASE_IMAGE; default: the Dockerfile's CUDA 12 base)
+#   --ca-bundle FILE      extra CA bundle (PEM) for the build behind a TLS-intercepting proxy
+#                         (CA_BUNDLE; --ca-cert is its old name), given to BuildKit as the
+#                         secret ca_bundle: it is never stored in a layer
+#   --registry-host HOST  registry host (REGISTRY_HOST; default LOCATION-docker.pkg.dev)
+#   --no-push             build and tag locally only (IMAGE:TAG, IMAGE:sha-..., IMAGE:latest);
+#                         the last line on stdout is the local reference IMAGE:TAG
 #   --dry-run             print every command, quoted, and change nothing
 #
 # Steps: preflight, build, repository, auth, push. Configuration: flags, then the
-# environment, then ./.env (or CONFIG_FILE), then defaults. Tags pushed: TAG,
-# sha-<commit>[-dirty], latest (in that order: latest moves only when the others landed).
+# environment, then ./.env (or CONFIG_FILE), then defaults (names in parentheses).
+# Tags: TAG, sha-<commit>, latest (pushed in that order: latest moves only when the others
+# landed). A dirty checkout (build_image/, app/ or lib/kv.sh changed, or untracked files in
+# them) is tagged TAG and sha-<commit>-dirty only: latest never points at a dirty build.
+# Files git ignores never reach the image (.dockerignore).
 # On success the last line on stdout is the image reference with its digest:
 #   HOST/PROJECT/REPO/IMAGE@sha256:...
 
@@ -26,14 +31,17 @@ set -euo pipefail
 
 # shellcheck source=lib/common.sh disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source=lib/flags.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/lib/flags.sh"
 # shellcheck source=lib/gcp.sh disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/lib/gcp.sh"
 # shellcheck disable=SC2034 # read by lib/common.sh's log/warn/die
 PROG=build_and_push.sh
 
-BASE_IMAGE=
-CA_CERT=
+# The image's inputs, relative to the repository root: what .dockerignore lets through.
+readonly CONTEXT_PATHS=(build_image app lib/kv.sh .dockerignore)
 NO_PUSH=0
+DIRTY=
 
 # -- preflight ---------------------------------------------------------------------------
 
@@ -49,7 +57,9 @@ check_buildkit() {
   if [[ $major =~ ^[0-9]+$ ]] && ((major < 23)); then
     return 0
   fi
-  die "preflight: BuildKit unavailable: docker client ${client:-?} ($(command -v docker)) has no buildx plugin; install it (apt-get install docker-buildx-plugin, or docker-buildx) or put a client with BuildKit built in first on PATH (Debian's docker.io 20.10: /usr/bin/docker)"
+  die "preflight: BuildKit unavailable: docker client ${client:-?} ($(command -v docker)) has no buildx plugin;" \
+    "install it (apt-get install docker-buildx-plugin, or docker-buildx) or put a client with BuildKit" \
+    "built in first on PATH (Debian's docker.io 20.10: /usr/bin/docker)"
 }
 
 preflight() {
@@ -58,44 +68,44 @@ preflight() {
   else
     log "preflight: checking docker, BuildKit and gcloud"
   fi
-  need_cmd docker "preflight: install Docker (https://docs.docker.com/engine/install/; Debian: apt-get install docker.io)"
+  local hint="preflight: install Docker (https://docs.docker.com/engine/install/;"
+  need_cmd docker "$hint Debian: apt-get install docker.io)"
   check_buildkit
   local err
   if ! err=$(docker info --format '{{.ServerVersion}}' 2>&1 >/dev/null); then
     err=$(printf '%s\n' "$err" | grep -m1 -v '^$' || true)
-    die "preflight: the Docker daemon is not reachable (${DOCKER_HOST:-default socket}): ${err:-no answer}; start it (sudo systemctl start docker) or fix DOCKER_HOST"
+    die "preflight: the Docker daemon is not reachable (${DOCKER_HOST:-default socket}): ${err:-no answer};" \
+      "start it (sudo systemctl start docker) or fix DOCKER_HOST"
   fi
-  if [[ $NO_PUSH == 1 ]]; then
-    return 0
-  fi
-  need_cmd gcloud "preflight: install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install) or run this in Cloud Shell"
-  if ! gcloud auth print-access-token --quiet >/dev/null 2>&1; then
-    die "preflight: gcloud is not authenticated; run: gcloud auth login (Cloud Shell: authorize when asked)"
-  fi
+  [[ $NO_PUSH == 1 ]] || gcp_preflight
 }
 
 # -- git facts for tags and labels -------------------------------------------------------
 
-# git_facts: sets REVISION (full commit, +-dirty), SHA_TAG (sha-<7>[-dirty]), CREATED and
-# SOURCE. "Dirty" means the image's inputs (build_image/, app/) differ from the commit.
+# git_facts: sets REVISION (full commit, +-dirty), SHA_TAG (sha-<7>[-dirty]), DIRTY, CREATED
+# and SOURCE. "Dirty": the image's inputs (CONTEXT_PATHS) differ from the commit, or hold
+# files git does not track (and does not ignore: those never reach the image).
 git_facts() {
   REVISION=unknown
   SHA_TAG=
   SOURCE=unknown
   CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-  local root=$HFGPU_ROOT commit dirty=
-  if ! command -v git >/dev/null 2>&1 || ! commit=$(git -C "$root" rev-parse --verify -q HEAD 2>/dev/null); then
+  local root=$HFGPU_ROOT commit
+  if ! command -v git >/dev/null 2>&1 ||
+    ! commit=$(git -C "$root" rev-parse --verify -q HEAD 2>/dev/null); then
     warn "tags: not a git checkout; no sha-<commit> tag, revision label 'unknown'"
     return 0
   fi
-  if [[ -n $(git -C "$root" status --porcelain -- build_image app .dockerignore 2>/dev/null) ]]; then
-    dirty=-dirty
+  if [[ -n $(git -C "$root" status --porcelain --untracked-files=all -- "${CONTEXT_PATHS[@]}" 2>/dev/null) ]]; then
+    DIRTY=-dirty
+    warn "tags: build_image/ or app/ has uncommitted or untracked files: tagging sha-${commit:0:7}-dirty," \
+      "and latest is not moved; commit them for a clean build"
   else
     # A clean tree: the commit's time, so a rebuild of the same commit is identical.
     CREATED=$(TZ=UTC0 git -C "$root" log -1 --date=format-local:%Y-%m-%dT%H:%M:%SZ --format=%cd HEAD)
   fi
-  REVISION=$commit$dirty
-  SHA_TAG=sha-${commit:0:7}$dirty
+  REVISION=$commit$DIRTY
+  SHA_TAG=sha-${commit:0:7}$DIRTY
   local url
   url=$(git -C "$root" config --get remote.origin.url 2>/dev/null || true)
   # Never put credentials from a remote URL (https://user:token@host/...) into a label.
@@ -114,7 +124,7 @@ build() {
   cmd+=(--build-arg "SOURCE=$SOURCE")
   cmd+=(--build-arg BUILDKIT_INLINE_CACHE=1)
   [[ -n $BASE_IMAGE ]] && cmd+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
-  [[ -n $CA_CERT ]] && cmd+=(--secret "id=ca_bundle,src=$CA_CERT")
+  [[ -n $CA_BUNDLE ]] && cmd+=(--secret "id=ca_bundle,src=$CA_BUNDLE")
   for ref in "${refs[@]}"; do
     cmd+=(-t "$ref")
   done
@@ -124,34 +134,24 @@ build() {
 }
 
 ensure_repository() {
-  local describe create out fmt
-  describe=(gcloud artifacts repositories describe "$REPO_NAME" --project "$PROJECT"
+  GCP_DESCRIBE=(gcloud artifacts repositories describe "$REPO_NAME" --project "$PROJECT"
     --location "$LOCATION" --format 'value(format)')
-  create=(gcloud artifacts repositories create "$REPO_NAME" --project "$PROJECT"
+  GCP_CREATE=(gcloud artifacts repositories create "$REPO_NAME" --project "$PROJECT"
     --location "$LOCATION" --repository-format docker
-    --description "gpu-transformers training images" --quiet)
-  if [[ $DRY_RUN == 1 ]]; then
-    quote_cmd "${describe[@]}"
-    printf '# only when the describe above answers NOT_FOUND:\n'
-    quote_cmd "${create[@]}"
-    return 0
-  fi
-  log "repository: checking $LOCATION/$REPO_NAME in project $PROJECT"
-  if out=$("${describe[@]}" 2>&1); then
-    fmt=$(printf '%s\n' "$out" | tail -n1)
-    [[ $fmt == DOCKER ]] ||
-      die "repository: $REPO_NAME in $LOCATION exists but holds ${fmt:-non-Docker} artifacts; choose another --repo"
-    log "repository: $REPO_NAME exists; not created"
-    return 0
-  fi
-  if ! grep -q NOT_FOUND <<<"$out"; then
-    die "repository: cannot read $REPO_NAME in $LOCATION: $(gcloud_error "$out"); enable the API (gcloud services enable artifactregistry.googleapis.com) and check your role (roles/artifactregistry.admin to create)"
-  fi
-  log "repository: $REPO_NAME not found; creating it (Docker format, $LOCATION)"
-  if ! out=$("${create[@]}" 2>&1); then
-    grep -q ALREADY_EXISTS <<<"$out" && return 0
-    die "repository: creating $REPO_NAME failed: $(gcloud_error "$out")"
-  fi
+    --description "hfgpu training images" --quiet)
+  gcp_describe_or_create repository "$REPO_NAME in $LOCATION" \
+    "enable the API (gcloud services enable artifactregistry.googleapis.com) and check your role" \
+    "(roles/artifactregistry.admin to create)"
+  case $GCP_STATE in
+    exists)
+      local fmt
+      fmt=$(tail -n1 <<<"$GCP_OUT")
+      [[ $fmt == DOCKER || -z $fmt ]] ||
+        die "repository: $REPO_NAME in $LOCATION exists but holds $fmt artifacts; choose another --repo"
+      log "repository: $REPO_NAME exists; not created"
+      ;;
+    created) log "repository: $REPO_NAME created (Docker format, $LOCATION)" ;;
+  esac
 }
 
 configure_docker() {
@@ -174,7 +174,8 @@ push() {
     # The output goes to stderr as it comes and to a file, where the digest is read.
     if ! docker push "$ref" 2>&1 | tee "$PUSH_LOG" >&2; then
       local done_list=${pushed[*]:-none}
-      die "push: pushing $ref failed (see above); already pushed: ${done_list// /, }; not pushed: the rest, latest untouched. Check the registry and your roles/artifactregistry.writer, then rerun"
+      die "push: pushing $ref failed (see above); already pushed: ${done_list// /, }; not pushed: the rest," \
+        "latest untouched. Check the registry and your roles/artifactregistry.writer, then rerun"
     fi
     d=$(grep -oE 'digest: sha256:[0-9a-f]{64}' "$PUSH_LOG" | tail -n1 | cut -d' ' -f2)
     [[ -n $d ]] || die "push: no digest in the output of docker push $ref"
@@ -194,69 +195,80 @@ push() {
 }
 
 parse_args() {
-  local flag value
   while (($#)); do
-    flag=$1
-    value=
-    case $flag in
+    flag_begin "$1"
+    case $FLAG in
       -h | --help)
+        flag_switch
         usage "${BASH_SOURCE[0]}"
         exit 0
         ;;
-      --no-push) NO_PUSH=1 ;;
-      --dry-run) DRY_RUN=1 ;;
-      --project | --location | --repo | --image | --tag | --base-image | --ca-cert | --registry-host)
-        (($# >= 2)) || die "$flag needs a value; see --help"
-        value=$2
-        shift
-        ;;
-      --project=* | --location=* | --repo=* | --image=* | --tag=* | --base-image=* | --ca-cert=* | --registry-host=*)
-        value=${flag#*=}
-        flag=${flag%%=*}
-        ;;
-      *) die "unknown argument '$flag'; see --help" ;;
+      --no-push) flag_switch && NO_PUSH=1 ;;
+      --dry-run) flag_switch && DRY_RUN=1 ;;
+      --project) flag_value "$@" && config_set_flag PROJECT "$FLAG" "$VALUE" ;;
+      --location) flag_value "$@" && config_set_flag LOCATION "$FLAG" "$VALUE" ;;
+      --repo) flag_value "$@" && config_set_flag REPO_NAME "$FLAG" "$VALUE" ;;
+      --image-name) flag_value "$@" && config_set_flag IMAGE_NAME "$FLAG" "$VALUE" ;;
+      --image) flag_value "$@" && flag_deprecated --image-name && config_set_flag IMAGE_NAME "$FLAG" "$VALUE" ;;
+      --tag) flag_value "$@" && config_set_flag TAG "$FLAG" "$VALUE" ;;
+      --base-image) flag_value "$@" && config_set_flag BASE_IMAGE "$FLAG" "$VALUE" ;;
+      --ca-bundle) flag_value "$@" && config_set_flag CA_BUNDLE "$FLAG" "$VALUE" ;;
+      --ca-cert) flag_value "$@" && flag_deprecated --ca-bundle && config_set_flag CA_BUNDLE "$FLAG" "$VALUE" ;;
+      --registry-host) flag_value "$@" && config_set_flag REGISTRY_HOST "$FLAG" "$VALUE" ;;
+      -*) flag_unknown ;;
+      *) die "unexpected argument '$FLAG': build_and_push.sh takes options only; see --help" ;;
     esac
-    case $flag in
-      --project) PROJECT=$value ;;
-      --location) LOCATION=$value ;;
-      --repo) REPO_NAME=$value ;;
-      --image) IMAGE_NAME=$value ;;
-      --tag) TAG=$value ;;
-      --base-image) BASE_IMAGE=$value ;;
-      --ca-cert) CA_CERT=$value ;;
-      --registry-host) REGISTRY_HOST=$value ;;
-    esac
-    shift
+    shift "$FLAG_SHIFT"
   done
 }
 
-main() {
-  config_init
-  parse_args "$@"
+# check_ca_bundle: CA_BUNDLE, when set, is a readable regular file whose path BuildKit's
+# --secret id=...,src=PATH can carry (a comma would split it); made absolute.
+check_ca_bundle() {
+  [[ -n $CA_BUNDLE ]] || return 0
+  local from
+  from=$(config_origin CA_BUNDLE)
+  [[ $CA_BUNDLE != *,* && $CA_BUNDLE != *\"* ]] ||
+    die "CA bundle '$CA_BUNDLE' ($from): the path has a comma or a quote, which BuildKit's --secret cannot carry;" \
+      "copy the bundle to a path without one"
+  [[ ! -d $CA_BUNDLE ]] || die "CA bundle '$CA_BUNDLE' ($from) is a folder; give the PEM bundle file itself"
+  [[ -f $CA_BUNDLE && -r $CA_BUNDLE ]] ||
+    die "CA bundle '$CA_BUNDLE' ($from): not a readable file; give a PEM bundle file"
+  CA_BUNDLE=$(cd "$(dirname "$CA_BUNDLE")" && pwd)/$(basename "$CA_BUNDLE")
+}
 
-  # Validate every input before anything runs.
-  validate_location "$LOCATION"
-  validate_repo "$REPO_NAME"
-  validate_image "$IMAGE_NAME"
-  validate_tag "$TAG"
-  [[ -z $REGISTRY_HOST ]] || validate_registry_host "$REGISTRY_HOST"
-  [[ -z $CA_CERT || -r $CA_CERT ]] || die "--ca-cert: cannot read '$CA_CERT'; give a PEM bundle file"
-  [[ -z $CA_CERT ]] || CA_CERT=$(cd "$(dirname "$CA_CERT")" && pwd)/$(basename "$CA_CERT")
-  VERSION=$(tr -d '[:space:]' <"$HFGPU_ROOT/VERSION")
+# validate: every input, before anything runs; each error names where the value came from.
+validate() {
+  validate_location "$LOCATION" "$(config_origin LOCATION)"
+  validate_repo "$REPO_NAME" "$(config_origin REPO_NAME)"
+  validate_image "$IMAGE_NAME" "$(config_origin IMAGE_NAME)"
+  validate_tag "$TAG" "$(config_origin TAG)"
+  [[ -z $REGISTRY_HOST ]] || validate_registry_host "$REGISTRY_HOST" "$(config_origin REGISTRY_HOST)"
+  [[ -z $BASE_IMAGE || $BASE_IMAGE =~ ^[A-Za-z0-9][A-Za-z0-9._/:@-]*$ ]] ||
+    die "invalid base image '$BASE_IMAGE' ($(config_origin BASE_IMAGE)): give an image reference like" \
+      "nvidia/cuda:12.1.0-base-ubuntu22.04"
+  check_ca_bundle
   if [[ $NO_PUSH == 0 ]]; then
     config_default_project
     [[ -n $PROJECT ]] ||
       die "preflight: no project set; pass --project ID or run: gcloud config set project ID"
   fi
-  [[ -z $PROJECT ]] || validate_project "$PROJECT"
+  [[ -z $PROJECT ]] || validate_project "$PROJECT" "$(config_origin PROJECT)"
+}
+
+main() {
+  config_init
+  parse_args "$@"
+  validate
+  VERSION=$(tr -d '[:space:]' <"$HFGPU_ROOT/VERSION")
 
   preflight
   git_facts
 
-  # The tags: the release tag, the commit, latest (pushed last).
+  # The tags: the release tag, the commit, latest (pushed last; never for a dirty tree).
   local tags=("$TAG") t refs=() host
   [[ -n $SHA_TAG && $SHA_TAG != "$TAG" ]] && tags+=("$SHA_TAG")
-  [[ $TAG != latest ]] && tags+=(latest)
+  [[ $TAG != latest && -z $DIRTY ]] && tags+=(latest)
   for t in "${tags[@]}"; do
     if [[ $NO_PUSH == 1 ]]; then
       refs+=("$(local_image "$t")")

@@ -1,38 +1,53 @@
 #!/usr/bin/env bash
 # Summary: create a Compute Engine GPU VM ready for launch_training.sh (idempotent).
-# Usage: create_instance.sh [--name NAME] [--zone ZONE] [--machine-type TYPE]
-#                           [--accelerator TYPE,count=N | --accelerator none]
-#                           [--boot-disk-size SIZE] [--service-account EMAIL] [--grant-reader]
-#                           [--spot] [--image-family FAMILY] [--image-ref REF]
-#                           [--project ID] [--location REGION] [--repo NAME] [--image NAME]
-#                           [--tag TAG] [--dry-run] [-h|--help]
+# Usage: create_instance.sh [--vm-name NAME] [--zone ZONE] [--zones Z1,Z2,...] [--machine-type TYPE]
+#                           [--accelerator TYPE,count=N] [--spot | --flex-start | --on-demand |
+#                           --reservation NAME] [--max-run-duration DURATION] [--boot-disk-size SIZE]
+#                           [--service-account EMAIL] [--checkpoint-bucket gs://BUCKET/PATH]
+#                           [--image-family FAMILY] [--image REF] [--project ID] [--location REGION]
+#                           [--repo NAME] [--image-name NAME] [--tag TAG] [--dry-run] [-h|--help]
 #
-#   --name NAME             VM name (env INSTANCE_NAME; default gpu-transformers-vm)
-#   --zone ZONE             zone with the GPU (env ZONE; default LOCATION-a, e.g. us-east4-a)
-#   --machine-type TYPE     default a3-highgpu-1g (1 x H100 80GB); cheaper: g2-standard-8
-#   --accelerator T,count=N default nvidia-h100-80gb,count=1; with g2-standard-8: nvidia-l4,count=1
-#   --boot-disk-size SIZE   default 200GB (the image is about 9 GB, the volume's caches grow)
-#   --service-account EMAIL the VM's identity (default: the project's Compute Engine default
-#                           service account); it needs roles/artifactregistry.reader
-#   --grant-reader          grant that role on the repository (else only check and warn)
-#   --spot                  Spot VM: provisioning-model SPOT, stopped (not deleted) when
-#                           reclaimed; launch_training.sh --restart-on-preemption resumes
+#   --vm-name NAME          VM name (env VM_NAME or INSTANCE_NAME; default hfgpu-vm, or an existing
+#                           gpu-transformers-vm, the old default)
+#   --zone ZONE             first zone to try (env ZONE; default LOCATION-a, e.g. us-east4-a)
+#   --zones Z1,Z2,...       zones to try, in this order, when a zone is out of GPUs (default: ZONE,
+#                           then the region's other zones in alphabetical order)
+#   --machine-type TYPE     default a3-highgpu-1g (1 x H100 80GB; Spot or Flex-start only, so the
+#                           default VM is Spot); on demand and cheaper: g2-standard-8 (1 x L4)
+#   --accelerator T,count=N GPUs for N1 types only (e.g. nvidia-tesla-t4,count=1); A2/A3/A4/G2 types
+#                           come with their GPUs
+#   --spot                  Spot VM: stopped (not deleted) when reclaimed, about 30 s notice;
+#                           launch_training.sh --restart-on-preemption resumes
+#   --flex-start            Flex-start (Dynamic Workload Scheduler): runs up to --max-run-duration
+#                           (default 7d, at most 7d), then is deleted; no preemption meanwhile
+#   --on-demand             a standard VM; refused for types Google offers only as Spot/Flex-start
+#   --reservation NAME      consume this specific reservation (needed for a3-ultragpu/megagpu, a4)
+#   --boot-disk-size SIZE   100GB to 64TB; default 200GB (the image is about 9 GB, caches grow)
+#   --service-account EMAIL the VM's identity (default: hfgpu-vm@PROJECT.iam.gserviceaccount.com,
+#                           created when missing); it gets roles/artifactregistry.reader on the
+#                           repository, roles/logging.logWriter, and object rights on the bucket
+#   --checkpoint-bucket gs://BUCKET/PATH   checkpoints that outlive the VM (env CHECKPOINT_BUCKET):
+#                           the bucket is created in the VM's region when missing
 #   --image-family FAMILY   Deep Learning VM family with the NVIDIA driver
-#                           (default common-cu129-ubuntu-2204-nvidia-580, project
-#                           deeplearning-platform-release)
-#   --image-ref REF         the training image to run there (env CONTAINER_NAME; default
+#                           (default common-cu129-ubuntu-2204-nvidia-580)
+#   --image REF             the training image to run there (env CONTAINER_NAME; default
 #                           HOST/PROJECT/REPO/IMAGE:TAG; paste build_and_push.sh's digest line)
-#   --project/--location/--repo/--image/--tag   as for build_and_push.sh
+#   --image-name NAME       image name, as for build_and_push.sh (env IMAGE_NAME)
+#   --project/--location/--repo/--tag   as for build_and_push.sh
 #   --dry-run               print every gcloud command, quoted, and change nothing
+#   Old spellings, kept one release: --name (--vm-name), --image-ref (--image), --image NAME with
+#   no '/' (--image-name), --grant-reader (the reader role is now always granted).
 #
-# Steps: preflight, instance (describe; create only when missing), reader (the service
-# account's role on the repository). Ends with the ssh line and the launch_training.sh
-# command to run on the VM.
+# Steps: preflight, repository check, service account, its roles, bucket, instance (found by name in
+# any zone; created when missing, moving to the next zone on a stockout). Ends with the ssh line
+# and the launch_training.sh command to run on the VM. Zones and offers: docs/spot-and-zones.md.
 
 set -euo pipefail
 
 # shellcheck source=lib/common.sh disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source=lib/flags.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/lib/flags.sh"
 # shellcheck source=lib/gcp.sh disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/lib/gcp.sh"
 # shellcheck disable=SC2034 # read by lib/common.sh's log/warn/die
@@ -40,56 +55,141 @@ PROG=create_instance.sh
 
 readonly IMAGE_PROJECT=deeplearning-platform-release
 readonly READER_ROLE=roles/artifactregistry.reader
+readonly LOG_ROLE=roles/logging.logWriter
+readonly BUCKET_ROLE=roles/storage.objectUser
+readonly VM_SA_ID=hfgpu-vm
+readonly OLD_VM_NAME=gpu-transformers-vm
+readonly MAX_FLEX_SECONDS=$((7 * 86400))
 
-NAME=${INSTANCE_NAME:-gpu-transformers-vm}
-ZONE=${ZONE:-}
 MACHINE_TYPE=a3-highgpu-1g
-ACCELERATOR=nvidia-h100-80gb,count=1
-BOOT_DISK_SIZE=200GB
+ACCELERATOR=
+BOOT_DISK_GB=200
 SERVICE_ACCOUNT=
-GRANT_READER=0
-SPOT=0
+PROVISIONING=
+RESERVATION=
+MAX_RUN_DURATION=
 IMAGE_FAMILY=common-cu129-ubuntu-2204-nvidia-580
+IMAGE_REF=
+ZONES_FLAG=
+ZONES=()
+SA_MEMBER=
+VM_ZONE=
+BUCKET=
+# Set by gpu_offer: how Google offers MACHINE_TYPE and the GPUs it comes with.
+OFFER="" BUILT_IN_GPU="" BUILT_IN_COUNT=""
+
+# gpu_offer TYPE: OFFER (on-demand | spot-or-flex | reservation | attach | other) and the
+# built-in GPUs. Source: Compute Engine "GPU machine types", table "consumption option
+# availability by machine type" (docs/spot-and-zones.md has the table and the date checked).
+gpu_offer() {
+  local n=${1##*-}
+  n=${n%g}
+  OFFER=on-demand BUILT_IN_GPU="" BUILT_IN_COUNT=""
+  case $1 in
+    a3-highgpu-[124]g) OFFER=spot-or-flex BUILT_IN_GPU=nvidia-h100-80gb BUILT_IN_COUNT=$n ;;
+    a3-highgpu-8g) BUILT_IN_GPU=nvidia-h100-80gb BUILT_IN_COUNT=8 ;;
+    a3-megagpu-8g) OFFER=reservation BUILT_IN_GPU=nvidia-h100-mega-80gb BUILT_IN_COUNT=8 ;;
+    a3-ultragpu-8g) OFFER=reservation BUILT_IN_GPU=nvidia-h200-141gb BUILT_IN_COUNT=8 ;;
+    a4-highgpu-8g) OFFER=reservation BUILT_IN_GPU=nvidia-b200 BUILT_IN_COUNT=8 ;;
+    a2-highgpu-[1248]g | a2-megagpu-16g) BUILT_IN_GPU=nvidia-tesla-a100 BUILT_IN_COUNT=$n ;;
+    a2-ultragpu-[1248]g) BUILT_IN_GPU=nvidia-a100-80gb BUILT_IN_COUNT=$n ;;
+    g2-standard-4 | g2-standard-8 | g2-standard-12 | g2-standard-16 | g2-standard-32)
+      BUILT_IN_GPU=nvidia-l4 BUILT_IN_COUNT=1
+      ;;
+    g2-standard-24) BUILT_IN_GPU=nvidia-l4 BUILT_IN_COUNT=2 ;;
+    g2-standard-48) BUILT_IN_GPU=nvidia-l4 BUILT_IN_COUNT=4 ;;
+    g2-standard-96) BUILT_IN_GPU=nvidia-l4 BUILT_IN_COUNT=8 ;;
+    n1-*) OFFER=attach ;;
+    *) OFFER=other ;;
+  esac
+}
 
 # parse_accelerator SPEC: sets ACC_TYPE and ACC_COUNT from TYPE[,count=N] (or type=TYPE,...).
 parse_accelerator() {
-  local spec=$1 part
+  local spec=$1 part parts
   ACC_TYPE=
   ACC_COUNT=1
-  if [[ $spec == none ]]; then
-    return 0
-  fi
+  [[ -z $spec || $spec == none ]] && return 0
   IFS=, read -ra parts <<<"$spec"
   for part in "${parts[@]}"; do
     case $part in
       type=*) ACC_TYPE=${part#type=} ;;
-      count=*) ACC_COUNT=${part#count=} ;;
+      count=*) to_int ACC_COUNT "--accelerator's count" "${part#count=}" 1 16 ;;
       *=*) die "invalid --accelerator '$spec': unknown key '${part%%=*}'; use TYPE,count=N" ;;
       *) ACC_TYPE=$part ;;
     esac
   done
   [[ $ACC_TYPE =~ ^nvidia-[a-z0-9-]+$ ]] ||
-    die "invalid --accelerator '$spec': the type must look like nvidia-h100-80gb or nvidia-l4 (see: gcloud compute accelerator-types list)"
+    die "invalid --accelerator '$spec': the type must look like nvidia-tesla-t4 (see: gcloud compute" \
+      "accelerator-types list)"
   [[ $ACC_COUNT =~ ^(1|2|4|8|16)$ ]] ||
     die "invalid --accelerator '$spec': count must be 1, 2, 4, 8 or 16"
 }
 
+# duration_seconds VALUE: gcloud's duration (e.g. 7d, 36h, 1d12h, 90m) in seconds, or die.
+duration_seconds() {
+  local rest=$1 total=0 num unit
+  [[ $rest =~ ^([0-9]+[dhms])+$ ]] ||
+    die "invalid --max-run-duration '$1': use days, hours, minutes, seconds like 7d, 36h or 1d12h"
+  while [[ $rest =~ ^([0-9]+)([dhms])(.*)$ ]]; do
+    num=$((10#${BASH_REMATCH[1]})) unit=${BASH_REMATCH[2]} rest=${BASH_REMATCH[3]}
+    case $unit in d) total=$((total + num * 86400)) ;; h) total=$((total + num * 3600)) ;;
+      m) total=$((total + num * 60)) ;; s) total=$((total + num)) ;; esac
+  done
+  printf '%s\n' "$total"
+}
+
+# parse_disk_size VALUE: BOOT_DISK_GB from 200, 200GB or 1TB (decimal; 100GB to 64TB).
+parse_disk_size() {
+  [[ $1 =~ ^([0-9]{1,9})(GB|TB)?$ ]] ||
+    die "invalid boot disk size '$1': use a size like 200GB or 1TB"
+  local gb unit=${BASH_REMATCH[2]}
+  to_int gb "--boot-disk-size" "${BASH_REMATCH[1]}" 0
+  [[ $unit == TB ]] && gb=$((gb * 1024))
+  ((gb >= 100)) ||
+    die "boot disk $1 is too small: the Deep Learning VM image, the training image and the caches need at least 100GB"
+  ((gb <= 65536)) || die "boot disk $1 is too large: a boot disk can be at most 64TB"
+  BOOT_DISK_GB=$gb
+}
+
+# parse_bucket: BUCKET from CHECKPOINT_BUCKET (gs://BUCKET[/PATH]), or die naming its origin.
+parse_bucket() {
+  [[ -z $CHECKPOINT_BUCKET ]] && return 0
+  local origin
+  origin=$(config_origin CHECKPOINT_BUCKET)
+  [[ $CHECKPOINT_BUCKET =~ ^gs://([^/]+)(/.*)?$ ]] ||
+    die "invalid checkpoint bucket '$CHECKPOINT_BUCKET' ($origin): use gs://BUCKET/PATH"
+  BUCKET=${BASH_REMATCH[1]}
+  [[ $BUCKET =~ ^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$ && $BUCKET != goog* ]] ||
+    die "invalid bucket name '$BUCKET' ($origin): use 3-63 lowercase letters, digits, '-' and '_', starting and" \
+      "ending with a letter or digit, not starting with 'goog'"
+}
+
 validate_inputs() {
-  validate_instance_name "$NAME"
-  validate_zone "$ZONE"
+  [[ $VM_NAME =~ ^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$ ]] ||
+    die "invalid VM name '$VM_NAME' ($(config_origin VM_NAME)): use 1-63 lowercase letters, digits and hyphens," \
+      "starting with a letter and not ending with a hyphen"
+  [[ $ZONE =~ ^[a-z]+-[a-z]+[0-9]+-[a-z]$ ]] ||
+    die "invalid zone '$ZONE' ($(config_origin ZONE)): use a zone like us-east4-a (region plus a letter)"
+  local zone
+  if [[ -n $ZONES_FLAG ]]; then
+    IFS=, read -ra ZONES <<<"$ZONES_FLAG"
+    for zone in "${ZONES[@]}"; do
+      [[ $zone =~ ^[a-z]+-[a-z]+[0-9]+-[a-z]$ ]] ||
+        die "invalid zone '$zone' in --zones: use zones like us-east4-a,us-east4-b"
+    done
+    ZONE=${ZONES[0]}
+  fi
   [[ $MACHINE_TYPE =~ ^[a-z][a-z0-9]*(-[a-z0-9]+)+$ ]] ||
     die "invalid machine type '$MACHINE_TYPE': use a type like a3-highgpu-1g or g2-standard-8"
   parse_accelerator "$ACCELERATOR"
-  [[ $BOOT_DISK_SIZE =~ ^[0-9]+$ ]] && BOOT_DISK_SIZE=${BOOT_DISK_SIZE}GB
-  [[ $BOOT_DISK_SIZE =~ ^([0-9]+)(GB|TB)$ ]] ||
-    die "invalid boot disk size '$BOOT_DISK_SIZE': use a size like 200GB or 1TB"
-  if [[ ${BASH_REMATCH[2]} == GB ]] && ((BASH_REMATCH[1] < 100)); then
-    die "boot disk $BOOT_DISK_SIZE is too small: the Deep Learning VM image, the training image and the caches need at least 100GB"
-  fi
   [[ -z $SERVICE_ACCOUNT || $SERVICE_ACCOUNT =~ ^[a-z0-9._-]+@[a-z0-9.-]+\.gserviceaccount\.com$ ]] ||
     die "invalid service account '$SERVICE_ACCOUNT': use its e-mail, NAME@PROJECT.iam.gserviceaccount.com"
   [[ $IMAGE_FAMILY =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] ||
     die "invalid image family '$IMAGE_FAMILY': see gcloud compute images list --project $IMAGE_PROJECT"
+  [[ -z $RESERVATION || $RESERVATION =~ ^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$ ]] ||
+    die "invalid reservation name '$RESERVATION': use the name gcloud compute reservations list shows"
+  parse_bucket
   validate_location "$LOCATION"
   validate_repo "$REPO_NAME"
   validate_image "$IMAGE_NAME"
@@ -99,168 +199,457 @@ validate_inputs() {
   validate_project "$PROJECT"
 }
 
+# choose_offer: check MACHINE_TYPE, its GPUs and the provisioning model against how Google offers
+# the type, before any API call; default to Spot for a type that is not offered on demand.
+choose_offer() {
+  gpu_offer "$MACHINE_TYPE"
+  if [[ -n $BUILT_IN_GPU && -n $ACC_TYPE ]] &&
+    [[ $ACC_TYPE != "$BUILT_IN_GPU" || $ACC_COUNT != "$BUILT_IN_COUNT" ]]; then
+    die "$MACHINE_TYPE comes with $BUILT_IN_COUNT x $BUILT_IN_GPU attached; leave out --accelerator (or pick a" \
+      "machine type for $ACC_COUNT x $ACC_TYPE)"
+  fi
+  if [[ -n $BUILT_IN_GPU ]]; then
+    ACC_TYPE=
+  fi
+  case $OFFER:$PROVISIONING in
+    spot-or-flex:on-demand)
+      die "$MACHINE_TYPE is not offered on demand (only Spot or Flex-start); drop --on-demand, or use --flex-start," \
+        "or an on-demand type such as a3-highgpu-8g or g2-standard-8"
+      ;;
+    spot-or-flex:) PROVISIONING=spot-default ;;
+    reservation:spot | reservation:flex-start | reservation:on-demand | reservation:)
+      die "$MACHINE_TYPE is offered only through reservations; pass --reservation NAME (see: gcloud compute" \
+        "reservations list), or use a3-highgpu-1g (Spot)"
+      ;;
+    other:flex-start)
+      die "--flex-start is for GPU machine types (A2, A3, A4, G2); $MACHINE_TYPE is not one"
+      ;;
+    *:) PROVISIONING=on-demand ;;
+  esac
+  if [[ -n $MAX_RUN_DURATION && $PROVISIONING != flex-start ]]; then
+    die "--max-run-duration goes with --flex-start; add --flex-start, or leave out --max-run-duration"
+  fi
+  if [[ $PROVISIONING == flex-start ]]; then
+    local seconds
+    seconds=$(duration_seconds "${MAX_RUN_DURATION:-7d}")
+    ((seconds >= 600 && seconds <= MAX_FLEX_SECONDS)) ||
+      die "--max-run-duration must be from 10m to 7d for Flex-start; got '$MAX_RUN_DURATION'"
+    MAX_RUN_DURATION=${seconds}s
+  fi
+  if [[ $PROVISIONING == spot-default ]]; then
+    PROVISIONING=spot
+    log "$MACHINE_TYPE is offered only as Spot or Flex-start: creating a Spot VM (pass --flex-start for a" \
+      "fixed-length run)"
+  fi
+}
+
+# set_provisioning MODEL: one of --spot, --flex-start, --on-demand, --reservation.
+set_provisioning() {
+  [[ -z $PROVISIONING || $PROVISIONING == "$1" ]] ||
+    die "$FLAG conflicts with --$PROVISIONING: choose one of --spot, --flex-start, --on-demand, --reservation"
+  PROVISIONING=$1
+}
+
 preflight() {
   log "preflight: checking gcloud"
-  need_cmd gcloud "preflight: install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install) or run this in Cloud Shell"
+  need_cmd gcloud "preflight: install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install) or run this in" \
+    "Cloud Shell"
   gcloud auth print-access-token --quiet >/dev/null 2>&1 ||
     die "preflight: gcloud is not authenticated; run: gcloud auth login (Cloud Shell: authorize when asked)"
 }
 
+# api_fix OUT API ROLE: the fix for a gcloud failure OUT, for error lines: enabling the API,
+# or the role to ask for, or (else) empty.
+api_fix() {
+  if grep -qE 'SERVICE_DISABLED|has not been used in project|is disabled|not enabled' <<<"$1"; then
+    printf 'enable the API: gcloud services enable %s --project %s\n' "$2" "$PROJECT"
+  elif grep -qE 'PERMISSION_DENIED|Permission .* denied|does not have .* access|HTTPError 403' <<<"$1"; then
+    printf 'ask a project owner for %s\n' "$3"
+  elif grep -qE 'ABORTED|concurrent policy changes|subject of a conflict' <<<"$1"; then
+    printf 'someone else keeps changing this policy: run the script again in a minute\n'
+  else
+    printf 'run again with HFGPU_DEBUG=1 to see the gcloud command and its whole answer\n'
+  fi
+}
+
+# fail WHAT OUT API ROLE: die with gcloud's error OUT on one line and the fix.
+fail() {
+  die "$1: $(gcloud_error "$2"); $(api_fix "$2" "$3" "$4")"
+}
+
+# image_ref: the reference the VM will run.
+image_ref() {
+  printf '%s\n' "${IMAGE_REF:-${CONTAINER_NAME:-$(registry_image)}}"
+}
+
+# check_repository: the image's Artifact Registry repository exists (read-only; before any change).
+# Sets AR_LOCATION, AR_PROJECT, AR_REPO (empty when the image is not in Artifact Registry).
+check_repository() {
+  local ref out
+  ref=$(image_ref)
+  AR_LOCATION="" AR_PROJECT="" AR_REPO=""
+  if [[ $ref =~ ^([a-z0-9-]+)-docker\.pkg\.dev/([^/]+)/([^/]+)/ ]]; then
+    AR_LOCATION=${BASH_REMATCH[1]} AR_PROJECT=${BASH_REMATCH[2]} AR_REPO=${BASH_REMATCH[3]}
+  elif [[ -z $IMAGE_REF && -z $CONTAINER_NAME && -z $REGISTRY_HOST ]]; then
+    AR_LOCATION=$LOCATION AR_PROJECT=$PROJECT AR_REPO=$REPO_NAME
+  else
+    log "repository: $ref is not in Artifact Registry; no reader role is granted"
+    return 0
+  fi
+  [[ $DRY_RUN == 1 ]] && return 0
+  log "repository: checking $AR_REPO in $AR_LOCATION"
+  if ! out=$(gcloud artifacts repositories describe "$AR_REPO" --project "$AR_PROJECT" --location "$AR_LOCATION" \
+    --format 'value(name)' 2>&1); then
+    if grep -qE 'NOT_FOUND|not found|was not found' <<<"$out"; then
+      die "repository: $AR_REPO not found in $AR_LOCATION (project $AR_PROJECT); run ./build_and_push.sh first, or" \
+        "pass the --image your build printed"
+    fi
+    fail "repository: cannot read $AR_REPO in $AR_LOCATION" "$out" artifactregistry.googleapis.com \
+      "roles/artifactregistry.reader on the repository"
+  fi
+}
+
+# check_zone_and_image: the zone and the image family exist (read-only; before any change).
+check_zone_and_image() {
+  local out zone
+  [[ $DRY_RUN == 1 ]] && return 0
+  for zone in "${ZONES[@]:-$ZONE}"; do
+    out=$(gcloud compute zones describe "$zone" --project "$PROJECT" --format 'value(name)' 2>&1) && continue
+    grep -qE 'was not found|NOT_FOUND' <<<"$out" &&
+      die "unknown zone '$zone' ($(config_origin ZONE)${ZONES_FLAG:+ or --zones}); pick one from: gcloud compute" \
+        "zones list"
+    fail "preflight: cannot read zone $zone" "$out" compute.googleapis.com "roles/compute.viewer"
+  done
+  out=$(gcloud compute images describe-from-family "$IMAGE_FAMILY" --project "$IMAGE_PROJECT" \
+    --format 'value(name)' 2>&1) && return 0
+  grep -qE 'was not found|NOT_FOUND' <<<"$out" &&
+    die "unknown image family '$IMAGE_FAMILY'; pick a current one: gcloud compute images list --project" \
+      "$IMAGE_PROJECT --no-standard-images"
+  fail "preflight: cannot read image family $IMAGE_FAMILY" "$out" compute.googleapis.com "roles/compute.viewer"
+}
+
+# ensure_service_account: the dedicated service account (unless --service-account), created when
+# missing; a concurrent create (409) counts as found.
+ensure_service_account() {
+  local email=${SERVICE_ACCOUNT:-$VM_SA_ID@$PROJECT.iam.gserviceaccount.com} out
+  SA_MEMBER=serviceAccount:$email
+  SERVICE_ACCOUNT=$email
+  if [[ $DRY_RUN == 1 ]]; then
+    printf '# only when the service account is missing:\n'
+    quote_cmd gcloud iam service-accounts create "$VM_SA_ID" --project "$PROJECT" \
+      --display-name "hfgpu training VM"
+    return 0
+  fi
+  if out=$(gcloud iam service-accounts describe "$email" --project "$PROJECT" --format 'value(email)' 2>&1); then
+    log "service account: $email exists"
+    return 0
+  fi
+  grep -qE 'NOT_FOUND|not found|Unknown service account' <<<"$out" ||
+    fail "service account: cannot read $email" "$out" iam.googleapis.com "roles/iam.serviceAccountAdmin"
+  [[ $email == "$VM_SA_ID@$PROJECT.iam.gserviceaccount.com" ]] ||
+    die "service account: $email does not exist; create it, or leave out --service-account to use $VM_SA_ID"
+  log "service account: creating $email"
+  if ! out=$(gcloud iam service-accounts create "$VM_SA_ID" --project "$PROJECT" \
+    --display-name "hfgpu training VM" 2>&1); then
+    grep -qE 'ALREADY_EXISTS|already exists' <<<"$out" ||
+      fail "service account: creating $email failed" "$out" iam.googleapis.com "roles/iam.serviceAccountAdmin"
+    log "service account: $email was created meanwhile; using it"
+  fi
+}
+
+# ensure_binding KIND TARGET ROLE: MEMBER (the VM's account) holds ROLE on TARGET, where KIND is
+# project, repository or bucket. Reads the policy first and changes it only when the binding is
+# missing; a policy changed meanwhile (409, stale etag) is read and written again, 3 times at most.
+ensure_binding() {
+  local kind=$1 target=$2 role=$3 cmd out attempt admin
+  case $kind in
+    project) cmd=(gcloud projects) admin="roles/resourcemanager.projectIamAdmin on $PROJECT" ;;
+    repository) cmd=(gcloud artifacts repositories) admin="roles/artifactregistry.admin on $target" ;;
+    bucket) cmd=(gcloud storage buckets) admin="roles/storage.admin on $target" ;;
+  esac
+  local where=("$target")
+  case $kind in
+    project) where=("$PROJECT") ;;
+    repository) where=("$AR_REPO" --project "$AR_PROJECT" --location "$AR_LOCATION") ;;
+  esac
+  local add=("${cmd[@]}" add-iam-policy-binding "${where[@]}" --member "$SA_MEMBER" --role "$role" --format none)
+  [[ $kind == project ]] && add+=(--condition None)
+  if [[ $DRY_RUN == 1 ]]; then
+    quote_cmd "${add[@]}"
+    return 0
+  fi
+  if ! out=$("${cmd[@]}" get-iam-policy "${where[@]}" --flatten 'bindings[].members' \
+    --format 'value(bindings.role,bindings.members)' 2>&1); then
+    fail "roles: cannot read the IAM policy of $kind $target" "$out" "$(api_of "$kind")" "$admin"
+  fi
+  if grep -qFx "$role"$'\t'"$SA_MEMBER" <<<"$out"; then
+    log "roles: $SA_MEMBER has $role on $kind $target"
+    return 0
+  fi
+  log "roles: granting $role on $kind $target to $SA_MEMBER"
+  for attempt in 1 2 3; do
+    out=$("${add[@]}" 2>&1) && return 0
+    grep -qE 'ABORTED|concurrent policy changes|subject of a conflict' <<<"$out" || break
+    log "roles: the policy of $kind $target changed meanwhile (attempt $attempt); reading it again"
+    sleep "$attempt"
+  done
+  fail "roles: granting $role on $kind $target failed" "$out" "$(api_of "$kind")" "$admin"
+}
+
+api_of() {
+  case $1 in
+    project) echo cloudresourcemanager.googleapis.com ;;
+    repository) echo artifactregistry.googleapis.com ;;
+    bucket) echo storage.googleapis.com ;;
+  esac
+}
+
+# ensure_bucket: the checkpoint bucket, created in the VM's region when missing.
+ensure_bucket() {
+  [[ -z $BUCKET ]] && return 0
+  local region=${ZONE%-*} out create
+  create=(gcloud storage buckets create "gs://$BUCKET" --project "$PROJECT" --location "$region"
+    --uniform-bucket-level-access)
+  if [[ $DRY_RUN == 1 ]]; then
+    printf '# only when the bucket is missing:\n'
+    quote_cmd "${create[@]}"
+    return 0
+  fi
+  if out=$(gcloud storage buckets describe "gs://$BUCKET" --format 'value(location)' 2>&1); then
+    out=$(tail -n1 <<<"$out")
+    log "bucket: gs://$BUCKET exists (${out,,})"
+    [[ ${out,,} == "$region" ]] ||
+      warn "bucket: gs://$BUCKET is in ${out,,}, not in the VM's region $region: uploads cross regions (slower," \
+        "egress charges)"
+    return 0
+  fi
+  if ! grep -qE '404|not found|does not exist' <<<"$out"; then
+    fail "bucket: cannot read gs://$BUCKET (it may belong to another project: bucket names are global)" "$out" \
+      storage.googleapis.com "roles/storage.admin on gs://$BUCKET, or choose another bucket name"
+  fi
+  log "bucket: creating gs://$BUCKET in $region"
+  if ! out=$("${create[@]}" 2>&1); then
+    grep -qE 'already own it' <<<"$out" ||
+      fail "bucket: creating gs://$BUCKET failed (bucket names are global: choose another if it is taken)" "$out" \
+        storage.googleapis.com "roles/storage.admin on the project"
+    log "bucket: gs://$BUCKET was created meanwhile; using it"
+  fi
+}
+
+# find_instance: VM_ZONE and the status of a VM named VM_NAME in any zone (empty when none).
+# With the default name, a VM with the old default name (OLD_VM_NAME) counts as this one.
+find_instance() {
+  local out name zone status
+  VM_ZONE=
+  if ! out=$(gcloud compute instances list --project "$PROJECT" \
+    --format 'value(name,zone.basename(),status)' 2>&1); then
+    fail "instance: cannot list the VMs of $PROJECT" "$out" compute.googleapis.com "roles/compute.instanceAdmin.v1"
+  fi
+  if [[ $(config_origin VM_NAME) == "the default VM_NAME" ]] && ! grep -q "^$VM_NAME"$'\t' <<<"$out" &&
+    grep -q "^$OLD_VM_NAME"$'\t' <<<"$out"; then
+    log "instance: using $OLD_VM_NAME (the old default name); pass --vm-name to choose another"
+    VM_NAME=$OLD_VM_NAME
+  fi
+  while IFS=$'\t' read -r name zone status; do
+    if [[ $name == "$VM_NAME" ]]; then
+      VM_ZONE=$zone
+      log "instance: $VM_NAME exists in $zone ($status); not recreated"
+      return 0
+    fi
+  done <<<"$out"
+}
+
+# create_command ZONE: CREATE, the gcloud command for the VM in ZONE.
 create_command() {
-  CREATE=(gcloud compute instances create "$NAME" --project "$PROJECT" --zone "$ZONE"
+  local zone=$1
+  CREATE=(gcloud compute instances create "$VM_NAME" --project "$PROJECT" --zone "$zone"
     --machine-type "$MACHINE_TYPE")
   [[ -n $ACC_TYPE ]] && CREATE+=(--accelerator "type=$ACC_TYPE,count=$ACC_COUNT")
   CREATE+=(--image-family "$IMAGE_FAMILY" --image-project "$IMAGE_PROJECT"
-    --boot-disk-size "$BOOT_DISK_SIZE" --boot-disk-type pd-balanced
+    --boot-disk-size "${BOOT_DISK_GB}GB" --boot-disk-type pd-balanced
     --maintenance-policy TERMINATE
     --metadata install-nvidia-driver=True
-    --scopes cloud-platform)
-  [[ -n $SERVICE_ACCOUNT ]] && CREATE+=(--service-account "$SERVICE_ACCOUNT")
-  if [[ $SPOT == 1 ]]; then
-    CREATE+=(--provisioning-model SPOT --instance-termination-action STOP)
-  fi
+    --service-account "$SERVICE_ACCOUNT" --scopes cloud-platform)
+  case $PROVISIONING in
+    spot) CREATE+=(--provisioning-model SPOT --instance-termination-action STOP) ;;
+    flex-start)
+      # FLEX_START is in gcloud's alpha track only (SDK 528); the API is Compute v1.
+      CREATE=(gcloud alpha "${CREATE[@]:1}" --provisioning-model FLEX_START
+        --max-run-duration "$MAX_RUN_DURATION" --instance-termination-action DELETE
+        --reservation-affinity none)
+      ;;
+    reservation) CREATE+=(--reservation-affinity specific --reservation "$RESERVATION") ;;
+  esac
   return 0
 }
 
+# region_zones: the region's zones after ZONE, alphabetically (the fallback order), from the API.
+region_zones() {
+  local region=${ZONE%-*} out
+  out=$(gcloud compute zones list --project "$PROJECT" --filter "region~/$region\$" --format 'value(name)' 2>&1) ||
+    fail "instance: cannot list the zones of $region" "$out" compute.googleapis.com "roles/compute.viewer"
+  grep -E "^$region-[a-z]\$" <<<"$out" | sort | grep -vFx "$ZONE" || true
+}
+
+# insert_error ZONE OUT: die with the one line for a refused insert in ZONE, naming the fix.
+insert_error() {
+  local zone=$1 out=$2 why
+  why="instance: creating $VM_NAME in $zone failed: $(gcloud_error "$out")"
+  if grep -qE "images/family/$IMAGE_FAMILY'? was not found" <<<"$out"; then
+    die "$why; pick a current family: gcloud compute images list --project $IMAGE_PROJECT --no-standard-images"
+  elif grep -qE "zones/$zone'? was not found" <<<"$out"; then
+    die "$why; pick a zone from: gcloud compute zones list --filter region:${zone%-*}"
+  elif grep -qE "machineTypes/$MACHINE_TYPE'? was not found" <<<"$out"; then
+    die "$why; pick a type from: gcloud compute machine-types list --zones $zone"
+  elif grep -qE 'acceleratorType|Accelerator type' <<<"$out"; then
+    die "$why; A2/A3/A4/G2 types come with their GPUs (leave out --accelerator); N1 takes T4/V100/P100/P4: gcloud" \
+      "compute accelerator-types list --filter zone:$zone"
+  elif grep -qE 'provisioningModel|reservation' <<<"$out"; then
+    die "$why; see docs/spot-and-zones.md for how Google offers $MACHINE_TYPE (--spot, --flex-start, --reservation)"
+  fi
+  fail "instance: creating $VM_NAME in $zone failed" "$out" compute.googleapis.com "roles/compute.instanceAdmin.v1"
+}
+
+# ensure_instance: create the VM unless it exists, trying the zones in order on a stockout.
 ensure_instance() {
-  local describe out
-  describe=(gcloud compute instances describe "$NAME" --project "$PROJECT" --zone "$ZONE"
-    --format 'value(status)')
-  create_command
+  local out zone tried=() i=0 region_listed=0
   if [[ $DRY_RUN == 1 ]]; then
-    quote_cmd "${describe[@]}"
-    printf '# only when the describe above answers "was not found":\n'
+    quote_cmd gcloud compute instances list --project "$PROJECT" --format 'value(name,zone.basename(),status)'
+    create_command "$ZONE"
+    printf '# only when no VM %s exists (on a stockout: the same in the next zone):\n' "$VM_NAME"
     quote_cmd "${CREATE[@]}"
+    VM_ZONE=$ZONE
     return 0
   fi
-  log "instance: checking $NAME in $ZONE"
-  if out=$("${describe[@]}" 2>&1); then
-    log "instance: $NAME exists ($(tail -n1 <<<"$out")); not recreated"
-    return 0
-  fi
-  grep -qiE 'was not found|NOT_FOUND' <<<"$out" ||
-    die "instance: cannot read $NAME in $ZONE: $(gcloud_error "$out"); enable the API (gcloud services enable compute.googleapis.com) and check your role (roles/compute.instanceAdmin.v1)"
-  log "instance: creating $NAME ($MACHINE_TYPE${ACC_TYPE:+, $ACC_COUNT x $ACC_TYPE}$([[ $SPOT == 1 ]] && echo ', Spot'))"
-  if ! out=$("${CREATE[@]}" 2>&1); then
-    die "instance: creating $NAME failed: $(gcloud_error "$out"); for GPU quota or stock errors try another --zone, --spot, or --machine-type g2-standard-8 --accelerator nvidia-l4,count=1"
-  fi
-  printf '%s\n' "$out" >&2
-}
-
-# reader_member: the VM's service account as an IAM member.
-reader_member() {
-  local sa=$SERVICE_ACCOUNT
-  if [[ -z $sa ]]; then
-    sa=$(gcloud compute project-info describe --project "$PROJECT" --format 'value(defaultServiceAccount)' 2>/dev/null || true)
-    sa=${sa%% *}
-  fi
-  [[ -n $sa ]] || die "reader: cannot find the project's default service account; pass --service-account EMAIL"
-  printf 'serviceAccount:%s\n' "$sa"
-}
-
-ensure_reader() {
-  local member policy grant
-  if [[ $DRY_RUN == 1 ]]; then
-    if [[ $GRANT_READER == 1 ]]; then
-      quote_cmd gcloud artifacts repositories add-iam-policy-binding "$REPO_NAME" --project "$PROJECT" \
-        --location "$LOCATION" --member "serviceAccount:${SERVICE_ACCOUNT:-<default compute service account>}" \
-        --role "$READER_ROLE" --quiet
+  log "instance: looking for $VM_NAME"
+  find_instance
+  [[ -n $VM_ZONE ]] && return 0
+  ((${#ZONES[@]})) || ZONES=("$ZONE")
+  while ((i < ${#ZONES[@]})); do
+    zone=${ZONES[i]}
+    i=$((i + 1))
+    tried+=("$zone")
+    create_command "$zone"
+    log "instance: creating $VM_NAME in $zone ($MACHINE_TYPE, $PROVISIONING)"
+    if out=$("${CREATE[@]}" 2>&1); then
+      VM_ZONE=$zone
+      log "instance: $VM_NAME created in $zone"
+      return 0
     fi
-    return 0
-  fi
-  member=$(reader_member)
-  if [[ $GRANT_READER == 1 ]]; then
-    log "reader: granting $READER_ROLE on $REPO_NAME to $member"
-    grant=(gcloud artifacts repositories add-iam-policy-binding "$REPO_NAME" --project "$PROJECT"
-      --location "$LOCATION" --member "$member" --role "$READER_ROLE" --quiet)
-    local out
-    out=$("${grant[@]}" 2>&1) ||
-      die "reader: granting $READER_ROLE failed: $(gcloud_error "$out"); you need roles/artifactregistry.admin on the repository"
-    return 0
-  fi
-  policy=$(gcloud artifacts repositories get-iam-policy "$REPO_NAME" --project "$PROJECT" --location "$LOCATION" \
-    --format json 2>/dev/null || true)
-  if grep -q "\"$member\"" <<<"$policy" && grep -qE '"roles/artifactregistry\.(reader|writer|repoAdmin|admin)"' <<<"$policy"; then
-    log "reader: $member can read $REPO_NAME"
-  else
-    warn "reader: $member has no Artifact Registry role on $REPO_NAME (project-wide roles not checked); if the pull is denied, rerun with --grant-reader"
-  fi
+    if grep -qE 'ALREADY_EXISTS|already exists' <<<"$out"; then
+      VM_ZONE=$zone
+      log "instance: $VM_NAME was created in $zone meanwhile; not recreated"
+      return 0
+    fi
+    if grep -qE 'ZONE_RESOURCE_POOL_EXHAUSTED|does not have enough resources' <<<"$out"; then
+      log "instance: $zone has no $MACHINE_TYPE capacity now (stockout); trying the next zone"
+      if [[ -z $ZONES_FLAG && $region_listed == 0 ]]; then
+        region_listed=1
+        mapfile -t -O "${#ZONES[@]}" ZONES < <(region_zones)
+      fi
+      continue
+    fi
+    if [[ $out =~ Quota\ \'([A-Za-z0-9_]+)\'\ exceeded ]]; then
+      local quota=${BASH_REMATCH[1]}
+      local limit
+      limit=$(grep -oE 'Limit: [^ ]+ in [a-z]+ ?[a-z0-9-]*' <<<"$out" | head -n1 || true)
+      die "instance: quota $quota exceeded in $zone (${limit:-no limit given}); ask for more at" \
+        "https://console.cloud.google.com/iam-admin/quotas?project=$PROJECT (filter $quota, Edit quotas; Spot GPUs" \
+        "have their own PREEMPTIBLE_ quotas), or try another --machine-type"
+    fi
+    insert_error "$zone" "$out"
+  done
+  die "instance: no capacity for $MACHINE_TYPE in any zone tried (${tried[*]}); try later, --zones in another region," \
+    "or another --machine-type"
 }
 
 print_next_steps() {
-  local ref=${CONTAINER_NAME:-$(registry_image)} host
-  host=$(registry_host)
-  ref=${IMAGE_REF:-$ref}
+  local ref host zone=${VM_ZONE:-$ZONE} launch
+  ref=$(image_ref)
+  host=${ref%%/*}
+  launch=(./launch_training.sh --image "$ref" --restart-on-preemption)
+  [[ -n $CHECKPOINT_BUCKET ]] && launch+=(--checkpoint-bucket "$CHECKPOINT_BUCKET")
+  launch+=(bert)
   log "done; next, from this repository's folder:"
   cat >&2 <<EOF
   # copy the launcher to the VM, then log in
-  $(quote_cmd gcloud compute ssh "$NAME" --project "$PROJECT" --zone "$ZONE" --command 'mkdir -p ~/gpu-transformers')
-  $(quote_cmd gcloud compute scp --recurse --project "$PROJECT" --zone "$ZONE" launch_training.sh lib VERSION "$NAME:~/gpu-transformers/")
-  $(quote_cmd gcloud compute ssh "$NAME" --project "$PROJECT" --zone "$ZONE")
+  $(quote_cmd gcloud compute ssh "$VM_NAME" --project "$PROJECT" --zone "$zone" --command 'mkdir -p ~/gpu-transformers')
+  $(quote_cmd gcloud compute scp --recurse --project "$PROJECT" --zone "$zone" \
+    launch_training.sh lib VERSION "$VM_NAME:~/gpu-transformers/")
+  $(quote_cmd gcloud compute ssh "$VM_NAME" --project "$PROJECT" --zone "$zone")
   # on the VM (the first boot installs the NVIDIA driver: wait until nvidia-smi answers)
   $(quote_cmd cd gpu-transformers) && $(quote_cmd gcloud auth configure-docker "$host" --quiet)
-  $(quote_cmd ./launch_training.sh --image "$ref" --restart-on-preemption bert)
+  $(quote_cmd "${launch[@]}")
 EOF
-  # The two lines scripts want, on stdout.
-  printf '%s\n' "$(quote_cmd gcloud compute ssh "$NAME" --project "$PROJECT" --zone "$ZONE")"
-  printf '%s\n' "$(quote_cmd ./launch_training.sh --image "$ref" --restart-on-preemption bert)"
+  # The two lines scripts want, on stdout (not under --dry-run: stdout then holds the commands).
+  if [[ $DRY_RUN != 1 ]]; then
+    printf '%s\n' "$(quote_cmd gcloud compute ssh "$VM_NAME" --project "$PROJECT" --zone "$zone")"
+    printf '%s\n' "$(quote_cmd "${launch[@]}")"
+  fi
 }
 
 parse_args() {
-  local flag value
   while (($#)); do
-    flag=$1
-    value=
-    case $flag in
+    flag_begin "$1"
+    case $FLAG in
       -h | --help)
         usage "${BASH_SOURCE[0]}"
         exit 0
         ;;
-      --spot) SPOT=1 ;;
-      --grant-reader) GRANT_READER=1 ;;
-      --dry-run) DRY_RUN=1 ;;
-      --name | --zone | --machine-type | --accelerator | --boot-disk-size | --service-account | \
-        --image-family | --image-ref | --project | --location | --repo | --image | --tag)
-        (($# >= 2)) || die "$flag needs a value; see --help"
-        value=$2
-        shift
+      --spot) flag_switch && set_provisioning spot ;;
+      --flex-start) flag_switch && set_provisioning flex-start ;;
+      --on-demand) flag_switch && set_provisioning on-demand ;;
+      --reservation) flag_value "$@" && set_provisioning reservation && RESERVATION=$VALUE ;;
+      --max-run-duration) flag_value "$@" && MAX_RUN_DURATION=$VALUE ;;
+      --grant-reader) flag_switch && flag_deprecated "nothing: the reader role is now always granted" ;;
+      --dry-run) flag_switch && DRY_RUN=1 ;;
+      --vm-name) flag_value "$@" && config_set_flag VM_NAME --vm-name "$VALUE" ;;
+      --name) flag_value "$@" && flag_deprecated --vm-name && config_set_flag VM_NAME --name "$VALUE" ;;
+      --zone) flag_value "$@" && config_set_flag ZONE --zone "$VALUE" ;;
+      --zones) flag_value "$@" && ZONES_FLAG=$VALUE ;;
+      --machine-type) flag_value "$@" && MACHINE_TYPE=$VALUE ;;
+      --accelerator) flag_value "$@" && ACCELERATOR=$VALUE ;;
+      --boot-disk-size) flag_value "$@" && parse_disk_size "$VALUE" ;;
+      --service-account) flag_value "$@" && SERVICE_ACCOUNT=$VALUE ;;
+      --checkpoint-bucket) flag_value "$@" && config_set_flag CHECKPOINT_BUCKET --checkpoint-bucket "$VALUE" ;;
+      --image-family) flag_value "$@" && IMAGE_FAMILY=$VALUE ;;
+      --image-ref) flag_value "$@" && flag_deprecated --image && IMAGE_REF=$VALUE ;;
+      --image)
+        flag_value "$@"
+        if [[ $VALUE == */* ]]; then
+          IMAGE_REF=$VALUE
+        else # the old meaning: an image name
+          warn "--image NAME (an image name) is deprecated; use --image-name NAME (--image now takes a full reference)"
+          config_set_flag IMAGE_NAME --image "$VALUE"
+        fi
         ;;
-      --*=*)
-        value=${flag#*=}
-        flag=${flag%%=*}
-        ;;
-      *) die "unknown argument '$flag'; see --help" ;;
+      --image-name) flag_value "$@" && config_set_flag IMAGE_NAME --image-name "$VALUE" ;;
+      --project) flag_value "$@" && config_set_flag PROJECT --project "$VALUE" ;;
+      --location) flag_value "$@" && config_set_flag LOCATION --location "$VALUE" ;;
+      --repo) flag_value "$@" && config_set_flag REPO_NAME --repo "$VALUE" ;;
+      --tag) flag_value "$@" && config_set_flag TAG --tag "$VALUE" ;;
+      *) flag_unknown ;;
     esac
-    case $flag in
-      --spot | --grant-reader | --dry-run) ;;
-      --name) NAME=$value ;;
-      --zone) ZONE=$value ;;
-      --machine-type) MACHINE_TYPE=$value ;;
-      --accelerator) ACCELERATOR=$value ;;
-      --boot-disk-size) BOOT_DISK_SIZE=$value ;;
-      --service-account) SERVICE_ACCOUNT=$value ;;
-      --image-family) IMAGE_FAMILY=$value ;;
-      --image-ref) IMAGE_REF=$value ;;
-      --project) PROJECT=$value ;;
-      --location) LOCATION=$value ;;
-      --repo) REPO_NAME=$value ;;
-      --image) IMAGE_NAME=$value ;;
-      --tag) TAG=$value ;;
-      *) die "unknown argument '$flag'; see --help" ;;
-    esac
-    shift
+    shift "$FLAG_SHIFT"
   done
 }
 
 main() {
   config_init
-  IMAGE_REF=
   parse_args "$@"
-  ZONE=${ZONE:-${LOCATION}-a}
+  config_default VM_NAME hfgpu-vm
+  config_default ZONE "${LOCATION}-a"
   validate_inputs
+  choose_offer
   preflight
+  check_repository
+  check_zone_and_image
+  ensure_service_account
+  [[ -n $AR_REPO ]] && ensure_binding repository "$AR_REPO" "$READER_ROLE"
+  ensure_binding project "$PROJECT" "$LOG_ROLE"
+  ensure_bucket
+  [[ -n $BUCKET ]] && ensure_binding bucket "gs://$BUCKET" "$BUCKET_ROLE"
   ensure_instance
-  ensure_reader
   print_next_steps
 }
 

@@ -1,11 +1,11 @@
 """Checkpoints that outlive the machine: mirror output_dir's complete checkpoints to Cloud Storage.
 
 Set CHECKPOINT_BUCKET=gs://BUCKET/PATH (launch_training.sh --checkpoint-bucket does) and
-trainkit calls this module at four points:
+trainkit calls this module at these points:
 - `check_environment()`, before anything is read or written: a bad bucket name, missing
   credentials, a bucket that does not exist or cannot be reached each end the program as
   one line (trainkit.UserError, exit 2).
-- `attach(trainer, save_total_limit)`, before resuming: when output_dir holds no complete
+- `attach(trainer)` (in trainkit.CALLBACKS), before resuming: when output_dir holds no complete
   checkpoint, or only older ones than the bucket, the bucket's newest complete checkpoint is
   downloaded (its marker last) and training resumes from it. Then a callback uploads every
   complete checkpoint in a background thread: the training steps never wait for it.
@@ -251,19 +251,25 @@ def check_environment() -> Bucket | None:
     return bucket
 
 
-def attach(trainer, save_total_limit: int | None) -> BucketSync | None:
-    """Restore the bucket's newest complete checkpoint when it is newer, then upload every save."""
-    bucket = check_environment()
-    if bucket is None:
-        return None
+def attach(trainer) -> BucketSync:
+    """Restore the bucket's newest complete checkpoint when it is newer, then upload every save.
+
+    A trainkit.CALLBACKS factory: make_resilient calls it after adding trainkit's Preemption
+    callback (which holds --save_total_limit by then) and before training resumes.
+    """
+    bucket = Bucket(parse_url(os.environ[ENV].strip()))
+    limits = [
+        cb.save_total_limit
+        for cb in trainer.callback_handler.callbacks
+        if isinstance(cb, trainkit.Preemption)
+    ]
+    save_total_limit = limits[0] if limits else trainer.args.save_total_limit
     args = trainer.args
     if args.do_train and not args.resume_from_checkpoint:
         with args.main_process_first(local=True, desc="checkpoint download"):
             if args.local_process_index == 0:
                 restore(bucket, Path(args.output_dir))
-    sync = BucketSync(bucket, save_total_limit)
-    trainer.add_callback(sync)
-    return sync
+    return BucketSync(bucket, save_total_limit)
 
 
 def restore(bucket: Bucket, output_dir: Path) -> int | None:
@@ -295,17 +301,19 @@ def finish(trainer) -> None:
     sync = syncs[0]
     sync.wait()
     out = Path(trainer.args.output_dir)
+    run_args = getattr(trainer.args, "trainkit", None)
+    model_dir = Path(getattr(run_args, "model_dir", None) or out)
     started = time.monotonic()
     try:
-        for path in sorted(out.iterdir()):
-            skip = path.name.startswith(".") or path.name == trainkit.INCOMPLETE_DIR
-            if skip or _CHECKPOINT_RE.match(path.name):
-                continue
-            if path.is_dir():
-                sync.bucket.upload_tree(path, path.name)
-            else:
-                blob = sync.bucket.client.bucket(sync.bucket.url.bucket).blob(sync.bucket.url.key(path.name))
-                blob.upload_from_filename(str(path))
+        for folder in dict.fromkeys([out, model_dir]):  # the model folder last: its files win
+            for path in sorted(folder.iterdir()):
+                if path.name.startswith(".") or _CHECKPOINT_RE.match(path.name) or path == model_dir:
+                    continue
+                if path.is_dir():
+                    sync.bucket.upload_tree(path, path.name)
+                else:
+                    bucket = sync.bucket.client.bucket(sync.bucket.url.bucket)
+                    bucket.blob(sync.bucket.url.key(path.name)).upload_from_filename(str(path))
     except Exception as err:
         raise trainkit.UserError(
             f"uploading the final model and results to {sync.bucket.url} failed: {_one_line(err)}"

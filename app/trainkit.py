@@ -13,14 +13,24 @@ What a program gets from here:
 - `resume_checkpoint(...)`: the newest *complete* checkpoint in output_dir. A checkpoint
   is complete when its marker file (COMPLETE_MARKER) exists; the marker is written last,
   after every rank has finished its part of the save. Incomplete ones (a kill mid-save)
-  are moved aside into output_dir/incomplete-checkpoints/ with a warning.
+  are skipped and deleted before training starts. Nothing is ever renamed, so the same
+  protocol works on a bucket mount (/gcs), where a folder rename is a non-atomic copy.
+  Rotation (--save_total_limit) counts complete checkpoints only.
+- Where things go: checkpoints in output_dir; the final model and its results in
+  --model_dir (default: output_dir); TensorBoard logs in TENSORBOARD_LOGGING_DIR (default:
+  output_dir/runs). On Vertex AI, AIP_CHECKPOINT_DIR, AIP_MODEL_DIR and
+  AIP_TENSORBOARD_LOG_DIR (gs://B/P, read as /gcs/B/P) are the defaults for these three.
+- Checkpoints by wall time: --save_every_minutes M (default 15 on a GPU when neither
+  --save_steps nor --save_strategy is given; step-based saving works as in Trainer).
+- A finished run stays finished: a rerun trains 0 steps and rewrites nothing (it only
+  redoes a missing final part, e.g. the evaluation).
 - `Preemption` (a TrainerCallback): SIGTERM/SIGINT during training saves a checkpoint at
   the end of the current step, stops, and the program exits EXIT_PREEMPTED (75) without
   writing final results. Outside training a signal exits 75 at once (nothing to save).
+  Once the results are written, stop signals are ignored: the run exits 0.
 - `UserError` + `cli(...)`: a user mistake ends as one line `error: ...` on stderr, exit 2.
-
-Test-only hooks (environment): TRAINKIT_TEST_STEP_DELAY=SECONDS sleeps at each step end;
-TRAINKIT_TEST_HANG_AT_SAVE=STEP hangs inside the save of checkpoint-STEP before its marker.
+- `CALLBACKS`: extra TrainerCallback classes (or factories taking the trainer) that
+  `train_and_evaluate` adds to every Trainer, after the preemption callback.
 """
 
 from __future__ import annotations
@@ -46,13 +56,20 @@ import datasets
 import torch
 import torch.distributed as dist
 import transformers
-from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import rotate_checkpoints
+from transformers import HfArgumentParser, TrainerCallback, TrainerState, TrainingArguments
 
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 75
 COMPLETE_MARKER = "checkpoint-complete.json"
-INCOMPLETE_DIR = "incomplete-checkpoints"
+# Written in model_dir after the final model, train results and state: training is over.
+FINISHED_MARKER = "training-complete.json"
+# Vertex AI's output locations, gs://BUCKET/PATH, which Cloud Storage FUSE mounts at /gcs/BUCKET/PATH
+# (https://cloud.google.com/vertex-ai/docs/training/code-requirements#environment-variables).
+VERTEX_DIRS = {
+    "checkpoints": "AIP_CHECKPOINT_DIR",
+    "model": "AIP_MODEL_DIR",
+    "logs": "AIP_TENSORBOARD_LOG_DIR",
+}
 # Set by a launcher (e.g. the image's `train` under torchrun) to learn that the run was
 # preempted even when torchrun's own exit status hides the workers' 75.
 STATUS_FILE_ENV = "TRAINKIT_STATUS_FILE"
@@ -102,6 +119,25 @@ class DataArguments:
     )
 
 
+@dataclasses.dataclass
+class RunArguments:
+    """trainkit's own options, added to every program's parser (kept on training_args.trainkit)."""
+
+    model_dir: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "The final model and its results (default: output_dir; on Vertex AI: AIP_MODEL_DIR)."
+        },
+    )
+    save_every_minutes: float | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Save a checkpoint every M minutes of training (default: 15 on a GPU unless --save_steps "
+            "or --save_strategy is given; 0 = off)."
+        },
+    )
+
+
 # ---------------------------------------------------------------- arguments
 
 
@@ -109,6 +145,10 @@ def speed_defaults() -> dict[str, Any]:
     """Our TrainingArguments defaults for this machine: fast on GPU, plain fp32 on CPU."""
     # use_cpu on a machine without GPUs: accelerate runs DDP over CPU (gloo) only when asked.
     defaults: dict[str, Any] = {"bf16": False, "fp16": False, "dataloader_pin_memory": False, "use_cpu": True}
+    # Trainer's default (True) checks every step's loss for nan/inf, which reads the loss back to
+    # the host: one GPU sync per step (transformers issue #33693). Off: the logged loss then
+    # includes a nan/inf step instead of skipping it, which is what a user wants to see anyway.
+    defaults["logging_nan_inf_filter"] = False
     if torch.cuda.is_available():
         bf16 = torch.cuda.is_bf16_supported()
         procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -127,14 +167,23 @@ def speed_defaults() -> dict[str, Any]:
     return defaults
 
 
-def parse(dataclass_types: Sequence[type], argv: Sequence[str], **program_defaults: Any) -> tuple:
+def parse(
+    dataclass_types: Sequence[type],
+    argv: Sequence[str],
+    gpu_defaults: dict[str, Any] | None = None,
+    **program_defaults: Any,
+) -> tuple:
     """Parse ARGV (or a single .json/.yaml config file) into the dataclasses + TrainingArguments.
 
-    PROGRAM_DEFAULTS (e.g. train_sampling_strategy) and the speed defaults apply only where
-    the user said nothing: naming --bf16 or --fp16 turns off our choice of both.
+    PROGRAM_DEFAULTS (e.g. train_sampling_strategy), GPU_DEFAULTS (on a GPU machine only, e.g.
+    a larger per-device batch) and the speed defaults apply only where the user said nothing:
+    naming --bf16 or --fp16 turns off our choice of both. trainkit's RunArguments are parsed
+    too and kept on the returned TrainingArguments as `.trainkit`.
     """
     defaults: dict[str, Any] = {"do_train": True, "do_eval": True, "output_dir": ""}
     defaults.update(speed_defaults())
+    if torch.cuda.is_available():
+        defaults.update(gpu_defaults or {})
     defaults.update(program_defaults)
     try:
         import tensorboard  # noqa: F401
@@ -142,7 +191,7 @@ def parse(dataclass_types: Sequence[type], argv: Sequence[str], **program_defaul
         defaults["report_to"] = ["tensorboard"]
     except ImportError:
         pass
-    parser = HfArgumentParser([*dataclass_types, TrainingArguments])
+    parser = HfArgumentParser([*dataclass_types, RunArguments, TrainingArguments])
     argv = list(argv)
     config = (
         _read_config(argv[0]) if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")) else None
@@ -151,6 +200,13 @@ def parse(dataclass_types: Sequence[type], argv: Sequence[str], **program_defaul
     if given & {"bf16", "fp16"}:
         defaults.pop("bf16", None)
         defaults.pop("fp16", None)
+    # A checkpoint every 500 steps is seconds of work for BERT on an H100-class GPU: on a GPU,
+    # save by wall time instead (Preemption's timer), unless the user asked for step-based saving.
+    minutes = _given_value(argv, config, "save_every_minutes")
+    timed = _positive(minutes) if minutes is not None else torch.cuda.is_available()
+    if timed and not given & {"save_steps", "save_strategy"}:
+        defaults["save_strategy"] = "no"  # the timer saves on time and at the end
+        defaults["save_every_minutes"] = 15.0
     try:
         if config is not None:
             parsed = parser.parse_dict({**defaults, **config})
@@ -159,7 +215,12 @@ def parse(dataclass_types: Sequence[type], argv: Sequence[str], **program_defaul
             parsed = parser.parse_args_into_dataclasses(args=argv)
     except (ValueError, TypeError) as err:  # raised by the dataclasses' own checks
         raise UserError(str(err).strip().splitlines()[0]) from None
+    run_args = parsed[-2]
+    parsed = (*parsed[:-2], parsed[-1])
     model_args, training_args = parsed[0], parsed[-1]
+    training_args.trainkit = run_args
+    if run_args.save_every_minutes is not None and run_args.save_every_minutes < 0:
+        raise UserError(f"--save_every_minutes must be 0 (off) or more, got {run_args.save_every_minutes}")
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and training_args.world_size != launched:
         raise UserError(
@@ -169,8 +230,40 @@ def parse(dataclass_types: Sequence[type], argv: Sequence[str], **program_defaul
         )
     if not training_args.output_dir:
         root = os.environ.get("OUTPUT_ROOT", "/volume")
-        training_args.output_dir = os.path.join(root, model_dir_name(model_args.model_name_or_path))
+        default = os.path.join(root, model_dir_name(model_args.model_name_or_path))
+        training_args.output_dir = vertex_dir("checkpoints") or default
+    run_args.model_dir = run_args.model_dir or vertex_dir("model") or training_args.output_dir
+    logs = vertex_dir("logs")
+    if logs and not os.environ.get("TENSORBOARD_LOGGING_DIR"):
+        os.environ["TENSORBOARD_LOGGING_DIR"] = logs  # read by transformers' TensorBoardCallback
     return parsed
+
+
+def _given_value(argv: list[str], config: dict | None, name: str) -> Any:
+    """The value the user gave for --NAME (flag or config file), None when not given."""
+    if config is not None:
+        return config.get(name)
+    for i, arg in enumerate(argv):
+        if arg == f"--{name}":
+            return argv[i + 1] if i + 1 < len(argv) else None
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _positive(value: Any) -> bool:
+    try:
+        return float(value) > 0
+    except (TypeError, ValueError):
+        return False  # the parser reports a bad number
+
+
+def vertex_dir(kind: str) -> str | None:
+    """The folder Vertex AI gives for KIND (checkpoints, model, logs), as its /gcs path; None if unset."""
+    value = os.environ.get(VERTEX_DIRS[kind], "").rstrip("/")
+    if not value:
+        return None
+    return "/gcs/" + value[len("gs://") :] if value.startswith("gs://") else value
 
 
 def _read_config(path: str) -> dict[str, Any]:
@@ -200,8 +293,9 @@ def cli(main: Callable[..., int], parse_args: Callable[[Sequence[str]], tuple], 
     """Run MAIN on the parsed ARGV; user mistakes and stop signals become exit codes."""
     install_signal_handlers()
     try:
-        if bucket := _bucket():  # CHECKPOINT_BUCKET: a bad name or unreachable bucket ends here
+        if bucket := _bucket():  # CHECKPOINT_BUCKET: one line if bad or unreachable; then mirrored
             bucket.check_environment()
+            CALLBACKS.append(bucket.attach)
         return main(*parse_args(argv))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -352,6 +446,20 @@ def write_run_info(output_dir: str, *arg_objects: Any) -> None:
         Path(output_dir, name).write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
+def fixed_batches(dataset, training_args):
+    """Under --torch_compile, the training set cut to whole global batches.
+
+    A last, smaller batch is one more shape for torch.compile to compile (a recompile every
+    epoch end). Cutting the training set (fewer than one global batch of examples) keeps
+    every training batch the same size; dataloader_drop_last would drop evaluation examples too.
+    """
+    if not training_args.torch_compile or dataset is None:
+        return dataset
+    batch = training_args.per_device_train_batch_size * max(1, training_args.world_size)
+    usable = len(dataset) // batch * batch
+    return dataset.select(range(usable)) if 0 < usable < len(dataset) else dataset
+
+
 def perplexity(loss: float) -> float:
     try:
         return math.exp(loss)
@@ -368,47 +476,85 @@ def _write_status(status: str) -> None:
             log.warning("cannot write %s: %s", path, err)
 
 
-# ---------------------------------------------------------------- resume
+# ---------------------------------------------------------------- checkpoints
+
+
+def checkpoints(folder: str | Path) -> list[tuple[int, Path, bool]]:
+    """(step, path, complete) of every checkpoint-N folder in FOLDER, oldest first."""
+    found = []
+    for path in Path(folder).glob("checkpoint-*"):
+        if (m := _CHECKPOINT_RE.match(path.name)) and path.is_dir():
+            found.append((int(m.group(1)), path, (path / COMPLETE_MARKER).is_file()))
+    return sorted(found)
 
 
 def resume_checkpoint(training_args) -> str | None:
     """The checkpoint to resume from: --resume_from_checkpoint, else the newest complete one.
 
-    Incomplete checkpoint folders are moved (by the main process, before the others look)
-    into output_dir/incomplete-checkpoints/, so neither resume nor rotation trips on them.
+    Incomplete checkpoint folders (a save that never wrote its marker) are skipped, and the
+    main process deletes them before training starts: nothing writes into them any more,
+    and a later save of the same step must not find stale files there. Nothing is renamed.
     """
     explicit = training_args.resume_from_checkpoint
     if explicit:
         if not os.path.isdir(explicit):
             raise UserError(f"--resume_from_checkpoint {explicit} is not a folder")
         return explicit
-    out = Path(training_args.output_dir)
     with training_args.main_process_first(local=not training_args.save_on_each_node, desc="checkpoint scan"):
-        steps = sorted(
-            (int(m.group(1)), p)
-            for p in out.glob("checkpoint-*")
-            if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))
-        )
-        complete = [p for _, p in steps if (p / COMPLETE_MARKER).is_file()]
+        found = checkpoints(training_args.output_dir)
+        complete = [path for _, path, done in found if done]
         if training_args.should_save:
-            for _, path in steps:
-                if not (path / COMPLETE_MARKER).is_file():
-                    _move_aside(path)
+            for _, path, done in found:
+                if not done:
+                    why = f"no {COMPLETE_MARKER}: its save was interrupted"
+                    log.warning("%s is incomplete (%s); deleting it", path, why)
+                    shutil.rmtree(path, ignore_errors=True)
     if not complete:
         return None
     log.info("resuming from %s (the newest complete checkpoint)", complete[-1])
     return str(complete[-1])
 
 
-def _move_aside(path: Path) -> None:
-    target = path.parent / INCOMPLETE_DIR / path.name
-    target.parent.mkdir(exist_ok=True)
-    if target.exists():
-        shutil.rmtree(target)
-    path.rename(target)
-    log.warning(
-        "%s is incomplete (no %s: its save was interrupted); moved it to %s", path, COMPLETE_MARKER, target
-    )
+def rotate(output_dir: str, limit: int | None, keep: str | None = None) -> None:
+    """Delete the oldest complete checkpoints beyond LIMIT; incomplete ones neither count nor go.
+
+    KEEP (the best model's checkpoint) is never deleted. Deleting is not renaming: a
+    checkpoint half-deleted by a kill has lost its marker first, so it reads as incomplete.
+    """
+    if not limit or limit < 1:
+        return
+    complete = [path for _, path, done in checkpoints(output_dir) if done]
+    keep_path = Path(keep).resolve() if keep else None
+    for path in complete[: max(0, len(complete) - limit)]:
+        if keep_path is not None and path.resolve() == keep_path:
+            continue
+        (path / COMPLETE_MARKER).unlink(missing_ok=True)  # incomplete from here on
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- a finished run
+
+
+def planned_steps(trainer) -> int:
+    """The optimizer steps this run is set to take (Trainer's own arithmetic)."""
+    args = trainer.args
+    if args.max_steps > 0:
+        return args.max_steps
+    return trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
+
+
+def read_finished(model_dir: str) -> dict | None:
+    try:
+        return json.loads(Path(model_dir, FINISHED_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _checkpoint_step(path: str) -> int:
+    try:
+        return json.loads(Path(path, "trainer_state.json").read_text())["global_step"]
+    except (OSError, ValueError, KeyError):
+        return -1
 
 
 # ---------------------------------------------------------------- preemption
@@ -419,6 +565,17 @@ _stop = {"signal": None, "training": False}
 def install_signal_handlers() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _on_signal)
+
+
+def ignore_stop_signals() -> None:
+    """After the results are written a stop has nothing left to save: ignore it, exit 0.
+
+    SIG_IGN, not a Python handler: at interpreter shutdown Python puts back the default
+    action of every signal that has a Python handler (a SIGTERM during torch's teardown
+    would then end the process with 143), but it leaves ignored signals ignored.
+    """
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _on_signal(signum, _frame) -> None:
@@ -434,39 +591,95 @@ def _on_signal(signum, _frame) -> None:
     )
 
 
+# Extra callbacks for every Trainer that train_and_evaluate runs: TrainerCallback classes (or
+# callables taking the trainer and returning a callback). Append to extend.
+CALLBACKS: list[Callable[..., TrainerCallback]] = []
+
+
 def train_and_evaluate(
     trainer, args: Sequence[Any], eval_extras: Callable[[dict], dict] | None = None
 ) -> int:
     """Train (resuming), save model + results, evaluate; EXIT_PREEMPTED when stopped by a signal.
 
     Writes what the transformers examples write: the model and tokenizer, train_results.json,
-    eval_results.json, all_results.json and trainer_state.json, all in output_dir (rank 0 only).
-    ARGS are the parsed argument objects (TrainingArguments last), recorded in run_args.json.
+    eval_results.json, all_results.json and trainer_state.json, in model_dir (rank 0 only);
+    checkpoints go to output_dir. ARGS are the parsed argument objects (TrainingArguments
+    last), recorded in run_args.json. A rerun of a finished run trains nothing and rewrites
+    nothing; it only redoes a missing evaluation.
     """
     training_args = args[-1]
-    if trainer.is_world_process_zero():
-        write_run_info(training_args.output_dir, *args)
+    run_args = getattr(training_args, "trainkit", None) or RunArguments(model_dir=training_args.output_dir)
+    model_dir = run_args.model_dir or training_args.output_dir
+    if model_dir != training_args.output_dir:
+        check_output_dir(model_dir)
+    finished = read_finished(model_dir) if training_args.do_train else None
+    if finished and finished.get("global_step", -1) < planned_steps(trainer):
+        log.info(
+            "%s: the last run ended at %s; this one plans more steps: training on", FINISHED_MARKER, finished
+        )
+        finished = None
+    if trainer.is_world_process_zero() and not finished:
+        write_run_info(model_dir, *args, run_args)
     make_resilient(trainer)  # after run_args.json: it moves save_total_limit into the callback
-    if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
-        if was_preempted(trainer):
-            return EXIT_PREEMPTED
-        trainer.save_model()  # rank 0 only, tokenizer included
-        metrics = {**result.metrics, "train_samples": len(trainer.train_dataset)}
+    if finished:
+        log.info(
+            "training already finished at step %d (%s): nothing to train; delete it to train again",
+            finished["global_step"],
+            Path(model_dir, FINISHED_MARKER),
+        )
+    elif training_args.do_train:
+        resume = resume_checkpoint(training_args)
+        if resume and _checkpoint_step(resume) >= planned_steps(trainer):
+            # Trainer would take one more step from a checkpoint at the last step (it checks
+            # max_steps only after a step): load it instead and redo only the final part.
+            log.info("%s is at the planned last step: saving the final model from it, no training", resume)
+            trainer._load_from_checkpoint(resume)
+            trainer.state = TrainerState.load_from_json(os.path.join(resume, "trainer_state.json"))
+            metrics = {"epoch": trainer.state.epoch}
+        else:
+            result = trainer.train(resume_from_checkpoint=resume)
+            if was_preempted(trainer):
+                return EXIT_PREEMPTED
+            metrics = dict(result.metrics)
+        trainer.save_model(model_dir)  # rank 0 only, tokenizer included
+        metrics["train_samples"] = len(trainer.train_dataset)
         trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
-    if training_args.do_eval:
+        if trainer.is_world_process_zero():
+            save_metrics(model_dir, "train", metrics)
+            trainer.state.save_to_json(os.path.join(model_dir, "trainer_state.json"))
+            mark = {"global_step": trainer.state.global_step, "max_steps": trainer.state.max_steps}
+            Path(model_dir, FINISHED_MARKER).write_text(json.dumps(mark) + "\n")
+    if training_args.do_eval and not (finished and Path(model_dir, "eval_results.json").is_file()):
         metrics = trainer.evaluate()
         metrics["eval_samples"] = len(trainer.eval_dataset)
         if eval_extras:
             metrics.update(eval_extras(metrics))
         trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
+        if trainer.is_world_process_zero():
+            save_metrics(model_dir, "eval", metrics)
     if bucket := _bucket():
         bucket.finish(trainer)  # the final model and results to CHECKPOINT_BUCKET
     _write_status("finished")
+    ignore_stop_signals()
     return 0
+
+
+def _bucket():
+    """app/bucket_checkpoints.py when CHECKPOINT_BUCKET is set (checkpoints mirrored to Cloud Storage)."""
+    if not os.environ.get("CHECKPOINT_BUCKET"):
+        return None
+    import bucket_checkpoints
+
+    return bucket_checkpoints
+
+
+def save_metrics(folder: str, split: str, metrics: dict) -> None:
+    """SPLIT_results.json and all_results.json in FOLDER, as Trainer.save_metrics writes them."""
+    Path(folder, f"{split}_results.json").write_text(json.dumps(metrics, indent=4, sort_keys=True))
+    path = Path(folder, "all_results.json")
+    combined = json.loads(path.read_text()) if path.is_file() else {}
+    combined.update(metrics)
+    path.write_text(json.dumps(combined, indent=4, sort_keys=True))
 
 
 def was_preempted(trainer) -> bool:
@@ -485,47 +698,44 @@ def was_preempted(trainer) -> bool:
 
 
 def make_resilient(trainer) -> None:
-    """Add the preemption/marker callback; take checkpoint rotation over from Trainer.
+    """Add the preemption/marker callback and CALLBACKS; take checkpoint rotation over from Trainer.
 
     Trainer rotates old checkpoints inside its save, before our marker exists, so a kill at
     that moment could leave no complete checkpoint; we rotate after the marker instead.
     """
-    trainer.add_callback(Preemption(trainer.args.save_total_limit))
-    if bucket := _bucket():  # after Preemption: it uploads what Preemption marked complete
-        bucket.attach(trainer, trainer.args.save_total_limit)
+    run_args = getattr(trainer.args, "trainkit", None)
+    minutes = (run_args.save_every_minutes if run_args else None) or 0
+    trainer.add_callback(Preemption(trainer.args.save_total_limit, minutes))
     trainer.args.save_total_limit = None
-
-
-def _bucket():
-    """app/bucket_checkpoints.py when CHECKPOINT_BUCKET is set (checkpoints mirrored to Cloud Storage)."""
-    if not os.environ.get("CHECKPOINT_BUCKET"):
-        return None
-    import bucket_checkpoints
-
-    return bucket_checkpoints
+    for make in CALLBACKS:
+        trainer.add_callback(make(trainer) if not isinstance(make, type) else make())
 
 
 class Preemption(TrainerCallback):
-    """Stop-and-save on signal; completion marker and rotation after each save."""
+    """Stop-and-save on signal; saves by wall time; completion marker and rotation after each save."""
 
-    def __init__(self, save_total_limit: int | None):
+    def __init__(self, save_total_limit: int | None, save_every_minutes: float = 0):
         self.save_total_limit = save_total_limit
-        self.step_delay = float(os.environ.get("TRAINKIT_TEST_STEP_DELAY", "0"))
-        self.hang_at_save = int(os.environ.get("TRAINKIT_TEST_HANG_AT_SAVE", "-1"))
+        self.save_every = save_every_minutes * 60
+        self.last_save = time.monotonic()
 
     def on_train_begin(self, args, state, control, **kwargs):
         _stop["training"] = True
+        self.last_save = time.monotonic()  # a resumed run waits a full period before its first save
+        if self.save_every and args.should_save:
+            log.info("saving a checkpoint every %g minutes and at the end", self.save_every / 60)
 
     def on_train_end(self, args, state, control, **kwargs):
         _stop["training"] = False
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.step_delay:
-            time.sleep(self.step_delay)
-        if self._stop_requested(args):
+        stop, due = self._agreed(args)
+        if stop:
             control.should_save = True
             control.should_evaluate = False
             control.should_training_stop = True
+        elif due or (self.save_every and state.global_step >= state.max_steps):
+            control.should_save = True
         self._unmark_if_resaving(args, state, control)
 
     def on_epoch_end(self, args, state, control, **kwargs):
@@ -536,27 +746,27 @@ class Preemption(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         _barrier()
-        if state.global_step == self.hang_at_save:
-            log.warning("TRAINKIT_TEST_HANG_AT_SAVE: hanging before the marker of step %d", state.global_step)
-            time.sleep(3600)
+        self.last_save = time.monotonic()
         if args.should_save:
             folder = Path(args.output_dir, f"checkpoint-{state.global_step}")
             now = datetime.datetime.now(datetime.timezone.utc).isoformat()
             (folder / COMPLETE_MARKER).write_text(
                 json.dumps({"global_step": state.global_step, "time": now}) + "\n"
             )
-            rotate_checkpoints(args.output_dir, self.save_total_limit, state.best_model_checkpoint)
+            rotate(args.output_dir, self.save_total_limit, state.best_model_checkpoint)
 
-    @staticmethod
-    def _stop_requested(args) -> bool:
-        flag = _stop["signal"] is not None
+    def _agreed(self, args) -> tuple[bool, bool]:
+        """(stop, save due): the same answer on every rank, so that all stop or save at one step."""
+        stop = _stop["signal"] is not None
+        due = bool(self.save_every) and time.monotonic() - self.last_save >= self.save_every
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            t = torch.tensor([1.0 if flag else 0.0], device=args.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)  # every rank stops at the same step
-            if t.item() and not flag:
+            t = torch.tensor([float(stop), float(due)], device=args.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            agreed_stop, due = (bool(v) for v in t.tolist())  # one device-to-host copy
+            if agreed_stop and not stop:
                 _stop["signal"] = "SIGTERM (another rank)"
-            return bool(t.item())
-        return flag
+            stop = agreed_stop
+        return stop, due
 
     @staticmethod
     def _unmark_if_resaving(args, state, control) -> None:

@@ -11,7 +11,7 @@ is reachable here; see tests/make-test-base.sh):
   2. a clean build (every layer rebuilt) with a warm package cache against a cold one;
   3. the image's size, total and per layer, heaviest layers named;
   4. the dependency layer's install time with uv against plain pip, cold caches.
-Prints the tables and writes them into README.md and docs/bench-image.md.
+Prints the tables and writes them into docs/bench-image.md (README.md links there).
 The cold runs empty BuildKit's cache mounts (and later builds refill them).
 """
 
@@ -53,10 +53,12 @@ def sh(*cmd: str, **kw) -> subprocess.CompletedProcess:
 
 
 def make_context(dockerfile_text: str) -> Path:
-    """A copy of the build context (build_image/, app/) with DOCKERFILE_TEXT as its Dockerfile."""
+    """A copy of the build context (build_image/, app/, lib/kv.sh) with DOCKERFILE_TEXT as its Dockerfile."""
     ctx = Path(tempfile.mkdtemp(prefix="hfgpu-bench-"))
     for part in ("build_image", "app"):
         shutil.copytree(ROOT / part, ctx / part, ignore=shutil.ignore_patterns("__pycache__"))
+    (ctx / "lib").mkdir()
+    shutil.copy(ROOT / "lib" / "kv.sh", ctx / "lib" / "kv.sh")
     shutil.copy(ROOT / ".dockerignore", ctx / ".dockerignore")
     (ctx / "build_image" / "Dockerfile").write_text(dockerfile_text)
     return ctx
@@ -237,9 +239,11 @@ def main(args: Args) -> None:
         ]
     )
     print(body)
-    for path in (ROOT / "README.md", ROOT / "docs" / "bench-image.md"):
-        if path.exists() and update_block(path, "image", body):
-            print(f"bench: wrote {path.relative_to(ROOT)}")
+    # The numbers live once, in docs/bench-image.md; README.md links there.
+    path = ROOT / "docs" / "bench-image.md"
+    if not update_block(path, "image", body):
+        raise SystemExit(f"bench: {path.relative_to(ROOT)} has no <!-- bench:image --> block")
+    print(f"bench: wrote {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

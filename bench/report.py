@@ -1,6 +1,6 @@
 """Write a benchmark's table into a Markdown file between markers.
 
-README.md (and docs/*.md) hold blocks like
+The pages under docs/ (docs/bench-*.md) hold blocks like
 
     <!-- bench:NAME -->
     ...generated...

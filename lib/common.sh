@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# Summary: the shell library that every script of the project sources: messages, dry-run execution, and the one place
-# where the configuration names and their defaults are resolved.
+# Summary: the shell library that every script of the project sources: messages, dry-run
+# execution, and the one place where the configuration names and their defaults are resolved.
 #
 # Configuration, highest priority first: command-line flags (each script applies
 # them after config_init), environment variables, a .env-style file (CONFIG_FILE,
@@ -26,6 +26,9 @@
 # Where the repository lives (this file is lib/common.sh inside it).
 HFGPU_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly HFGPU_ROOT
+
+# shellcheck source=lib/kv.sh
+source "$HFGPU_ROOT/lib/kv.sh"
 
 if [[ ${HFGPU_DEBUG:-0} == 1 ]]; then
   export PS4='+ ${BASH_SOURCE[0]##*/}:${LINENO}: '
@@ -89,16 +92,14 @@ readonly HFGPU_CONFIG_NAMES=(LOCATION PROJECT REPO_NAME IMAGE_NAME TAG REGISTRY_
   VOLUME ZONE VM_NAME CA_BUNDLE BASE_IMAGE CHECKPOINT_BUCKET)
 declare -gA HFGPU_CONFIG_ORIGIN=()
 
-# config_load_file FILE: set configuration names from a KEY=VALUE file, for the
-# names the environment does not already set. Lines are parsed, never executed.
+# config_load_file FILE: set configuration names from a KEY=VALUE file (lib/kv.sh), for
+# the names the environment does not already set. Surrounding quotes are dropped.
 config_load_file() {
   local file=$1 line key value
   [[ -f $file ]] || return 0
   while IFS= read -r line || [[ -n $line ]]; do
-    line=${line%$'\r'}
-    [[ $line =~ ^[[:space:]]*(export[[:space:]]+)?([A-Z_][A-Z0-9_]*)=(.*)$ ]] || continue
-    key=${BASH_REMATCH[2]}
-    value=${BASH_REMATCH[3]}
+    kv_parse "$line" || continue
+    key=$KV_KEY value=$KV_VALUE
     if [[ $value =~ ^\"(.*)\"$ || $value =~ ^\'(.*)\'$ ]]; then
       value=${BASH_REMATCH[1]}
     fi

@@ -47,7 +47,8 @@ flag_value() {
 # flag_switch: an on/off flag; refuse --flag=VALUE rather than ignore VALUE.
 flag_switch() {
   ((FLAG_HAS_INLINE == 0)) ||
-    die "$FLAG is an on/off flag and takes no value (got '$FLAG=$FLAG_INLINE'); write $FLAG alone to turn it on, or leave it out"
+    die "$FLAG is an on/off flag and takes no value (got '$FLAG=$FLAG_INLINE');" \
+      "write $FLAG alone to turn it on, or leave it out"
   FLAG_SHIFT=1
 }
 

@@ -101,6 +101,27 @@ def image_layers(ref: str) -> list[str]:
     return [line for line in out.splitlines() if line]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU; the only tests that may skip under CI=true")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Under CI=true, turn a skip into a failure unless the test is marked gpu."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or hasattr(report, "wasxfail") or os.environ.get("CI") != "true":
+        return
+    if item.get_closest_marker("gpu") is not None:
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = (
+        f"skipped under CI=true: {reason}\n"
+        "Only tests marked gpu may skip in CI; make .ci/run install what this test needs."
+    )
+
+
 # How long the session's image build took: printed at the end of the run (CI's figure).
 IMAGE_BUILD_SECONDS: list[float] = []
 

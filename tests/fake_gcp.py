@@ -1,13 +1,22 @@
-"""A small local fake of the two Google Cloud APIs the project's scripts call through gcloud.
+"""A local fake of the Google Cloud APIs the project's scripts call through gcloud.
 
 The real `gcloud` CLI is pointed at it with its own endpoint-override settings (see
 `FakeGcp.gcloud_env`), so the tests exercise gcloud's real argument handling, request
 building, operation polling and error reporting; only Google's servers are replaced.
+Each behaviour answers with the shape Google documents; the source is named in a comment.
 
-- Artifact Registry v1: repositories get / create (returns an operation that is already
-  done, polled by gcloud), getIamPolicy / setIamPolicy, operations get.
-- Compute Engine v1: instances get / insert (returns a zone operation, polled by gcloud
-  with `wait`), zone operations get / wait, images getFromFamily, project get.
+- Artifact Registry v1: repositories get / create (a long-running operation that is not done
+  at first), getIamPolicy / setIamPolicy (etag checked), operations get.
+- Compute Engine v1: instances get / insert / aggregated list, zones get / list, zone
+  operations get / wait (PENDING -> RUNNING -> DONE), project get.
+- IAM v1: service accounts get / create.  Resource Manager v1: projects getIamPolicy /
+  setIamPolicy.  Cloud Storage JSON v1: buckets get / insert, bucket IAM get / set.
+
+Errors, as Google sends them (see the knobs on `FakeGcp`): operation errors
+(ZONE_RESOURCE_POOL_EXHAUSTED, QUOTA_EXCEEDED), 400 for a machine type and accelerator that
+do not go together and for on-demand A3 High 1/2/4g, 404 for an unknown zone, image family,
+machine type or operation, 403 SERVICE_DISABLED and IAM_PERMISSION_DENIED, 409 ALREADY_EXISTS
+(a concurrent create) and 409 ABORTED (a stale IAM policy etag).
 
 Every request is recorded as a `Recorded` (method, path, query, JSON body) so tests can
 assert what gcloud sent. Anything the fake does not know answers 501 and is recorded with
@@ -31,6 +40,59 @@ from urllib.parse import parse_qs, urlsplit
 
 AR_PREFIX = "/v1/"
 COMPUTE_PREFIX = "/compute/v1/"
+IAM_PREFIX = "/iam/v1/"
+CRM_PREFIX = "/cloudresourcemanager/v1/"
+STORAGE_PREFIX = "/storage/v1/"
+PROJECT_NUMBER = "123456789"
+
+# Zones per region (Compute Engine "Regions and zones" page; a subset).
+ZONES = {
+    "us-east4": ["us-east4-a", "us-east4-b", "us-east4-c"],
+    "us-central1": ["us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f"],
+    "us-east1": ["us-east1-b", "us-east1-c", "us-east1-d"],
+    "us-west1": ["us-west1-a", "us-west1-b", "us-west1-c"],
+    "europe-west4": ["europe-west4-a", "europe-west4-b", "europe-west4-c"],
+    "asia-southeast1": ["asia-southeast1-a", "asia-southeast1-b", "asia-southeast1-c"],
+}
+# Deep Learning VM families (docs.cloud.google.com/deep-learning-vm/docs/images) and one of Debian's.
+IMAGE_FAMILIES = {
+    "deeplearning-platform-release": {
+        "common-cu129-ubuntu-2204-nvidia-580",
+        "common-cu129-ubuntu-2404-nvidia-580",
+        "pytorch-2-9-cu129-ubuntu-2204-nvidia-580",
+        "pytorch-2-9-cu129-ubuntu-2404-nvidia-580",
+    },
+    "debian-cloud": {"debian-12"},
+}
+# Accelerator-optimized machine types come with their GPUs attached (Compute Engine "GPU machine
+# types" page): (accelerator type, count). An explicit guestAccelerators entry must match.
+BUILT_IN_GPUS: dict[str, tuple[str, int]] = {
+    **{f"a3-highgpu-{n}g": ("nvidia-h100-80gb", n) for n in (1, 2, 4, 8)},
+    "a3-megagpu-8g": ("nvidia-h100-mega-80gb", 8),
+    "a3-ultragpu-8g": ("nvidia-h200-141gb", 8),
+    "a4-highgpu-8g": ("nvidia-b200", 8),
+    **{f"a2-highgpu-{n}g": ("nvidia-tesla-a100", n) for n in (1, 2, 4, 8)},
+    "a2-megagpu-16g": ("nvidia-tesla-a100", 16),
+    **{f"a2-ultragpu-{n}g": ("nvidia-a100-80gb", n) for n in (1, 2, 4, 8)},
+    **{f"g2-standard-{n}": ("nvidia-l4", 1) for n in (4, 8, 12, 16, 32)},
+    "g2-standard-24": ("nvidia-l4", 2),
+    "g2-standard-48": ("nvidia-l4", 4),
+    "g2-standard-96": ("nvidia-l4", 8),
+}
+# N1 takes attached GPUs of these types only (same page, "N1 machine series").
+N1_GPUS = {"nvidia-tesla-t4", "nvidia-tesla-v100", "nvidia-tesla-p100", "nvidia-tesla-p4"}
+# Offered only as Spot or Flex-start, never on demand (same page, table "consumption option
+# availability by machine type"; gpuhunt src/gpuhunt/providers/gcp.py filters them the same way).
+SPOT_OR_FLEX_ONLY = {"a3-highgpu-1g", "a3-highgpu-2g", "a3-highgpu-4g"}
+# Offered through reservations (create-reservation-bound-vm page; see docs/gcp-facts.md).
+RESERVATION_ONLY = {"a3-ultragpu-8g", "a3-megagpu-8g", "a4-highgpu-8g"}
+API_HOSTS = {
+    "artifactregistry": "artifactregistry.googleapis.com",
+    "compute": "compute.googleapis.com",
+    "iam": "iam.googleapis.com",
+    "cloudresourcemanager": "cloudresourcemanager.googleapis.com",
+    "storage": "storage.googleapis.com",
+}
 
 
 @dataclass
@@ -43,20 +105,86 @@ class Recorded:
     unhandled: bool = False
 
 
-def _error(code: int, status: str, message: str) -> tuple[int, dict]:
-    return code, {"error": {"code": code, "message": message, "status": status, "errors": []}}
+def _error(
+    code: int, status: str, message: str, details: list | None = None, reason: str = ""
+) -> tuple[int, dict]:
+    """google.rpc.Status in the JSON error envelope (cloud.google.com/apis/design/errors,
+    "HTTP mapping"); `errors[]` is the legacy v1 list the Compute and Storage APIs still send."""
+    legacy = [{"message": message, "domain": "global", "reason": reason or status.lower()}]
+    body: dict = {"code": code, "message": message, "status": status, "errors": legacy}
+    if details:
+        body["details"] = details
+    return code, {"error": body}
+
+
+def _error_info(reason: str, domain: str, **metadata: str) -> dict:
+    """google.rpc.ErrorInfo (cloud.google.com/apis/design/errors, "Error details")."""
+    return {
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": reason,
+        "domain": domain,
+        "metadata": metadata,
+    }
+
+
+def service_disabled(api: str) -> tuple[int, dict]:
+    """403 with ErrorInfo reason SERVICE_DISABLED, as for any API not enabled in the project
+    (cloud.google.com/service-usage/docs/troubleshoot "SERVICE_DISABLED")."""
+    host = API_HOSTS[api]
+    message = (
+        f"{host.split('.')[0].title()} API has not been used in project {PROJECT_NUMBER} before or it is "
+        f"disabled. Enable it by visiting https://console.developers.google.com/apis/api/{host}/overview"
+        f"?project={PROJECT_NUMBER} then retry."
+    )
+    info = _error_info(
+        "SERVICE_DISABLED", "googleapis.com", service=host, consumer=f"projects/{PROJECT_NUMBER}"
+    )
+    return _error(403, "PERMISSION_DENIED", message, [info], reason="accessNotConfigured")
+
+
+def permission_denied(api: str, permission: str, resource: str) -> tuple[int, dict]:
+    """403 PERMISSION_DENIED with ErrorInfo reason IAM_PERMISSION_DENIED (the reason Google's
+    APIs send; cloud.google.com/apis/design/errors, "Error details")."""
+    message = f"Permission '{permission}' denied on resource '{resource}' (or it may not exist)."
+    info = _error_info("IAM_PERMISSION_DENIED", API_HOSTS[api], permission=permission, resource=resource)
+    return _error(403, "PERMISSION_DENIED", message, [info], reason="forbidden")
+
+
+def _etag() -> str:
+    return base64.b64encode(uuid.uuid4().bytes[:6]).decode()
 
 
 @dataclass
 class FakeGcp:
-    """The fake's state and HTTP server. Use as a context manager or call start()/stop()."""
+    """The fake's state, its knobs for error tests, and its HTTP server.
+
+    Use as a context manager or call start()/stop().
+    """
 
     repositories: dict[str, dict] = field(default_factory=dict)
     iam_policies: dict[str, dict] = field(default_factory=dict)
     instances: dict[str, dict] = field(default_factory=dict)
+    operations: dict[str, dict] = field(default_factory=dict)
+    service_accounts: dict[str, dict] = field(default_factory=dict)
+    buckets: dict[str, dict] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
-    # Make the next N create calls fail with this (code, status, message), for error tests.
+    # Make every create call fail with this (code, status, message), for error tests.
     fail_create: tuple[int, str, str] | None = None
+    # Zones whose inserts end in a ZONE_RESOURCE_POOL_EXHAUSTED operation error (a stockout).
+    exhausted_zones: set[str] = field(default_factory=set)
+    # A quota metric (e.g. "NVIDIA_H100_GPUS") whose limit is 0: inserts end in QUOTA_EXCEEDED.
+    quota_exceeded: str = ""
+    # APIs (keys of API_HOSTS) not enabled in the project: every call answers 403 SERVICE_DISABLED.
+    disabled_apis: set[str] = field(default_factory=set)
+    # APIs the caller has no role on: every call answers 403 IAM_PERMISSION_DENIED.
+    denied_apis: set[str] = field(default_factory=set)
+    # Kinds ("repository", "instance", "service_account", "bucket") that someone else creates
+    # between the script's describe and its create: the create answers 409 ALREADY_EXISTS.
+    race_create: set[str] = field(default_factory=set)
+    # Number of setIamPolicy calls that find the policy changed since it was read (409 ABORTED).
+    stale_etags: int = 0
+    # Polls before an Artifact Registry create operation is done (Google's takes seconds).
+    ar_create_polls: int = 2
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -127,7 +255,10 @@ class FakeGcp:
         env = {
             "CLOUDSDK_CONFIG": str(config_dir),
             "CLOUDSDK_API_ENDPOINT_OVERRIDES_ARTIFACTREGISTRY": f"{self.url}/",
-            "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE": f"{self.url}/compute/v1/",
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE": f"{self.url}{COMPUTE_PREFIX}",
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_IAM": f"{self.url}/iam/",
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_CLOUDRESOURCEMANAGER": f"{self.url}/cloudresourcemanager/",
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE": f"{self.url}{STORAGE_PREFIX}",
             "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
             "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "1",
             "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "1",
@@ -141,6 +272,20 @@ class FakeGcp:
             env["CLOUDSDK_AUTH_ACCESS_TOKEN_FILE"] = str(token_file)
         return env
 
+    # -- state for tests ---------------------------------------------------------------
+    def add_instance(self, project: str, zone: str, name: str, status: str = "RUNNING") -> None:
+        """A VM that exists already, as instances.get returns it."""
+        base = f"{self.url}{COMPUTE_PREFIX}projects/{project}/zones/{zone}"
+        self.instances[f"projects/{project}/zones/{zone}/instances/{name}"] = {
+            "kind": "compute#instance", "name": name, "status": status, "zone": base, "id": "42",
+            "selfLink": f"{base}/instances/{name}", "machineType": f"{base}/machineTypes/g2-standard-8",
+        }  # fmt: skip
+
+    def add_service_account(self, email: str) -> None:
+        project = email.split("@")[1].split(".")[0]
+        self.service_accounts[email] = {"name": f"projects/{project}/serviceAccounts/{email}", "email": email,
+                                        "projectId": project, "uniqueId": "1"}  # fmt: skip
+
     # -- queries for tests -----------------------------------------------------------
     def calls(self, method: str | None = None, pattern: str = "") -> list[Recorded]:
         """Recorded requests whose method matches and whose path matches the regex PATTERN."""
@@ -149,6 +294,16 @@ class FakeGcp:
                 r
                 for r in self.requests
                 if (method is None or r.method == method) and re.search(pattern, r.path)
+            ]
+
+    def mutations(self) -> list[Recorded]:
+        """Requests that would change something at Google (creates, IAM changes)."""
+        with self._lock:
+            return [
+                r
+                for r in self.requests
+                if r.method in ("POST", "PUT", "PATCH", "DELETE")
+                and not re.search(r"(:getIamPolicy|/operations/[^/]+(/wait)?)$", r.path)
             ]
 
     def unhandled(self) -> list[Recorded]:
@@ -161,12 +316,23 @@ class FakeGcp:
 
     # -- routing ---------------------------------------------------------------------
     def _route(self, rec: Recorded) -> tuple[int, dict]:
-        if rec.path.startswith(COMPUTE_PREFIX):
-            result = self._compute(rec, rec.path[len(COMPUTE_PREFIX) :])
-        elif rec.path.startswith(AR_PREFIX):
-            result = self._artifactregistry(rec, rec.path[len(AR_PREFIX) :])
-        else:
-            result = None
+        routes = [
+            (COMPUTE_PREFIX, "compute", self._compute),
+            (IAM_PREFIX, "iam", self._iam),
+            (CRM_PREFIX, "cloudresourcemanager", self._crm),
+            (STORAGE_PREFIX, "storage", self._storage),
+            (AR_PREFIX, "artifactregistry", self._artifactregistry),
+        ]
+        result = None
+        for prefix, api, handler in routes:
+            if rec.path.startswith(prefix):
+                path = rec.path[len(prefix) :]
+                if api in self.disabled_apis:
+                    return service_disabled(api)
+                if api in self.denied_apis:
+                    return permission_denied(api, f"{api}.resource.call", path)
+                result = handler(rec, path)
+                break
         if result is None:
             rec.unhandled = True
             return _error(501, "UNIMPLEMENTED", f"fake_gcp: no route for {rec.method} {rec.path}")
@@ -178,6 +344,42 @@ class FakeGcp:
         code, status, message = self.fail_create
         return _error(code, status, message)
 
+    def _raced(self, kind: str) -> bool:
+        if kind in self.race_create:
+            self.race_create.discard(kind)
+            return True
+        return False
+
+    def _set_policy(self, key: str, policy: dict) -> tuple[int, dict]:
+        """setIamPolicy with etag concurrency control: a policy whose etag is not the current one
+        is refused with 409 ABORTED (cloud.google.com/iam/docs/policies#etag, "Using etags to
+        avoid race conditions": "...returns a 409 error code, and you must retry")."""
+        current = self._policy(key)
+        if self.stale_etags > 0:
+            self.stale_etags -= 1
+            current = {**current, "etag": _etag()}  # someone else changed it meanwhile
+            self.iam_policies[key] = current
+        # The etag is a bytes field: gcloud (apitools) sends it back URL-safe base64-encoded, which
+        # Google accepts as the same value.
+        sent, now = (
+            str(e or "").translate(str.maketrans("-_", "+/"))
+            for e in (policy.get("etag"), current.get("etag"))
+        )
+        if sent and sent != now:
+            return _error(
+                409,
+                "ABORTED",
+                "There were concurrent policy changes. Please retry the whole "
+                "read-modify-write with exponential backoff.",
+            )
+        policy = {**policy, "etag": _etag()}
+        self.iam_policies[key] = policy
+        return 200, policy
+
+    def _policy(self, key: str) -> dict:
+        """The resource's IAM policy (version 1, no bindings, an etag until someone sets one)."""
+        return self.iam_policies.setdefault(key, {"version": 1, "etag": "BwXhqDtQjSw="})
+
     # Artifact Registry ----------------------------------------------------------------
     def _artifactregistry(self, rec: Recorded, path: str) -> tuple[int, dict] | None:
         m = re.fullmatch(r"projects/([^/]+)/locations/([^/]+)/repositories", path)
@@ -188,21 +390,28 @@ class FakeGcp:
             failure = self._take_failure()
             if failure:
                 return failure
+            if self._raced("repository"):
+                self.repositories[name] = {**(rec.body or {}), "name": name}
             if name in self.repositories:
                 return _error(409, "ALREADY_EXISTS", f"the repository already exists: {name}")
             repo = {**(rec.body or {}), "name": name}
             repo.setdefault("createTime", "2026-01-01T00:00:00Z")
             self.repositories[name] = repo
+            # A google.longrunning.Operation, not done at first (AIP-151); gcloud polls
+            # operations.get until `done`, then reads `response`.
             op = f"projects/{project}/locations/{location}/operations/{uuid.uuid4()}"
-            return 200, {
-                "name": op,
-                "done": True,
-                "response": {"@type": "type.googleapis.com/google.devtools.artifactregistry.v1.Repository"}
-                | repo,
-            }
+            response = {"@type": "type.googleapis.com/google.devtools.artifactregistry.v1.Repository"} | repo
+            self.operations[op] = {"polls": self.ar_create_polls, "response": response}
+            return 200, {"name": op, "done": False}
         m = re.fullmatch(r"(projects/[^/]+/locations/[^/]+/operations/[^/]+)", path)
         if m and rec.method == "GET":
-            return 200, {"name": m.group(1), "done": True}
+            op = self.operations.get(m.group(1))
+            if op is None:
+                return _error(404, "NOT_FOUND", f"Operation {m.group(1)} not found.")
+            op["polls"] -= 1
+            if op["polls"] > 0:
+                return 200, {"name": m.group(1), "done": False}
+            return 200, {"name": m.group(1), "done": True, "response": op["response"]}
         m = re.fullmatch(r"(projects/[^/]+/locations/[^/]+/repositories/[^/:]+)(:\w+)?", path)
         if not m:
             return None
@@ -212,20 +421,119 @@ class FakeGcp:
         if verb is None and rec.method == "GET":
             return 200, self.repositories[name]
         if verb == ":getIamPolicy":
-            return 200, self.iam_policies.get(name, {"etag": "ACAB"})
+            return 200, self._policy(name)
         if verb == ":setIamPolicy" and rec.method == "POST":
-            policy = dict((rec.body or {}).get("policy") or {})
-            policy["etag"] = base64.b64encode(uuid.uuid4().bytes[:6]).decode()
-            self.iam_policies[name] = policy
-            return 200, policy
+            return self._set_policy(name, dict((rec.body or {}).get("policy") or {}))
         return None
 
-    # Compute Engine ------------------------------------------------------------------
+    # IAM: service accounts (cloud.google.com/iam/docs/reference/rest/v1/projects.serviceAccounts) ----------
+    def _iam(self, rec: Recorded, path: str) -> tuple[int, dict] | None:
+        m = re.fullmatch(r"projects/([^/]+)/serviceAccounts/([^/:]+)", path)
+        if m and rec.method == "GET":
+            sa = self.service_accounts.get(m.group(2))
+            if sa is None:
+                return _error(404, "NOT_FOUND", f"Unknown service account {m.group(2)}")
+            return 200, sa
+        m = re.fullmatch(r"projects/([^/]+)/serviceAccounts", path)
+        if m and rec.method == "POST":
+            project = m.group(1)
+            body = rec.body or {}
+            account = body.get("accountId", "")
+            email = f"{account}@{project}.iam.gserviceaccount.com"
+            sa = {
+                "name": f"projects/{project}/serviceAccounts/{email}",
+                "projectId": project,
+                "uniqueId": str(uuid.uuid4().int)[:21],
+                "email": email,
+                "displayName": (body.get("serviceAccount") or {}).get("displayName", ""),
+                "etag": "MDEwMjE5MjA=",
+                "oauth2ClientId": str(uuid.uuid4().int)[:21],
+            }
+            if self._raced("service_account"):
+                self.service_accounts[email] = sa
+            if email in self.service_accounts:
+                return _error(
+                    409,
+                    "ALREADY_EXISTS",
+                    f"Service account {account} already exists within project projects/{project}.",
+                )
+            self.service_accounts[email] = sa
+            return 200, sa
+        return None
+
+    # Resource Manager: project IAM policy (cloud.google.com/resource-manager/reference/rest/v1/projects) ---
+    def _crm(self, rec: Recorded, path: str) -> tuple[int, dict] | None:
+        m = re.fullmatch(r"projects/([^/:]+):(getIamPolicy|setIamPolicy)", path)
+        if not (m and rec.method == "POST"):
+            return None
+        key = f"projects/{m.group(1)}"
+        if m.group(2) == "getIamPolicy":
+            return 200, self._policy(key)
+        return self._set_policy(key, dict((rec.body or {}).get("policy") or {}))
+
+    # Cloud Storage JSON API (cloud.google.com/storage/docs/json_api/v1/buckets) -------------------------
+    def _storage(self, rec: Recorded, path: str) -> tuple[int, dict] | None:
+        if path == "b" and rec.method == "POST":
+            body = dict(rec.body or {})
+            name = body.get("name", "")
+            if self._raced("bucket"):
+                self.buckets[name] = {"name": name, "location": body.get("location", "US").upper()}
+            if name in self.buckets:
+                # buckets.insert on a bucket you own: 409 (storage/docs/json_api/v1/status-codes).
+                return _error(
+                    409,
+                    "CONFLICT",
+                    "Your previous request to create the named bucket succeeded and you already own it.",
+                    reason="conflict",
+                )
+            bucket = {
+                "kind": "storage#bucket",
+                "id": name,
+                "name": name,
+                "projectNumber": PROJECT_NUMBER,
+                "location": str(body.get("location", "US")).upper(),
+                "storageClass": "STANDARD",
+                "iamConfiguration": body.get("iamConfiguration", {}),
+                "etag": "CAE=",
+            }
+            self.buckets[name] = bucket
+            return 200, bucket
+        m = re.fullmatch(r"b/([^/]+)(/iam)?", path)
+        if not m:
+            return None
+        name, iam = m.groups()
+        if name not in self.buckets:
+            return _error(404, "NOT_FOUND", "The specified bucket does not exist.", reason="notFound")
+        key = f"projects/_/buckets/{name}"
+        if iam is None and rec.method == "GET":
+            return 200, self.buckets[name]
+        if iam and rec.method == "GET":
+            policy = self._policy(key)
+            return 200, {"kind": "storage#policy", "resourceId": key, **policy}
+        if iam and rec.method == "PUT":
+            body = {k: v for k, v in dict(rec.body or {}).items() if k not in ("kind", "resourceId")}
+            code, policy = self._set_policy(key, body)
+            return code, ({"kind": "storage#policy", "resourceId": key, **policy} if code == 200 else policy)
+        return None
+
+    # Compute Engine (cloud.google.com/compute/docs/reference/rest/v1) ------------------------------------
     def _compute(self, rec: Recorded, path: str) -> tuple[int, dict] | None:
         base = f"{self.url}{COMPUTE_PREFIX}"
+        m = re.fullmatch(r"projects/([^/]+)", path)
+        if m and rec.method == "GET":
+            # projects.get: defaultServiceAccount is the bare e-mail.
+            return 200, {
+                "kind": "compute#project",
+                "name": m.group(1),
+                "defaultServiceAccount": f"{PROJECT_NUMBER}-compute@developer.gserviceaccount.com",
+                "selfLink": f"{base}projects/{m.group(1)}",
+            }
         m = re.fullmatch(r"projects/([^/]+)/global/images/family/([^/]+)", path)
         if m and rec.method == "GET":
+            # images.getFromFamily: 404 for a family the image project does not publish.
             project, family = m.groups()
+            if family not in IMAGE_FAMILIES.get(project, set()):
+                return self._not_found(f"projects/{project}/global/images/family/{family}")
             image = f"{family}-v20260101"
             return 200, {
                 "kind": "compute#image",
@@ -234,67 +542,207 @@ class FakeGcp:
                 "status": "READY",
                 "selfLink": f"{base}projects/{project}/global/images/{image}",
             }
-        m = re.fullmatch(r"projects/([^/]+)", path)
+        m = re.fullmatch(r"projects/([^/]+)/zones", path)
         if m and rec.method == "GET":
-            return 200, {
-                "kind": "compute#project",
-                "name": m.group(1),
-                "defaultServiceAccount": f"123456789-compute@developer.gserviceaccount.com ({m.group(1)})",
-                "selfLink": f"{base}projects/{m.group(1)}",
-            }
+            # zones.list; gcloud sends its --filter as a server-side `filter` and filters again itself.
+            items = [self._zone(m.group(1), z) for zones in ZONES.values() for z in zones]
+            return 200, {"kind": "compute#zoneList", "items": items, "selfLink": f"{base}{path}"}
         m = re.fullmatch(r"projects/([^/]+)/zones/([^/]+)", path)
         if m and rec.method == "GET":
             project, zone = m.groups()
-            return 200, {
-                "kind": "compute#zone",
-                "name": zone,
-                "status": "UP",
-                "region": f"{base}projects/{project}/regions/{zone.rsplit('-', 1)[0]}",
-                "selfLink": f"{base}projects/{project}/zones/{zone}",
-            }
-        m = re.fullmatch(r"projects/([^/]+)/zones/([^/]+)/operations/([^/]+)(/wait)?", path)
+            if not self._known_zone(zone):
+                return self._not_found(f"projects/{project}/zones/{zone}")
+            return 200, self._zone(project, zone)
+        m = re.fullmatch(r"projects/([^/]+)/aggregated/instances", path)
+        if m and rec.method == "GET":
+            items: dict[str, dict] = {}
+            for key, inst in self.instances.items():
+                zone = key.split("/")[3]
+                items.setdefault(f"zones/{zone}", {"instances": []})["instances"].append(inst)
+            return 200, {"kind": "compute#instanceAggregatedList", "items": items}
+        m = re.fullmatch(r"projects/([^/]+)/zones/([^/]+)/operations/([^/]+?)(/wait)?", path)
         if m:
-            project, zone, op, _ = m.groups()
-            return 200, self._zone_op(project, zone, op, target="")
+            return self._poll(m.group(3))
         m = re.fullmatch(r"projects/([^/]+)/zones/([^/]+)/instances", path)
         if m and rec.method == "POST":
-            project, zone = m.groups()
-            failure = self._take_failure()
-            if failure:
-                return failure
-            body = dict(rec.body or {})
-            key = f"projects/{project}/zones/{zone}/instances/{body.get('name')}"
-            if key in self.instances:
-                return _error(409, "ALREADY_EXISTS", f"The resource '{key}' already exists")
-            body.update(
-                kind="compute#instance",
-                status="RUNNING",
-                zone=f"{base}projects/{project}/zones/{zone}",
-                selfLink=f"{base}{key}",
-                id="1234567890",
-            )
-            self.instances[key] = body
-            return 200, self._zone_op(project, zone, f"operation-{uuid.uuid4().hex[:12]}", f"{base}{key}")
+            return self._insert(rec, *m.groups())
         m = re.fullmatch(r"(projects/([^/]+)/zones/([^/]+)/instances/([^/]+))", path)
         if m and rec.method == "GET":
             key = m.group(1)
             if key not in self.instances:
-                return _error(404, "NOT_FOUND", f"The resource '{key}' was not found")
+                return self._not_found(key)
             return 200, self.instances[key]
         return None
 
-    def _zone_op(self, project: str, zone: str, op: str, target: str) -> dict:
-        base = f"{self.url}{COMPUTE_PREFIX}projects/{project}/zones/{zone}"
+    def _known_zone(self, zone: str) -> bool:
+        return any(zone in zones for zones in ZONES.values())
+
+    def _zone(self, project: str, zone: str) -> dict:
+        base = f"{self.url}{COMPUTE_PREFIX}projects/{project}"
         return {
-            "kind": "compute#operation",
-            "name": op,
-            "operationType": "insert",
-            "status": "DONE",
-            "progress": 100,
-            "targetLink": target,
-            "zone": base,
-            "selfLink": f"{base}/operations/{op}",
+            "kind": "compute#zone",
+            "name": zone,
+            "status": "UP",
+            "region": f"{base}/regions/{zone.rsplit('-', 1)[0]}",
+            "selfLink": f"{base}/zones/{zone}",
         }
+
+    @staticmethod
+    def _not_found(resource: str) -> tuple[int, dict]:
+        # Compute's 404 (e.g. an unknown zone, image family or instance): reason "notFound".
+        return _error(404, "NOT_FOUND", f"The resource '{resource}' was not found", reason="notFound")
+
+    @staticmethod
+    def _invalid(message: str) -> tuple[int, dict]:
+        # Compute's 400 for a request it cannot serve as written: reason "invalid".
+        return _error(400, "INVALID_ARGUMENT", message, reason="invalid")
+
+    def _insert(self, rec: Recorded, project: str, zone: str) -> tuple[int, dict]:
+        base = f"{self.url}{COMPUTE_PREFIX}"
+        failure = self._take_failure()
+        if failure:
+            return failure
+        if not self._known_zone(zone):
+            return self._not_found(f"projects/{project}/zones/{zone}")
+        body = dict(rec.body or {})
+        key = f"projects/{project}/zones/{zone}/instances/{body.get('name')}"
+        refused = self._check_insert(project, zone, body)
+        if refused:
+            return refused
+        if self._raced("instance"):
+            self.instances[key] = {**body, "status": "RUNNING"}
+        if key in self.instances:
+            return _error(
+                409, "ALREADY_EXISTS", f"The resource '{key}' already exists", reason="alreadyExists"
+            )
+        error = None
+        machine = body.get("machineType", "").rsplit("/", 1)[-1]
+        if zone in self.exhausted_zones:
+            # A stockout is an error of the finished operation, not of the insert
+            # (compute/docs/troubleshooting/troubleshooting-resource-availability).
+            message = (
+                f"The zone 'projects/{project}/zones/{zone}' does not have enough resources available "
+                "to fulfill the request.  Try a different zone, or try again later."
+            )
+            error = (
+                {"errors": [{"code": "ZONE_RESOURCE_POOL_EXHAUSTED", "message": message}]},
+                503,
+                "SERVICE UNAVAILABLE",
+            )
+        elif self.quota_exceeded:
+            region = zone.rsplit("-", 1)[0]
+            metric = self.quota_exceeded
+            # QUOTA_EXCEEDED with errorDetails.quotaInfo (Operation resource, error.errors[].errorDetails[]).
+            detail = {
+                "quotaInfo": {
+                    "metricName": f"compute.googleapis.com/{metric.lower()}",
+                    "limitName": f"{metric}-per-project-region",
+                    "dimensions": {"region": region},
+                    "limit": 0,
+                }
+            }
+            message = f"Quota '{metric}' exceeded.  Limit: 0.0 in region {region}."
+            error = (
+                {"errors": [{"code": "QUOTA_EXCEEDED", "message": message, "errorDetails": [detail]}]},
+                403,
+                "FORBIDDEN",
+            )
+        else:
+            self.instances[key] = body | {
+                "kind": "compute#instance",
+                "status": "RUNNING",
+                "zone": f"{base}projects/{project}/zones/{zone}",
+                "selfLink": f"{base}{key}",
+                "id": "1234567890",
+            }
+        op = f"operation-{uuid.uuid4().hex[:12]}-{machine}"
+        self.operations[op] = {
+            "project": project,
+            "zone": zone,
+            "target": f"{base}{key}",
+            "states": ["RUNNING", "DONE"],
+            "error": error,
+        }
+        return 200, self._zone_op(op, "PENDING")
+
+    def _check_insert(self, project: str, zone: str, body: dict) -> tuple[int, dict] | None:
+        machine = body.get("machineType", "").rsplit("/", 1)[-1]
+        accels = [
+            (a.get("acceleratorType", "").rsplit("/", 1)[-1], int(a.get("acceleratorCount", 0)))
+            for a in body.get("guestAccelerators") or []
+        ]
+        sched = body.get("scheduling") or {}
+        model = sched.get("provisioningModel", "STANDARD")
+        for disk in body.get("disks") or []:
+            src = (disk.get("initializeParams") or {}).get("sourceImage", "")
+            fam = re.search(
+                r"projects/([^/]+)/(?:global/images/family|zones/-/imageFamilyViews)/([^/]+)$", src
+            )
+            if fam and fam.group(2) not in IMAGE_FAMILIES.get(fam.group(1), set()):
+                return self._not_found(f"projects/{fam.group(1)}/global/images/family/{fam.group(2)}")
+        if machine in BUILT_IN_GPUS:
+            want = BUILT_IN_GPUS[machine]
+            if accels and accels != [want]:
+                got = ", ".join(f"{n} x {t}" for t, n in accels)
+                return self._invalid(
+                    f"Invalid value for field 'resource.guestAccelerators[0].acceleratorType': machine type "
+                    f"{machine} comes with {want[1]} x {want[0]} attached; got {got}."
+                )
+        elif accels:
+            if not machine.startswith("n1-") or any(t not in N1_GPUS for t, _ in accels):
+                t = accels[0][0]
+                return self._invalid(
+                    f"Invalid value for field 'resource.guestAccelerators[0].acceleratorType': "
+                    f"'projects/{project}/zones/{zone}/acceleratorTypes/{t}'. Accelerator type {t} cannot be "
+                    f"attached to machine type {machine}."
+                )
+        elif not re.fullmatch(r"(n1|n2|e2|c3)-[a-z]+-\d+", machine):
+            return self._not_found(f"projects/{project}/zones/{zone}/machineTypes/{machine}")
+        reserved = (body.get("reservationAffinity") or {}).get(
+            "consumeReservationType"
+        ) == "SPECIFIC_RESERVATION"
+        # The exact wording of these two refusals is not published; the rule is (see the tables above).
+        if machine in SPOT_OR_FLEX_ONLY and model not in ("SPOT", "FLEX_START") and not reserved:
+            return self._invalid(
+                f"Invalid value for field 'resource.scheduling.provisioningModel': '{model}'. Machine type "
+                f"{machine} is not available on demand; use SPOT or FLEX_START."
+            )
+        if machine in RESERVATION_ONLY and not reserved:
+            return self._invalid(f"Machine type {machine} can only be used with a specific reservation.")
+        if model == "FLEX_START" and not sched.get("maxRunDuration"):
+            return self._invalid("Flex-start VMs require scheduling.maxRunDuration.")
+        return None
+
+    def _poll(self, name: str) -> tuple[int, dict]:
+        """zoneOperations.get / .wait: each answer moves PENDING -> RUNNING -> DONE. `wait` returns
+        the operation when it is DONE *or* when its deadline passes, so gcloud must loop
+        (compute/docs/reference/rest/v1/zoneOperations/wait)."""
+        op = self.operations.get(name)
+        if op is None or "states" not in op:
+            return _error(
+                404, "NOT_FOUND", f"The resource 'operations/{name}' was not found", reason="notFound"
+            )
+        status = op["states"].pop(0) if len(op["states"]) > 1 else op["states"][0]
+        return 200, self._zone_op(name, status)
+
+    def _zone_op(self, name: str, status: str) -> dict:
+        op = self.operations[name]
+        base = f"{self.url}{COMPUTE_PREFIX}projects/{op['project']}/zones/{op['zone']}"
+        out = {
+            "kind": "compute#operation",
+            "name": name,
+            "operationType": "insert",
+            "status": status,
+            "progress": 100 if status == "DONE" else 0,
+            "targetLink": op["target"],
+            "zone": base,
+            "selfLink": f"{base}/operations/{name}",
+        }
+        if status == "DONE" and op["error"]:
+            # Operation resource: error.errors[] {code, message}, httpErrorStatusCode, httpErrorMessage.
+            error, http_code, http_message = op["error"]
+            out.update(error=error, httpErrorStatusCode=http_code, httpErrorMessage=http_message)
+        return out
 
 
 def main() -> None:

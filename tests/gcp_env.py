@@ -23,7 +23,11 @@ from pathlib import Path
 
 from fake_gcp import FakeGcp
 
-CONFIG_NAMES = ("LOCATION", "PROJECT", "REPO_NAME", "IMAGE_NAME", "TAG", "REGISTRY_HOST", "CONTAINER_NAME")
+# lib/common.sh's configuration names (and INSTANCE_NAME, VM_NAME's old spelling): none may leak in.
+CONFIG_NAMES = (
+    "LOCATION", "PROJECT", "REPO_NAME", "IMAGE_NAME", "TAG", "REGISTRY_HOST", "CONTAINER_NAME", "VOLUME",
+    "ZONE", "VM_NAME", "INSTANCE_NAME", "CA_BUNDLE", "BASE_IMAGE", "CHECKPOINT_BUCKET",
+)  # fmt: skip
 
 
 def script_env(

@@ -35,6 +35,8 @@ USER = f"{os.getuid()}:{os.getgid()}" if os.getuid() != 0 else "1234:1234"
 MARKER = "checkpoint-complete.json"  # trainkit.COMPLETE_MARKER
 BUCKET = "hfgpu-test-checkpoints"
 MAX_STEPS = 12
+# trainkit's test hooks (TRAINKIT_TEST_STEP_DELAY) live in tests/probes/sitecustomize.py, not in the image.
+PROBES = ["-v", f"{ROOT / 'tests' / 'probes'}:/probes:ro"]
 ARGS = [
     "--model_name_or_path=/volume/models/tiny-gpt2",
     "--train_file=/volume/data/lm_train.jsonl",
@@ -152,9 +154,10 @@ def new_volume(models: Path, root: Path) -> Path:
 
 
 def docker_run_args(vol: Path, env: dict[str, str], detach_name: str | None = None) -> list[str]:
-    args = ["run", "--network", "host", "--user", USER, "-v", f"{vol}:/volume"]
+    """docker run on the host's network (the emulator is on loopback), with the test hooks of tests/probes."""
+    args = ["run", "--network", "host", "--user", USER, "-v", f"{vol}:/volume", *PROBES]
     args += ["-d", "--name", detach_name] if detach_name else ["--rm"]
-    for key, value in {"HF_HUB_OFFLINE": "1", **env}.items():
+    for key, value in {"HF_HUB_OFFLINE": "1", "PYTHONPATH": "/probes:/app", **env}.items():
         args += ["-e", f"{key}={value}"]
     return args
 
@@ -213,7 +216,7 @@ def test_stop_delete_the_volume_and_resume_from_the_bucket(image, emulator, mode
     prefix = "stopped"
     vol = new_volume(models, tmp_path)
     name = f"hfgpu-bucket-test-{uuid.uuid4().hex[:8]}"
-    # A tiny model trains faster than a signal arrives: slow each step (trainkit's test hook).
+    # A tiny model trains faster than a signal arrives: slow each step (tests/probes' hook).
     env = bucket_env(emulator, prefix, TRAINKIT_TEST_STEP_DELAY="0.6")
     try:
         docker(*docker_run_args(vol, env, detach_name=name), image.tag, "train", GPT, *ARGS)

@@ -9,11 +9,14 @@
 - cloudbuild.yaml cannot run here: its build and push steps are rendered with Cloud Build's
   substitutions and run by bash with `docker` defined as a shell function that prints its
   arguments, so the test compares the exact argv with build_and_push.sh --dry-run.
+- Tests that depend on git state (tags, -dirty, labels) run the scripts of a clean git copy of
+  the working tree (`checkout`), whose remote URL carries credentials that must never reach a label.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DOCKER as DOCKER_BIN
 from conftest import ROOT, docker, tool_path_dir
 from fake_gcp import FakeGcp, Recorded
 from gcp_env import Registry, script_env
@@ -32,14 +36,27 @@ from gcp_env import Registry, script_env
 SCRIPT = ROOT / "build_and_push.sh"
 VERSION = (ROOT / "VERSION").read_text().strip()
 CA = "/etc/ssl/certs/ca-certificates.crt"
-BUILD_FLAGS = ["--base-image", "hfgpu-test-base:bookworm", "--ca-cert", CA]
+BUILD_FLAGS = ["--base-image", "hfgpu-test-base:bookworm", "--ca-bundle", CA]
 REPO_PATH = "my-project/gpu-transformers/gpu_transformers"
+# The remote URL of the `checkout` copy: its credentials must never reach the image's labels.
+SECRET_TOKEN = "hfgpu-s3cr3t-token-do-not-label"
+REMOTE_URL = f"https://hfgpu-user:{SECRET_TOKEN}@example.com/owner/repo.git"
+# Configuration names the developer's environment must not leak into a test run.
+LEAKY = ("CA_BUNDLE", "BASE_IMAGE", "VM_NAME", "INSTANCE_NAME", "ZONE", "VOLUME", "CHECKPOINT_BUCKET")
 
 
-def run_script(env: dict[str, str], *args: str, timeout: float = 3600) -> subprocess.CompletedProcess:
+def run_script(
+    env: dict[str, str], *args: str, timeout: float = 3600, root: Path = ROOT
+) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in env.items() if k not in LEAKY or k in args_env(env)}
     return subprocess.run(
-        [str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        [str(root / SCRIPT.name), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=root
     )
+
+
+def args_env(env: dict[str, str]) -> set[str]:
+    """The LEAKY names a test set on purpose (listed in HFGPU_TEST_KEEP)."""
+    return set(env.get("HFGPU_TEST_KEEP", "").split())
 
 
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
@@ -69,6 +86,43 @@ def bindir(tmp_path_factory) -> Path:
     return tool_path_dir(tmp_path_factory)
 
 
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory) -> Path:
+    """A clean git repository holding the working tree as it is now (tracked and new files,
+    not ignored ones), one commit, and a remote URL with credentials in it."""
+    dest = tmp_path_factory.mktemp("checkout") / "repo"
+    listed = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", "-z"],
+        capture_output=True, check=True,
+    ).stdout.decode().split("\0")  # fmt: skip
+    for rel in filter(None, listed):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    for args in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "snapshot"],
+        ["remote", "add", "origin", REMOTE_URL],
+    ):
+        subprocess.run(["git", "-C", str(dest), *args], check=True, capture_output=True)
+    return dest
+
+
+def checkout_head(checkout: Path) -> str:
+    return subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def dry_run_build(proc: subprocess.CompletedProcess) -> list[str]:
+    """The `docker build` argv that --dry-run printed."""
+    assert proc.returncode == 0, proc.stderr
+    (build,) = [shlex.split(line) for line in proc.stdout.splitlines() if " docker build " in f" {line} "]
+    return build
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeGcp]:
     with FakeGcp() as f:
@@ -83,25 +137,25 @@ class PushRuns:
     first_requests: list[Recorded]
     second: subprocess.CompletedProcess
     second_requests: list[Recorded]
-    heads: tuple[str, str]  # git HEAD when each run started (others may commit meanwhile)
+    head: str  # the commit of the clean checkout both runs pushed
 
 
 @pytest.fixture(scope="module")
-def pushed(image, bindir: Path, tmp_path_factory) -> Iterator[PushRuns]:
-    """The one real push: run the script twice against a fresh registry and a fake API."""
+def pushed(image, bindir: Path, checkout: Path, tmp_path_factory) -> Iterator[PushRuns]:
+    """The one real push: run the clean checkout's script twice against a fresh registry and a fake API."""
     tmp = tmp_path_factory.mktemp("push")
     registry = Registry().start()
     try:
         with FakeGcp() as fake:
             env = script_env(fake, tmp, bindir)
-            head1 = git("rev-parse", "HEAD")
-            first = run_script(env, "--registry-host", registry.host, *BUILD_FLAGS)
+            first = run_script(env, "--registry-host", registry.host, *BUILD_FLAGS, root=checkout)
             first_requests = list(fake.requests)
             fake.clear()
-            head2 = git("rev-parse", "HEAD")
-            second = run_script(env, "--registry-host", registry.host, *BUILD_FLAGS)
+            second = run_script(env, "--registry-host", registry.host, *BUILD_FLAGS, root=checkout)
             second_requests = list(fake.requests)
-            yield PushRuns(registry, fake, first, first_requests, second, second_requests, (head1, head2))
+            yield PushRuns(
+                registry, fake, first, first_requests, second, second_requests, checkout_head(checkout)
+            )
     finally:
         registry.stop()
         remove_refs(f"{registry.host}/")
@@ -126,7 +180,12 @@ def test_push_prints_a_digest_reference_that_pulls_and_runs(pushed: PushRuns):
     try:
         labels = json.loads(docker("image", "inspect", "--format", "{{json .Config.Labels}}", ref).stdout)
         assert labels["org.opencontainers.image.version"] == VERSION
-        assert labels["org.opencontainers.image.revision"].removesuffix("-dirty") == pushed.heads[0]
+        assert labels["org.opencontainers.image.revision"] == pushed.head, "a clean checkout: no -dirty"
+        # The source label is the remote URL without its credentials, and no label holds them.
+        assert labels["org.opencontainers.image.source"] == "https://example.com/owner/repo.git"
+        assert SECRET_TOKEN not in json.dumps(labels) and "hfgpu-user" not in json.dumps(labels)
+        assert SECRET_TOKEN not in pushed.first.stderr + pushed.first.stdout
+        assert labels["hfgpu.min-nvidia-driver"] and labels["hfgpu.cuda-runtime"]
         probe = "import transformers; print('ok', transformers.__version__)"
         run = docker("run", "--rm", "--network", "none", ref, "python3", "-c", probe, check=False)
         assert run.returncode == 0, run.stderr
@@ -137,17 +196,13 @@ def test_push_prints_a_digest_reference_that_pulls_and_runs(pushed: PushRuns):
 
 def test_registry_holds_the_three_tags_with_the_printed_digest(pushed: PushRuns):
     digest = printed_digest_ref(pushed.first).split("@", 1)[1]
-    tags = pushed.registry.tags(REPO_PATH)
-    sha_tags = {t.removesuffix("-dirty") for t in tags if t.startswith("sha-")}
-    assert VERSION in tags and "latest" in tags
-    assert sha_tags == {f"sha-{head[:7]}" for head in pushed.heads}
-    # The second run pushed the same tags again (a rebuild of a dirty tree has a new
-    # creation date, so its digest may differ); all three tags agree with what it printed.
-    second = printed_digest_ref(pushed.second).split("@", 1)[1]
-    second_sha = re.search(r"push: \S+:(sha-\S+)$", pushed.second.stderr, flags=re.M).group(1)
-    for tag in (VERSION, second_sha, "latest"):
-        assert pushed.registry.digest(REPO_PATH, tag) == second
-    assert digest.startswith("sha256:")
+    sha_tag = f"sha-{pushed.head[:7]}"
+    assert pushed.registry.tags(REPO_PATH) == sorted([VERSION, sha_tag, "latest"])
+    # A clean commit rebuilds to the same image (its creation date is the commit's), so the
+    # second run printed the same digest, and all three tags point at it.
+    assert printed_digest_ref(pushed.second).split("@", 1)[1] == digest
+    for tag in (VERSION, sha_tag, "latest"):
+        assert pushed.registry.digest(REPO_PATH, tag) == digest
 
 
 def test_first_run_describes_then_creates_the_repository(pushed: PushRuns):
@@ -160,7 +215,8 @@ def test_first_run_describes_then_creates_the_repository(pushed: PushRuns):
     assert creates[0].query["repositoryId"] == ["gpu-transformers"]
     assert creates[0].body["format"] == "DOCKER"
     assert not [r for r in pushed.first_requests if r.unhandled]
-    assert "repository: gpu-transformers not found; creating it" in pushed.first.stderr
+    assert "repository: gpu-transformers in us-east4 not found; creating it" in pushed.first.stderr
+    assert "repository: gpu-transformers created (Docker format, us-east4)" in pushed.first.stderr
 
 
 def test_second_run_creates_nothing(pushed: PushRuns):
@@ -169,15 +225,18 @@ def test_second_run_creates_nothing(pushed: PushRuns):
         ("GET", "/v1/projects/my-project/locations/us-east4/repositories/gpu-transformers")
     ]
     assert "gpu-transformers exists; not created" in pushed.second.stderr
-    # The second push uploaded no layer the first had pushed. (Layers differ only when the
-    # image's inputs changed between the runs: others may edit app/ on a shared checkout.)
-    first = printed_digest_ref(pushed.first).split("@", 1)[1]
+    # The second push uploaded no layer: docker push reports every layer of the image, each
+    # "Layer already exists". Every layer must be accounted for, so a change in docker's
+    # progress format (no line recognised) fails here rather than passing with nothing checked.
     second = printed_digest_ref(pushed.second).split("@", 1)[1]
-    before = {d.split(":")[1][:12] for d in pushed.registry.diff_ids(REPO_PATH, first)}
-    after = {d.split(":")[1][:12] for d in pushed.registry.diff_ids(REPO_PATH, second)}
-    uploaded = set(re.findall(r"^([0-9a-f]{12}): Pushed", pushed.second.stderr, flags=re.M))
-    assert "Layer already exists" in pushed.second.stderr
-    assert uploaded <= after - before, "the second run uploaded a layer the registry already had"
+    layers = {d.split(":")[1][:12] for d in pushed.registry.diff_ids(REPO_PATH, second)}
+    status: dict[str, set[str]] = {}
+    for layer, what in re.findall(
+        r"^([0-9a-f]{12}): (Pushed|Layer already exists|Mounted from \S+)$", pushed.second.stderr, flags=re.M
+    ):
+        status.setdefault(layer, set()).add(what)
+    assert set(status) == layers, f"push output names {sorted(status)}, the image has {sorted(layers)}"
+    assert all(seen == {"Layer already exists"} for seen in status.values()), status
 
 
 def test_steps_are_named_and_latest_is_pushed_last(pushed: PushRuns):
@@ -191,14 +250,18 @@ def test_steps_are_named_and_latest_is_pushed_last(pushed: PushRuns):
     assert f"Adding credentials for: {pushed.registry.host}\n" in pushed.first.stderr
 
 
-def test_dry_run_prints_every_command_and_changes_nothing(image, fake: FakeGcp, bindir: Path, tmp_path: Path):
+def test_dry_run_prints_every_command_and_changes_nothing(
+    image, fake: FakeGcp, bindir: Path, checkout: Path, tmp_path: Path
+):
     tag = f"dry-{uuid.uuid4().hex[:8]}"
     env = script_env(fake, tmp_path, bindir)
-    proc = run_script(env, "--dry-run", "--tag", tag, "--registry-host", "127.0.0.1:5999", *BUILD_FLAGS)
+    proc = run_script(
+        env, "--dry-run", "--tag", tag, "--registry-host", "127.0.0.1:5999", *BUILD_FLAGS, root=checkout
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     commands = [shlex.split(line) for line in lines if not line.startswith("#")]
-    sha = git("rev-parse", "HEAD")[:7]
+    sha = checkout_head(checkout)[:7]
     assert [" ".join(c[:4]) for c in commands[:4]] == [
         "env DOCKER_BUILDKIT=1 docker build",
         "gcloud artifacts repositories describe",
@@ -207,58 +270,174 @@ def test_dry_run_prints_every_command_and_changes_nothing(image, fake: FakeGcp, 
     ]
     pushes = [c[2].removeprefix(f"127.0.0.1:5999/{REPO_PATH}:") for c in commands[4:]]
     assert [c[:2] for c in commands[4:]] == [["docker", "push"]] * 3
-    assert pushes[0] == tag and re.fullmatch(rf"sha-{sha}(-dirty)?", pushes[1]) and pushes[2] == "latest"
+    assert pushes == [tag, f"sha-{sha}", "latest"], "a clean checkout moves latest, last"
     assert commands[2][commands[2].index("--repository-format") + 1] == "docker"
     assert commands[2][commands[2].index("--location") + 1] == "us-east4"
     assert "--secret" in commands[0] and f"id=ca_bundle,src={CA}" in commands[0]
+    args = build_args(commands[0])
+    assert args["SOURCE"] == "https://example.com/owner/repo.git" and SECRET_TOKEN not in proc.stdout
+    assert args["REVISION"] == checkout_head(checkout)
     # Nothing happened: no API request, no image, no docker credential change.
     assert fake.requests == []
     assert not image_exists(f"127.0.0.1:5999/{REPO_PATH}:{tag}")
     assert list((tmp_path / "docker-config").iterdir()) == []
 
 
-def test_no_push_labels_the_version_from_the_version_file(image, bindir: Path, fake: FakeGcp, tmp_path: Path):
-    """The image fixture was built with VERSION=9.9.9-test: the script's build must not reuse that label."""
-    name = f"hfgpu-bap-{uuid.uuid4().hex[:8]}"
-    env = script_env(fake, tmp_path, bindir, project=None)
-    head = git("rev-parse", "HEAD")
-    proc = run_script(env, "--no-push", "--image", name, *BUILD_FLAGS)
+@pytest.mark.parametrize("change", ["untracked", "modified"])
+def test_a_dirty_context_is_tagged_dirty_and_never_moves_latest(
+    change: str, fake: FakeGcp, bindir: Path, checkout: Path, tmp_path: Path
+):
+    """An untracked file in app/ is dirty as much as an edit: it would go into the image."""
+    target = checkout / "app" / ("notes-untracked.txt" if change == "untracked" else "trainkit.py")
+    before = target.read_bytes() if target.exists() else None
+    target.write_text((before or b"").decode() + "\n# a local change\n")
     try:
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        assert proc.stdout.strip() == f"{name}:{VERSION}"
-        labels = json.loads(
-            docker("image", "inspect", "--format", "{{json .Config.Labels}}", proc.stdout.strip()).stdout
-        )
-        assert labels["org.opencontainers.image.version"] == VERSION != "9.9.9-test"
-        assert labels["org.opencontainers.image.revision"].removesuffix("-dirty") == head
-        assert image_exists(f"{name}:latest")
-        assert fake.requests == [], "--no-push asks nothing of Google Cloud"
+        env = script_env(fake, tmp_path, bindir)
+        proc = run_script(env, "--dry-run", "--registry-host", "127.0.0.1:5999", *BUILD_FLAGS, root=checkout)
+        build = dry_run_build(proc)
+        sha = checkout_head(checkout)[:7]
+        assert tags_of(build) == [
+            f"127.0.0.1:5999/{REPO_PATH}:{VERSION}",
+            f"127.0.0.1:5999/{REPO_PATH}:sha-{sha}-dirty",
+        ]
+        assert "latest" not in proc.stdout
+        assert build_args(build)["REVISION"].endswith("-dirty")
+        assert "latest is not moved" in proc.stderr
     finally:
+        if before is None:
+            target.unlink()
+        else:
+            target.write_bytes(before)
+
+
+def test_git_ignored_secrets_never_reach_the_image(
+    image, fake: FakeGcp, bindir: Path, checkout: Path, tmp_path
+):
+    """.env files and keys that git ignores, under app/ and build_image/, stay out of the build context."""
+    planted = [
+        checkout / "app" / ".env",
+        checkout / "app" / "service-key.pem",
+        checkout / "app" / "deploy.key",
+        checkout / "build_image" / "bin" / ".env",
+    ]
+    for path in planted:
+        path.write_text(f"TOKEN={SECRET_TOKEN}\n")
+    name = f"hfgpu-bap-{uuid.uuid4().hex[:8]}"
+    try:
+        status = subprocess.run(
+            ["git", "-C", str(checkout), "status", "--porcelain"], capture_output=True, text=True, check=True
+        ).stdout
+        assert status == "", f"git ignores the planted files: {status!r}"
+        env = script_env(fake, tmp_path, bindir, project=None)
+        proc = run_script(env, "--no-push", "--image-name", name, *BUILD_FLAGS, root=checkout)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        ref = proc.stdout.strip().splitlines()[-1]
+        assert ref == f"{name}:{VERSION}"
+        found = docker(
+            "run", "--rm", "--network", "none", "--entrypoint", "grep", ref, "-rl", SECRET_TOKEN, "/app",
+            "/usr/local/bin", check=False,
+        )  # fmt: skip
+        assert found.returncode == 1 and found.stdout == "", f"secrets in the image: {found.stdout}"
+        listing = docker("run", "--rm", "--network", "none", "--entrypoint", "ls", ref, "-A", "/app").stdout
+        assert "trainkit.py" in listing and ".env" not in listing and ".pem" not in listing
+    finally:
+        for path in planted:
+            path.unlink()
         remove_refs(f"{name}:")
 
 
+# Each: (arguments, environment, the error line's key words). {tmp} is the test's folder.
+# docs/bad-inputs/build_and_push.md lists the same inputs with the line each gives.
+BAD_INPUTS = [
+    (["--project", "My_Project"], {}, "invalid project id 'My_Project' (--project)"),
+    (["--project", "ab"], {}, "invalid project id 'ab' (--project)"),
+    (["--location", "us-east4-a"], {}, "invalid location 'us-east4-a' (--location): that is a zone"),
+    ([], {"LOCATION": "moon"}, "invalid location 'moon' (LOCATION from the environment)"),
+    (["--repo", "Gpu_Repo"], {}, "invalid repository name 'Gpu_Repo' (--repo)"),
+    ([], {".env": "REPO_NAME=repo-"}, "invalid repository name 'repo-' (REPO_NAME in {tmp}/bad.env)"),
+    (["--image-name", "Bad Image"], {}, "invalid image name 'Bad Image' (--image-name)"),
+    (["--tag", ".hidden"], {}, "invalid tag '.hidden' (--tag)"),
+    (["--tag", "x" * 129], {}, "invalid tag"),
+    (["--tag"], {}, "--tag needs a value"),
+    (["--tag", "--dry-run"], {}, "--tag needs a value but got the option '--dry-run'"),
+    (["--registry-host", "http://host"], {}, "invalid registry host 'http://host' (--registry-host)"),
+    (["--base-image", "ubuntu 22.04"], {}, "invalid base image 'ubuntu 22.04' (--base-image)"),
+    (
+        ["--ca-bundle", "/no/such/bundle.pem"],
+        {},
+        "CA bundle '/no/such/bundle.pem' (--ca-bundle): not a readable file",
+    ),
+    (["--ca-bundle", "{tmp}"], {}, "CA bundle '{tmp}' (--ca-bundle) is a folder"),
+    (["--ca-bundle", "{tmp}/a,b.pem"], {}, "the path has a comma or a quote"),
+    ([], {"CA_BUNDLE": "/no/such.pem"}, "CA bundle '/no/such.pem' (CA_BUNDLE from the environment)"),
+    (["--dry-run=1"], {}, "--dry-run is an on/off flag and takes no value"),
+    (["--no-push=yes"], {}, "--no-push is an on/off flag and takes no value"),
+    (["--frobnicate"], {}, "unknown option --frobnicate"),
+    (["stray"], {}, "unexpected argument 'stray': build_and_push.sh takes options only"),
+]
+
+
 @pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--project", "My_Project"], "invalid project id 'My_Project'"),
-        (["--project", "ab"], "invalid project id 'ab'"),
-        (["--location", "us-east4-a"], "invalid location 'us-east4-a': that is a zone"),
-        (["--location", "moon"], "invalid location 'moon'"),
-        (["--repo", "Gpu_Repo"], "invalid repository name 'Gpu_Repo'"),
-        (["--repo", "repo-"], "invalid repository name 'repo-'"),
-        (["--image", "Bad Image"], "invalid image name 'Bad Image'"),
-        (["--tag", ".hidden"], "invalid tag '.hidden'"),
-        (["--tag", "x" * 129], "invalid tag"),
-        (["--ca-cert", "/no/such/bundle.pem"], "--ca-cert: cannot read"),
-        (["--frobnicate"], "unknown argument '--frobnicate'"),
-    ],
+    ("args", "env", "message"), BAD_INPUTS, ids=[" ".join(a) or next(iter(e)) for a, e, _ in BAD_INPUTS]
 )
-def test_bad_input_is_one_line_and_nothing_runs(args, message, fake: FakeGcp, bindir: Path, tmp_path: Path):
-    proc = run_script(script_env(fake, tmp_path, bindir), *args)
+def test_bad_input_is_one_line_and_nothing_runs(
+    args, env, message, fake: FakeGcp, bindir: Path, tmp_path: Path
+):
+    (tmp_path / "a,b.pem").write_text("x")
+    tag = f"bad-{uuid.uuid4().hex[:8]}"
+    extra = {k: v.format(tmp=tmp_path) for k, v in env.items() if k != ".env"}
+    if ".env" in env:
+        (tmp_path / "bad.env").write_text(env[".env"] + "\n")
+        extra["CONFIG_FILE"] = str(tmp_path / "bad.env")
+    run_env = script_env(fake, tmp_path, bindir, TAG=tag, HFGPU_TEST_KEEP=" ".join(extra), **extra)
+    proc = run_script(run_env, *[a.format(tmp=tmp_path) for a in args])
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == error_lines(proc), "only the error line"
-    assert len(error_lines(proc)) == 1 and message in error_lines(proc)[0]
-    assert proc.stdout == "" and fake.requests == []
+    assert len(error_lines(proc)) == 1 and message.format(tmp=tmp_path) in error_lines(proc)[0]
+    assert proc.stdout == "" and fake.requests == [], "nothing asked of Google Cloud, nothing pushed"
+    out = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}").stdout
+    assert f":{tag}" not in out, "no tag created"
+
+
+def test_old_flag_names_still_work_with_a_deprecation_line(fake: FakeGcp, bindir: Path, tmp_path: Path):
+    env = script_env(fake, tmp_path, bindir)
+    proc = run_script(env, "--dry-run", "--no-push", "--image", "old-name", "--ca-cert", CA)
+    build = dry_run_build(proc)
+    assert tags_of(build)[0] == f"old-name:{VERSION}"
+    assert f"id=ca_bundle,src={CA}" in build
+    warnings = [line for line in proc.stderr.splitlines() if "deprecated" in line]
+    deprecation = (
+        "build_and_push.sh: warning: {} is deprecated and will be removed in the next release; use {}"
+    )
+    assert warnings == [
+        deprecation.format("--image", "--image-name"),
+        deprecation.format("--ca-cert", "--ca-bundle"),
+    ]
+
+
+def test_settings_come_from_the_environment_and_env_file(fake: FakeGcp, bindir: Path, tmp_path: Path):
+    """BASE_IMAGE and CA_BUNDLE go through the configuration layer: flags, environment, .env."""
+    # The .env parser (lib/kv.sh): quotes dropped, `export` allowed, CRLF endings, comments and
+    # junk skipped, never executed.
+    (tmp_path / "cfg.env").write_text(
+        f'# IMAGE_NAME=commented-out\r\nBASE_IMAGE="from-file:1"\r\nexport CA_BUNDLE={CA}\r\n'
+        f"IMAGE_NAME='from-file'\r\n$(touch {tmp_path}/ran)\r\nTAG=`touch {tmp_path}/ran2`x\r\n"
+    )
+    env = script_env(fake, tmp_path, bindir, CONFIG_FILE=str(tmp_path / "cfg.env"), BASE_IMAGE="from-env:2",
+                     HFGPU_TEST_KEEP="BASE_IMAGE")  # fmt: skip
+    proc = run_script(env, "--dry-run", "--no-push", "--tag", "t1")
+    build = dry_run_build(proc)
+    assert build_args(build)["BASE_IMAGE"] == "from-env:2", "the environment wins over the file"
+    assert f"id=ca_bundle,src={CA}" in build and tags_of(build)[0] == "from-file:t1"
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "ran2").exists()
+    proc = run_script(env, "--dry-run", "--no-push")
+    assert (
+        proc.returncode == 1
+        and "invalid tag '`touch" in proc.stderr
+        and f"(TAG in {tmp_path}/cfg.env)" in proc.stderr
+    )
+    build = dry_run_build(run_script(env, "--dry-run", "--no-push", "--tag=t2", "--base-image=from-flag:3"))
+    assert build_args(build)["BASE_IMAGE"] == "from-flag:3", "a flag wins over everything"
 
 
 def test_docker_daemon_down(fake: FakeGcp, bindir: Path, tmp_path: Path):
@@ -285,17 +464,38 @@ def test_no_project_anywhere(fake: FakeGcp, bindir: Path, tmp_path: Path):
     assert "no project set; pass --project ID or run: gcloud config set project ID" in err
 
 
-def test_client_without_buildkit_is_refused_with_the_fix(fake: FakeGcp, tmp_path: Path):
-    """The preinstalled Docker 28 client has no buildx plugin: it cannot build with BuildKit."""
+def client_without_buildx(bindir: Path) -> None:
+    """Put a Docker 23+ client without the buildx plugin at BINDIR/docker.
+
+    The real one where it exists: this machine kind preinstalls Docker's 28.x client at
+    /usr/local/bin/docker, and Debian packages no buildx. Elsewhere a wrapper around the real
+    client answers `docker version` and `docker buildx` exactly as that 28.x client does (seen
+    here: "docker: unknown command: docker buildx", exit 1), so the test never skips.
+    """
     new_client = Path("/usr/local/bin/docker")
     if (
-        not new_client.exists()
-        or subprocess.run([new_client, "buildx", "version"], capture_output=True).returncode == 0
+        new_client.exists()
+        and subprocess.run([new_client, "buildx", "version"], capture_output=True).returncode
     ):
-        pytest.skip("needs a Docker 23+ client without buildx at /usr/local/bin/docker")
+        (bindir / "docker").symlink_to(new_client)
+        return
+    wrapper = bindir / "docker"
+    wrapper.write_text(
+        "#!/bin/bash\n"
+        "case $1 in\n"
+        '  buildx) echo "docker: unknown command: docker buildx" >&2; exit 1 ;;\n'
+        "  version) echo 28.2.2; exit 0 ;;\n"
+        "esac\n"
+        f'exec {shlex.quote(str(Path(DOCKER_BIN).resolve()))} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+
+
+def test_client_without_buildkit_is_refused_with_the_fix(fake: FakeGcp, tmp_path: Path):
+    """A Docker 23+ client without the buildx plugin cannot build with BuildKit."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    (bindir / "docker").symlink_to(new_client)
+    client_without_buildx(bindir)
     proc = run_script(script_env(fake, tmp_path, bindir))
     assert proc.returncode == 1
     (err,) = error_lines(proc)
@@ -350,7 +550,7 @@ def test_help_prints_the_header():
     proc = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
     assert proc.stdout.startswith("Summary: build the training image")
-    for flag in ("--project", "--location", "--repo", "--image", "--tag", "--base-image", "--ca-cert",
+    for flag in ("--project", "--location", "--repo", "--image-name", "--tag", "--base-image", "--ca-bundle",
                  "--registry-host", "--no-push", "--dry-run"):  # fmt: skip
         assert flag in proc.stdout
 
@@ -372,13 +572,14 @@ def render(text: str, subs: dict[str, str]) -> str:
     return out.replace("\0", "$")
 
 
-def cloudbuild_substitutions(project: str, tag_name: str) -> dict[str, str]:
+def cloudbuild_substitutions(project: str, tag_name: str, commit: str | None = None) -> dict[str, str]:
     doc = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
+    commit = commit or git("rev-parse", "HEAD")
     subs = {
         "PROJECT_ID": project,
         "TAG_NAME": tag_name,
-        "COMMIT_SHA": git("rev-parse", "HEAD"),
-        "SHORT_SHA": git("rev-parse", "HEAD")[:7],
+        "COMMIT_SHA": commit,
+        "SHORT_SHA": commit[:7],
         "REPO_FULL_NAME": "owner/repo",
     }
     for key, value in doc["substitutions"].items():  # dynamic substitutions, in order
@@ -392,10 +593,12 @@ def step_argvs(step_id: str, subs: dict[str, str]) -> tuple[int, list[list[str]]
     (step,) = [s for s in doc["steps"] if s.get("id") == step_id]
     assert step["entrypoint"] == "bash"
     script = render(step["args"][-1], subs)
+    assert script == step["args"][-1].replace("$$", "$"), "no substitution is pasted into the script"
+    env = dict(os.environ, **dict(render(e, subs).split("=", 1) for e in step.get("env", [])))
     capture = 'docker() { python3 -c "import json,sys; print(json.dumps(sys.argv[1:]))" "$@"; }\n'
     proc = subprocess.run(
         ["bash", *step["args"][:-2], "-c", capture + script],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     argvs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("[")]
     return proc.returncode, argvs, proc.stderr
@@ -414,37 +617,54 @@ def test_cloudbuild_parses_and_has_the_four_steps():
     assert [s["id"] for s in doc["steps"]] == ["version", "repository", "build", "push"]
     assert doc["options"]["dynamicSubstitutions"] is True
     assert "DOCKER_BUILDKIT=1" in doc["options"]["env"]
+    for step in doc["steps"]:
+        assert re.fullmatch(r"[a-z0-9./-]+(:[a-z0-9.-]+)?@sha256:[0-9a-f]{64}", step["name"]), "pin by digest"
 
 
-def test_cloudbuild_uses_the_same_build_args_and_tags_as_the_script(image, fake: FakeGcp, bindir, tmp_path):
-    proc = run_script(script_env(fake, tmp_path, bindir), "--dry-run")
+def test_cloudbuild_uses_the_same_build_args_and_tags_as_the_script(
+    image, fake: FakeGcp, bindir, checkout: Path, tmp_path
+):
+    proc = run_script(script_env(fake, tmp_path, bindir), "--dry-run", root=checkout)
     assert proc.returncode == 0, proc.stderr
     lines = [shlex.split(line) for line in proc.stdout.splitlines() if not line.startswith("#")]
     script_build = lines[0][lines[0].index("build") :]
     script_pushes = [argv[2] for argv in lines if argv[:2] == ["docker", "push"]]
 
-    subs = cloudbuild_substitutions("my-project", f"v{VERSION}")
+    head = checkout_head(checkout)
+    subs = cloudbuild_substitutions("my-project", f"v{VERSION}", head)
     rc, argvs, err = step_argvs("build", subs)
     assert rc == 0, err
-    (cb_build,) = argvs
+    image_repo = f"us-east4-docker.pkg.dev/{REPO_PATH}"
+    pull, cb_build, retag = argvs
+    # The cache comes from the pipeline's own tag, never from latest (which anyone may push).
+    assert pull == ["pull", f"{image_repo}:buildcache"]
+    assert cb_build[cb_build.index("--cache-from") + 1] == f"{image_repo}:buildcache"
+    assert retag == ["tag", f"{image_repo}:{VERSION}", f"{image_repo}:buildcache"]
     ours, theirs = build_args(script_build), build_args(cb_build)
     assert set(ours) == set(theirs) == {"VERSION", "REVISION", "CREATED", "SOURCE", "BUILDKIT_INLINE_CACHE"}
     assert ours["VERSION"] == theirs["VERSION"] == VERSION
-    assert ours["REVISION"].removesuffix("-dirty") == theirs["REVISION"] == git("rev-parse", "HEAD")
+    assert ours["REVISION"] == theirs["REVISION"] == head
     assert ours["BUILDKIT_INLINE_CACHE"] == theirs["BUILDKIT_INLINE_CACHE"] == "1"
     for created in (ours["CREATED"], theirs["CREATED"]):
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", created)
-    # Same tags (the script marks a dirty tree; Cloud Build builds a clean commit).
-    assert [t.replace("-dirty", "") for t in tags_of(script_build)] == tags_of(cb_build)
+    assert tags_of(script_build) == tags_of(cb_build), "same tags, in the same order"
     assert script_build[script_build.index("-f") + 1].endswith("build_image/Dockerfile")
     assert cb_build[cb_build.index("-f") + 1] == "build_image/Dockerfile"
-    image_repo = f"us-east4-docker.pkg.dev/{REPO_PATH}"
-    assert cb_build[cb_build.index("--cache-from") + 1] == f"{image_repo}:latest"
-    # Pushes: same refs, same order, latest last.
+    # Pushes: same refs, same order, latest last of the release tags; then the cache tag.
     rc, pushes, err = step_argvs("push", subs)
     assert rc == 0, err
-    assert [p[1] for p in pushes] == [t.replace("-dirty", "") for t in script_pushes]
-    assert pushes[-1] == ["push", f"{image_repo}:latest"]
+    assert [p[1] for p in pushes] == [*script_pushes, f"{image_repo}:buildcache"]
+    assert pushes[-2] == ["push", f"{image_repo}:latest"]
+
+
+def test_cloudbuild_substitutions_stay_data(tmp_path: Path):
+    """A hostile substitution value reaches docker as one argument and runs nothing."""
+    subs = cloudbuild_substitutions("my-project", f"v{VERSION}")
+    subs["_IMAGE"] = f"x$(touch {tmp_path}/pwned); touch {tmp_path}/pwned2 #"
+    rc, argvs, err = step_argvs("push", subs)
+    assert rc == 0, err
+    assert argvs[0] == ["push", f"{subs['_IMAGE']}:{VERSION}"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cloudbuild_refuses_a_git_tag_that_disagrees_with_version():
@@ -453,6 +673,44 @@ def test_cloudbuild_refuses_a_git_tag_that_disagrees_with_version():
     rc, _, err = step_argvs("version", cloudbuild_substitutions("my-project", "v9.9.9"))
     assert rc == 1
     assert f"git tag v9.9.9 does not match VERSION ({VERSION})" in err
+
+
+def test_make_lock_is_reproducible(tmp_path: Path):
+    """`make lock` again gives byte-identical lock files (uv resolves as PyPI stood at the
+    Makefile's LOCK_EXCLUDE_NEWER; it needs PyPI)."""
+    proc = subprocess.run(
+        ["make", "-s", "lock", f"LOCK_DIR={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("requirements.lock", "tools.lock"):
+        assert (tmp_path / name).read_text() == (ROOT / "build_image" / name).read_text(), f"{name} drifted"
+
+
+def test_make_image_is_build_and_push_no_push():
+    """One build path: `make image` runs build_and_push.sh --no-push, and no other script of the
+    project runs `docker build` (tests/ and the image benchmark build variants on purpose)."""
+    dry = subprocess.run(["make", "-n", "image"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "./build_and_push.sh --no-push" in dry and "docker build" not in dry
+    listed = git("ls-files", "-co", "--exclude-standard").splitlines()
+    builders = []
+    for rel in listed:
+        path = ROOT / rel
+        if (
+            rel.startswith(("tests/", "docs/", "bench/image_build.py"))
+            or path.suffix == ".md"
+            or not path.is_file()
+        ):
+            continue
+        code = [
+            line
+            for line in path.read_text(errors="replace").splitlines()
+            if not line.lstrip().startswith("#")
+        ]
+        if rel not in ("build_and_push.sh", "cloudbuild.yaml") and any(
+            re.search(r"\bdocker\s+(buildx\s+)?build\b", line) for line in code
+        ):
+            builders.append(rel)
+    assert builders == [], f"docker build outside build_and_push.sh: {builders}"
 
 
 def test_version_file_is_semver():

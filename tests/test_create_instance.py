@@ -1,10 +1,14 @@
-"""create_instance.sh: the real gcloud CLI against tests/fake_gcp.py (Compute and Artifact
-Registry APIs). The tests read the requests gcloud sent: what a VM would be created with."""
+"""create_instance.sh: the real gcloud CLI against tests/fake_gcp.py (Compute Engine, Artifact
+Registry, IAM, Resource Manager and Cloud Storage APIs, answering as Google documents). The tests
+read the requests gcloud sent: what a VM would be created with, which roles were granted where."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,15 +18,19 @@ from fake_gcp import FakeGcp, Recorded
 from gcp_env import script_env
 
 SCRIPT = ROOT / "create_instance.sh"
-INSTANCES = "/compute/v1/projects/my-project/zones/us-east4-a/instances"
+ZONE_PATH = "/compute/v1/projects/my-project/zones/{zone}/instances"
+INSTANCES = ZONE_PATH.format(zone="us-east4-a")
 REPO = "projects/my-project/locations/us-east4/repositories/gpu-transformers"
+VM_SA = "hfgpu-vm@my-project.iam.gserviceaccount.com"
 SA = "trainer@my-project.iam.gserviceaccount.com"
 FAMILY = "projects/deeplearning-platform-release/global/images/family/common-cu129-ubuntu-2204-nvidia-580"
+PREFIX = "create_instance.sh: error:"
 
 
 @pytest.fixture
 def fake() -> Iterator[FakeGcp]:
     with FakeGcp() as f:
+        f.repositories[REPO] = {"name": REPO, "format": "DOCKER"}
         yield f
 
 
@@ -33,39 +41,65 @@ def run_script(fake: FakeGcp, tmp: Path, *args: str, **env_kw) -> subprocess.Com
     )
 
 
-def inserts(fake: FakeGcp) -> list[Recorded]:
-    return fake.calls("POST", f"^{INSTANCES}$")
+def inserts(fake: FakeGcp, zone: str = "us-east4-a") -> list[Recorded]:
+    return fake.calls("POST", f"^{ZONE_PATH.format(zone=zone)}$")
 
 
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
-    return [line for line in proc.stderr.splitlines() if line.startswith("create_instance.sh: error:")]
+    return [line for line in proc.stderr.splitlines() if line.startswith(PREFIX)]
 
 
-def test_default_vm_is_one_h100_on_the_deep_learning_image(fake: FakeGcp, tmp_path: Path):
+def one_error(proc: subprocess.CompletedProcess) -> str:
+    """The run failed with exactly one error line, the last line on stderr; nothing on stdout."""
+    assert proc.returncode == 1, proc.stderr
+    (err,) = error_lines(proc)
+    assert proc.stderr.rstrip("\n").splitlines()[-1] == err
+    assert proc.stdout == ""
+    return err
+
+
+def bindings(fake: FakeGcp, path_re: str) -> list[dict]:
+    (call,) = fake.calls(None, path_re)
+    policy = call.body.get("policy", call.body)
+    return policy["bindings"]
+
+
+def test_default_vm_is_a_spot_h100_run_as_its_own_service_account(fake: FakeGcp, tmp_path: Path):
     proc = run_script(fake, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert fake.requests[0].method == "GET" and fake.requests[0].path == f"{INSTANCES}/gpu-transformers-vm"
+    # a3-highgpu-1g is not offered on demand: Spot, and the user is told.
+    assert "a3-highgpu-1g is offered only as Spot or Flex-start: creating a Spot VM" in proc.stderr
     (insert,) = inserts(fake)
     body = insert.body
-    assert body["name"] == "gpu-transformers-vm"
+    assert body["name"] == "hfgpu-vm"
     assert body["machineType"].endswith("/zones/us-east4-a/machineTypes/a3-highgpu-1g")
-    (acc,) = body["guestAccelerators"]
-    assert acc["acceleratorCount"] == 1 and acc["acceleratorType"].endswith(
-        "/acceleratorTypes/nvidia-h100-80gb"
-    )
+    assert "guestAccelerators" not in body, "A3 comes with its H100; no accelerator is sent"
+    sched = body["scheduling"]
+    assert sched["provisioningModel"] == "SPOT" and sched["instanceTerminationAction"] == "STOP"
+    assert sched["onHostMaintenance"] == "TERMINATE"
     (disk,) = body["disks"]
     assert disk["boot"] and disk["initializeParams"]["sourceImage"].endswith(FAMILY)
     assert disk["initializeParams"]["diskSizeGb"] == "200"
     assert {"key": "install-nvidia-driver", "value": "True"} in body["metadata"]["items"]
+    # Least privilege: a dedicated service account, not the project's default one.
     (sa,) = body["serviceAccounts"]
+    assert sa["email"] == VM_SA
     assert sa["scopes"] == ["https://www.googleapis.com/auth/cloud-platform"]
-    assert body["scheduling"]["onHostMaintenance"] == "TERMINATE"
-    assert "provisioningModel" not in body["scheduling"]
+    (create_sa,) = fake.calls("POST", "^/iam/v1/projects/my-project/serviceAccounts$")
+    assert create_sa.body["accountId"] == "hfgpu-vm"
+    member = f"serviceAccount:{VM_SA}"
+    assert {"role": "roles/artifactregistry.reader", "members": [member]} in bindings(
+        fake, f"/v1/{REPO}:setIamPolicy$"
+    )
+    assert {"role": "roles/logging.logWriter", "members": [member]} in bindings(
+        fake, "^/cloudresourcemanager/v1/projects/my-project:setIamPolicy$"
+    )
+    # gcloud waited on the operation (PENDING -> RUNNING -> DONE): at least two /wait calls.
+    assert len(fake.calls("POST", "/operations/[^/]+/wait$")) >= 2
     assert not fake.unhandled()
-    # The two lines to use next, on stdout.
     ssh, launch = proc.stdout.strip().splitlines()
     assert shlex.split(ssh) == [
-        "gcloud", "compute", "ssh", "gpu-transformers-vm", "--project", "my-project", "--zone", "us-east4-a",
+        "gcloud", "compute", "ssh", "hfgpu-vm", "--project", "my-project", "--zone", "us-east4-a",
     ]  # fmt: skip
     image = "us-east4-docker.pkg.dev/my-project/gpu-transformers/gpu_transformers:0.1.0"
     assert shlex.split(launch) == [
@@ -75,140 +109,294 @@ def test_default_vm_is_one_h100_on_the_deep_learning_image(fake: FakeGcp, tmp_pa
         "--restart-on-preemption",
         "bert",
     ]
-    assert "gcloud auth configure-docker us-east4-docker.pkg.dev --quiet" in proc.stderr
 
-
-def test_spot_l4_with_a_service_account(fake: FakeGcp, tmp_path: Path):
-    ref = "us-east4-docker.pkg.dev/my-project/gpu-transformers/gpu_transformers@sha256:" + "a" * 64
-    proc = run_script(
-        fake, tmp_path, "--name", "l4-box", "--spot", "--machine-type", "g2-standard-8",
-        "--accelerator", "nvidia-l4,count=1", "--service-account", SA, "--boot-disk-size", "300",
-        "--image-ref", ref,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    body = inserts(fake)[0].body
-    assert body["machineType"].endswith("/machineTypes/g2-standard-8")
-    assert body["guestAccelerators"][0]["acceleratorType"].endswith("/nvidia-l4")
-    assert body["disks"][0]["initializeParams"]["diskSizeGb"] == "300"
-    assert body["serviceAccounts"][0]["email"] == SA
-    sched = body["scheduling"]
-    assert sched["provisioningModel"] == "SPOT"
-    assert sched["instanceTerminationAction"] == "STOP"
-    assert sched["onHostMaintenance"] == "TERMINATE"
-    assert proc.stdout.strip().splitlines()[-1].startswith(f"./launch_training.sh --image {ref} ")
-
-
-def test_second_run_reports_the_vm_and_creates_nothing(fake: FakeGcp, tmp_path: Path):
-    assert run_script(fake, tmp_path).returncode == 0
+    # A second run finds everything and changes nothing.
     fake.clear()
     proc = run_script(fake, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert inserts(fake) == []
-    assert "instance: gpu-transformers-vm exists (RUNNING); not recreated" in proc.stderr
-    assert len(proc.stdout.strip().splitlines()) == 2
+    assert fake.mutations() == []
+    assert "instance: hfgpu-vm exists in us-east4-a (RUNNING); not recreated" in proc.stderr
 
 
-def test_grant_reader_binds_the_role_on_the_repository(fake: FakeGcp, tmp_path: Path):
-    fake.repositories[REPO] = {"name": REPO, "format": "DOCKER"}
-    proc = run_script(fake, tmp_path, "--service-account", SA, "--grant-reader")
+def test_zone_fallback_after_a_stockout(fake: FakeGcp, tmp_path: Path):
+    fake.exhausted_zones = {"us-east4-a"}
+    proc = run_script(fake, tmp_path, "--vm-name", "l4-box", "--machine-type", "g2-standard-8", "--spot")
     assert proc.returncode == 0, proc.stderr
-    (set_policy,) = fake.calls("POST", f"/v1/{REPO}:setIamPolicy$")
-    bindings = set_policy.body["policy"]["bindings"]
-    assert {"members": [f"serviceAccount:{SA}"], "role": "roles/artifactregistry.reader"} in bindings
-    # A later run without --grant-reader checks and finds it.
-    fake.clear()
-    proc = run_script(fake, tmp_path, "--service-account", SA)
-    assert f"reader: serviceAccount:{SA} can read gpu-transformers" in proc.stderr
-    assert fake.calls("POST", ":setIamPolicy") == []
-
-
-def test_missing_reader_role_is_a_warning_naming_the_fix(fake: FakeGcp, tmp_path: Path):
-    fake.repositories[REPO] = {"name": REPO, "format": "DOCKER"}
-    proc = run_script(fake, tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    # The project's default Compute Engine service account, read from the Compute API.
+    assert len(inserts(fake, "us-east4-a")) == 1 and len(inserts(fake, "us-east4-b")) == 1
+    assert inserts(fake, "us-east4-c") == []
     assert (
-        "serviceAccount:123456789-compute@developer.gserviceaccount.com has no Artifact Registry role"
+        "instance: us-east4-a has no g2-standard-8 capacity now (stockout); trying the next zone"
         in proc.stderr
     )
-    assert "--grant-reader" in proc.stderr
+    assert "instance: l4-box created in us-east4-b" in proc.stderr
+    assert "projects/my-project/zones/us-east4-b/instances/l4-box" in fake.instances
+    assert "--zone us-east4-b" in proc.stdout.splitlines()[0]
+
+
+def test_every_zone_out_of_stock_is_one_line_naming_them(fake: FakeGcp, tmp_path: Path):
+    fake.exhausted_zones = {"us-east4-a", "us-east4-c"}
+    proc = run_script(fake, tmp_path, "--zones", "us-east4-c,us-east4-a", "--machine-type", "g2-standard-8")
+    err = one_error(proc)
+    assert "no capacity for g2-standard-8 in any zone tried (us-east4-c us-east4-a)" in err
+    assert "--zones" in err
+    assert [r.path.split("/")[6] for r in fake.calls("POST", "/instances$")] == ["us-east4-c", "us-east4-a"]
+    assert fake.instances == {}
+
+
+def test_quota_error_names_the_quota_and_how_to_ask(fake: FakeGcp, tmp_path: Path):
+    fake.quota_exceeded = "NVIDIA_L4_GPUS"
+    err = one_error(run_script(fake, tmp_path, "--machine-type", "g2-standard-8", "--on-demand"))
+    assert "quota NVIDIA_L4_GPUS exceeded in us-east4-a (Limit: 0.0 in region us-east4)" in err
+    assert "console.cloud.google.com/iam-admin/quotas" in err
+
+
+def test_bucket_created_in_the_region_and_bound_to_the_vm_only(fake: FakeGcp, tmp_path: Path):
+    fake.add_service_account(SA)
+    proc = run_script(
+        fake, tmp_path, "--checkpoint-bucket", "gs://my-ckpt/run1", "--service-account", SA,
+        "--machine-type", "g2-standard-8",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (create,) = fake.calls("POST", "^/storage/v1/b$")
+    assert create.body["name"] == "my-ckpt" and create.body["location"] == "us-east4"
+    assert create.body["iamConfiguration"]["uniformBucketLevelAccess"]["enabled"] is True
+    (put,) = fake.calls("PUT", "^/storage/v1/b/my-ckpt/iam$")
+    assert {"role": "roles/storage.objectUser", "members": [f"serviceAccount:{SA}"]} in put.body["bindings"]
+    # --service-account: that identity, no account created; no storage role on the project.
+    assert fake.calls("POST", "/serviceAccounts$") == []
+    project_roles = bindings(fake, "^/cloudresourcemanager/v1/projects/my-project:setIamPolicy$")
+    assert [b["role"] for b in project_roles] == ["roles/logging.logWriter"]
+    assert inserts(fake)[0].body["serviceAccounts"][0]["email"] == SA
+    assert proc.stdout.splitlines()[-1].endswith("--checkpoint-bucket gs://my-ckpt/run1 bert")
+    assert "provisioningModel" not in inserts(fake)[0].body["scheduling"], "g2 runs on demand"
+
+
+def test_races_and_stale_etags_are_retried_not_fatal(fake: FakeGcp, tmp_path: Path):
+    fake.race_create = {"service_account", "bucket", "instance"}
+    fake.stale_etags = 1
+    proc = run_script(
+        fake, tmp_path, "--checkpoint-bucket", "gs://my-ckpt", "--machine-type", "g2-standard-8"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "was created meanwhile; using it" in proc.stderr  # service account
+    assert "bucket: gs://my-ckpt was created meanwhile" in proc.stderr
+    assert "instance: hfgpu-vm was created in us-east4-a meanwhile; not recreated" in proc.stderr
+    assert "changed meanwhile (attempt 1); reading it again" in proc.stderr
+    assert [r.status for r in fake.calls(None, ":setIamPolicy$")][:2] == [409, 200]
+
+
+def test_a_policy_that_keeps_changing_is_one_line(fake: FakeGcp, tmp_path: Path):
+    fake.add_service_account(SA)
+    fake.stale_etags = 3
+    err = one_error(run_script(fake, tmp_path, "--service-account", SA, "--machine-type", "g2-standard-8"))
+    assert "granting roles/artifactregistry.reader on repository gpu-transformers failed: ABORTED" in err
+    assert "run the script again in a minute" in err
+    assert [r.status for r in fake.calls("POST", ":setIamPolicy$")] == [409, 409, 409]
+    assert fake.instances == {}
+
+
+def test_flex_start_and_reservation(fake: FakeGcp, tmp_path: Path):
+    proc = run_script(fake, tmp_path / "a", "--flex-start", "--max-run-duration", "1d12h")
+    assert proc.returncode == 0, proc.stderr
+    sched = inserts(fake)[0].body["scheduling"]
+    assert sched["provisioningModel"] == "FLEX_START"
+    assert sched["maxRunDuration"]["seconds"] == str(36 * 3600)
+    assert sched["instanceTerminationAction"] == "DELETE"
+    fake.clear()
+    proc = run_script(fake, tmp_path / "b", "--vm-name", "h200", "--machine-type", "a3-ultragpu-8g",
+                      "--reservation", "my-h200s")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    affinity = inserts(fake)[0].body["reservationAffinity"]
+    assert affinity["consumeReservationType"] == "SPECIFIC_RESERVATION"
+    assert affinity["values"] == ["my-h200s"]
+
+
+def test_existing_vm_in_another_zone_is_found_not_duplicated(fake: FakeGcp, tmp_path: Path):
+    """After a zone fallback, or from an older release (default name gpu-transformers-vm)."""
+    fake.add_instance("my-project", "us-east4-b", "gpu-transformers-vm", "TERMINATED")
+    fake.add_instance("my-project", "us-east4-c", "someone-else", "RUNNING")
+    proc = run_script(fake, tmp_path, "--machine-type", "g2-standard-8")
+    assert proc.returncode == 0, proc.stderr
+    assert fake.calls("POST", "/instances$") == []
+    assert "instance: using gpu-transformers-vm (the old default name)" in proc.stderr
+    assert "instance: gpu-transformers-vm exists in us-east4-b (TERMINATED); not recreated" in proc.stderr
+    assert shlex.split(proc.stdout.splitlines()[0])[3:] == [
+        "gpu-transformers-vm", "--project", "my-project", "--zone", "us-east4-b",
+    ]  # fmt: skip
+
+
+# Each error Google sends gives one line that names the fix, and changes nothing it should not.
+@pytest.mark.parametrize(
+    ("setup", "args", "expected"),
+    [
+        (lambda f: f.disabled_apis.add("artifactregistry"), [],
+         "enable the API: gcloud services enable artifactregistry.googleapis.com --project my-project"),
+        (lambda f: f.disabled_apis.add("compute"), [],
+         "enable the API: gcloud services enable compute.googleapis.com --project my-project"),
+        (lambda f: f.denied_apis.add("iam"), [], "ask a project owner for roles/iam.serviceAccountAdmin"),
+        (lambda f: f.repositories.clear(), [], "repository: gpu-transformers not found in us-east4 (project "
+         "my-project); run ./build_and_push.sh first"),
+        (lambda f: None, ["--zone", "us-east4-z"],
+         "unknown zone 'us-east4-z' (--zone); pick one from: gcloud compute zones list"),
+        (lambda f: None, ["--image-family", "common-cu118-old"],
+         "unknown image family 'common-cu118-old'; pick a current one: gcloud compute images list"),
+    ],
+    ids=["service-disabled-ar", "service-disabled-compute", "permission-denied", "no-repository",
+         "unknown-zone", "unknown-image-family"],
+)  # fmt: skip
+def test_google_errors_before_any_change_are_one_line(setup, args, expected, fake: FakeGcp, tmp_path: Path):
+    setup(fake)
+    err = one_error(run_script(fake, tmp_path, *args))
+    assert expected in err
+    assert fake.mutations() == []
+
+
+def test_refused_insert_is_one_line_naming_the_fix(fake: FakeGcp, tmp_path: Path):
+    """The Compute API's 400 for a GPU an N1 type cannot take; the account and roles were already
+    in place (idempotent), no VM exists."""
+    err = one_error(
+        run_script(
+            fake, tmp_path, "--machine-type", "n1-standard-8", "--accelerator", "nvidia-h100-80gb,count=1"
+        )
+    )
+    assert "Accelerator type nvidia-h100-80gb cannot be attached to machine type n1-standard-8" in err
+    assert "N1 takes T4/V100/P100/P4" in err
+    assert fake.instances == {}
+
+
+def test_the_fake_refuses_what_google_refuses(fake: FakeGcp, tmp_path: Path):
+    """What the script checks before calling, the fake refuses too: straight from gcloud."""
+    env = {**os.environ, **fake.gcloud_env(tmp_path / "gcloud", "my-project")}
+    base = ["gcloud", "compute", "instances", "create", "vm1", "--zone", "us-east4-a",
+            "--image-family", "debian-12", "--image-project", "debian-cloud"]  # fmt: skip
+    for extra, message in [
+        (["--machine-type", "a3-highgpu-1g"], "a3-highgpu-1g is not available on demand"),
+        (["--machine-type", "g2-standard-8", "--accelerator", "type=nvidia-tesla-t4,count=1"],
+         "comes with 1 x nvidia-l4 attached"),
+        (["--machine-type", "a3-ultragpu-8g", "--provisioning-model", "SPOT"], "specific reservation"),
+    ]:  # fmt: skip
+        proc = subprocess.run([*base, *extra], env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+    assert fake.instances == {}
+    # An operation the API does not know is a 404; an Artifact Registry create is not done at once.
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"{fake.url}/compute/v1/projects/my-project/zones/us-east4-a/operations/nope")
+    assert info.value.code == 404
+    proc = subprocess.run(
+        ["gcloud", "artifacts", "repositories", "create", "r2", "--repository-format", "docker",
+         "--location", "us-east4"], env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    polls = [r.status for r in fake.calls("GET", "/v1/projects/my-project/locations/us-east4/operations/")]
+    assert polls == [200, 200], "gcloud polled the operation until it was done"
+
+
+def test_operation_error_yaml_becomes_one_line():
+    """gcloud prints an operation's error as YAML over several lines (seen; test-environment.md)."""
+    out = (
+        "ERROR: (gcloud.compute.instances.create) Could not fetch resource:\n---\n"
+        "code: ZONE_RESOURCE_POOL_EXHAUSTED\nmessage: The zone 'projects/p/zones/us-east4-a' does not have"
+        " enough resources\n  available to fulfill the request.  Try a different zone, or try again later.\n"
+    )
+    proc = subprocess.run(
+        ["bash", "-c", 'source lib/common.sh; source lib/gcp.sh; gcloud_error "$1"', "-", out],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert proc.stdout == (
+        "ZONE_RESOURCE_POOL_EXHAUSTED: The zone 'projects/p/zones/us-east4-a' does not have enough resources "
+        "available to fulfill the request. Try a different zone, or try again later.\n"
+    )
+
+
+BAD_INPUTS = [
+    (["--dry-run=1"], {}, "--dry-run is an on/off flag and takes no value"),
+    (["--spot=true"], {}, "--spot is an on/off flag and takes no value"),
+    (["--boot-disk-size", "090GB"], {}, "boot disk 090GB is too small"),
+    (["--boot-disk-size", "99TB"], {}, "boot disk 99TB is too large"),
+    (["--boot-disk-size", "lots"], {}, "invalid boot disk size 'lots'"),
+    (["--on-demand"], {}, "a3-highgpu-1g is not offered on demand (only Spot or Flex-start)"),
+    (["--machine-type", "a3-ultragpu-8g"], {}, "offered only through reservations; pass --reservation NAME"),
+    (["--machine-type", "g2-standard-8", "--accelerator", "nvidia-tesla-t4"], {},
+     "g2-standard-8 comes with 1 x nvidia-l4 attached; leave out --accelerator"),
+    (["--spot", "--flex-start"], {}, "--flex-start conflicts with --spot"),
+    (["--flex-start", "--max-run-duration", "9d"], {}, "--max-run-duration must be from 10m to 7d"),
+    (["--max-run-duration", "1d"], {}, "--max-run-duration goes with --flex-start"),
+    (["--vm-name", "My_VM"], {}, "invalid VM name 'My_VM' (--vm-name)"),
+    ([], {"VM_NAME": "Bad Name"}, "invalid VM name 'Bad Name' (VM_NAME from the environment)"),
+    ([], {"ZONE": "us-east4"}, "invalid zone 'us-east4' (ZONE from the environment)"),
+    (["--zones", "us-east4-a,nope"], {}, "invalid zone 'nope' in --zones"),
+    (["--accelerator", "nvidia-tesla-t4,count=3"], {}, "count must be 1, 2, 4, 8 or 16"),
+    (["--checkpoint-bucket", "s3://b/p"], {}, "invalid checkpoint bucket 's3://b/p' (--checkpoint-bucket)"),
+    ([], {"CHECKPOINT_BUCKET": "gs://Bad_Bucket/x"},
+     "invalid bucket name 'Bad_Bucket' (CHECKPOINT_BUCKET from the environment)"),
+    (["--service-account", "bob"], {}, "invalid service account 'bob'"),
+    (["--project", "Nope"], {}, "invalid project id 'Nope'"),
+    (["--tag", "-bad"], {}, "invalid tag '-bad'"),
+    (["--wat"], {}, "unknown option --wat"),
+    (["--vm-name"], {}, "--vm-name needs a value"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "env", "message"), BAD_INPUTS, ids=[m[:40] for *_, m in BAD_INPUTS])
+def test_bad_input_is_one_line_and_sends_nothing(args, env, message, fake: FakeGcp, tmp_path: Path):
+    proc = run_script(fake, tmp_path, *args, **env)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == error_lines(proc), "one line, and nothing else"
+    assert message in error_lines(proc)[0]
+    assert fake.requests == [] and proc.stdout == ""
+
+
+def test_old_flags_still_work_with_a_deprecation_line(fake: FakeGcp, tmp_path: Path):
+    proc = run_script(
+        fake, tmp_path, "--dry-run", "--name", "old-vm", "--image", "other_image", "--grant-reader"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "--name is deprecated" in proc.stderr and "use --vm-name" in proc.stderr
+    assert "use --image-name NAME" in proc.stderr
+    assert "--grant-reader is deprecated" in proc.stderr
+    assert "gcloud compute instances create old-vm " in proc.stdout
+    assert "/gpu-transformers/other_image:0.1.0" in proc.stderr
 
 
 def test_dry_run_prints_the_commands_and_sends_nothing(fake: FakeGcp, tmp_path: Path):
-    proc = run_script(fake, tmp_path, "--dry-run", "--spot", "--grant-reader", "--service-account", SA)
+    proc = run_script(fake, tmp_path, "--dry-run", "--checkpoint-bucket", "gs://b-1/p")
     assert proc.returncode == 0, proc.stderr
     commands = [shlex.split(line) for line in proc.stdout.splitlines() if not line.startswith("#")]
-    assert [c[:4] for c in commands[:3]] == [
-        ["gcloud", "compute", "instances", "describe"],
-        ["gcloud", "compute", "instances", "create"],
-        ["gcloud", "artifacts", "repositories", "add-iam-policy-binding"],
+    assert [c[1:4] for c in commands] == [
+        ["iam", "service-accounts", "create"],
+        ["artifacts", "repositories", "add-iam-policy-binding"],
+        ["projects", "add-iam-policy-binding", "my-project"],
+        ["storage", "buckets", "create"],
+        ["storage", "buckets", "add-iam-policy-binding"],
+        ["compute", "instances", "list"],
+        ["compute", "instances", "create"],
     ]
-    create = commands[1]
+    create = commands[-1]
     for flag, value in [
         ("--provisioning-model", "SPOT"),
         ("--instance-termination-action", "STOP"),
         ("--maintenance-policy", "TERMINATE"),
         ("--image-project", "deeplearning-platform-release"),
-        ("--metadata", "install-nvidia-driver=True"),
-        ("--accelerator", "type=nvidia-h100-80gb,count=1"),
-        ("--service-account", SA),
+        ("--service-account", VM_SA),
+        ("--boot-disk-size", "200GB"),
     ]:
         assert create[create.index(flag) + 1] == value
+    assert "--accelerator" not in create
     assert fake.requests == []
 
 
-def test_create_failure_is_one_line_with_the_fix(fake: FakeGcp, tmp_path: Path):
-    fake.fail_create = (
-        403,
-        "QUOTA_EXCEEDED",
-        "Quota 'NVIDIA_H100_GPUS' exceeded. Limit: 0.0 in region us-east4.",
-    )
-    proc = run_script(fake, tmp_path)
-    assert proc.returncode == 1
-    (err,) = error_lines(proc)
-    assert "instance: creating gpu-transformers-vm failed:" in err and "NVIDIA_H100_GPUS" in err
-    assert "--spot" in err and "g2-standard-8" in err
-    assert proc.stdout == ""
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--name", "My_VM"], "invalid instance name 'My_VM'"),
-        (["--zone", "us-east4"], "invalid zone 'us-east4'"),
-        (["--machine-type", "A3 big"], "invalid machine type 'A3 big'"),
-        (["--accelerator", "h100"], "invalid --accelerator 'h100'"),
-        (["--accelerator", "nvidia-l4,count=3"], "count must be 1, 2, 4, 8 or 16"),
-        (["--accelerator", "nvidia-l4,size=3"], "unknown key 'size'"),
-        (["--boot-disk-size", "50GB"], "boot disk 50GB is too small"),
-        (["--boot-disk-size", "lots"], "invalid boot disk size 'lots'"),
-        (["--service-account", "bob"], "invalid service account 'bob'"),
-        (["--project", "Nope"], "invalid project id 'Nope'"),
-        (["--tag", "-bad"], "invalid tag '-bad'"),
-        (["--wat"], "unknown argument '--wat'"),
-    ],
-)
-def test_bad_input_is_one_line_and_sends_nothing(args, message, fake: FakeGcp, tmp_path: Path):
-    proc = run_script(fake, tmp_path, *args)
-    assert proc.returncode == 1
-    assert proc.stderr.splitlines() == error_lines(proc)
-    assert message in error_lines(proc)[0]
-    assert fake.requests == [] and proc.stdout == ""
-
-
 def test_not_authenticated_and_no_project(fake: FakeGcp, tmp_path: Path):
-    proc = run_script(fake, tmp_path / "a", token=None)
-    assert proc.returncode == 1
-    assert "preflight: gcloud is not authenticated" in error_lines(proc)[0]
-    proc = run_script(fake, tmp_path / "b", project=None)
-    assert proc.returncode == 1
-    assert "no project set; pass --project ID" in error_lines(proc)[0]
+    err = one_error(run_script(fake, tmp_path / "a", token=None))
+    assert "preflight: gcloud is not authenticated" in err
+    err = one_error(run_script(fake, tmp_path / "b", project=None))
+    assert "no project set; pass --project ID" in err
     assert fake.requests == []
 
 
 def test_help_prints_the_header():
     proc = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.startswith("Summary: create a Compute Engine GPU VM")
-    for flag in ("--name", "--zone", "--machine-type", "--accelerator", "--boot-disk-size",
-                 "--service-account", "--spot", "--dry-run", "g2-standard-8"):  # fmt: skip
+    for flag in ("--vm-name", "--zone", "--zones", "--machine-type", "--accelerator", "--boot-disk-size",
+                 "--service-account", "--spot", "--flex-start", "--reservation", "--checkpoint-bucket",
+                 "--dry-run", "g2-standard-8"):  # fmt: skip
         assert flag in proc.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -78,11 +79,15 @@ def test_files_written_under_user_belong_to_that_user(image, tmp_path, uid):
         image.tag,
         "bash",
         "-c",
-        'echo hi > /volume/out.txt && echo "$HOME" && python3 -c "import pathlib; pathlib.Path.home()"',
+        'echo hi > /volume/out.txt && echo "$HOME" && touch "$HOME/.probe" && '
+        "python3 -c \"import pathlib; (pathlib.Path.home() / '.py-probe').write_text('ok')\"",
         user=f"{uid}:{uid + 1}",
         volume=volume,
     )
+    # A user with no passwd entry still gets a HOME it can write (tools write to ~).
     assert proc.returncode == 0, proc.stderr
+    home = proc.stdout.strip().splitlines()[-1]
+    assert home not in ("", "/") and not home.startswith("/volume"), home
     stat = (volume / "out.txt").stat()
     assert (stat.st_uid, stat.st_gid) == (uid, uid + 1)
     # The HF cache folder the entrypoint made belongs to the caller too.
@@ -131,11 +136,41 @@ def test_pip_constraints_guard_locked_versions(image):
 
 
 def test_no_build_secret_in_any_layer_history_or_config(image, tmp_path):
-    """The CA bundle secret carried a canary; nothing of it may be stored."""
+    """The CA bundle secret carried a canary; nothing of it may be stored. The session's image may
+    come from BuildKit's cache (its secret steps then never saw this canary): the test below builds
+    a secret step that certainly runs."""
     assert CANARY not in docker("history", "--no-trunc", image.tag).stdout
     assert CANARY not in docker("image", "inspect", image.tag).stdout
     found = stream_contains(["save", image.tag], CANARY.encode())
     assert not found, "the build secret leaked into a layer"
+
+
+def test_build_secret_canary_enters_a_step_that_runs_and_leaves_no_trace(engine, tmp_path, canary_bundle):
+    """The real Dockerfile up to its first secret-mounting RUN, with a nonce in the file that step's
+    COPY brings in: that step cannot come from the cache, so the canary certainly entered it."""
+    context = tmp_path / "context"
+    shutil.copytree(ROOT / "build_image", context / "build_image")
+    shutil.copy(ROOT / ".dockerignore", context / ".dockerignore")
+    dockerfile = (ROOT / "build_image" / "Dockerfile").read_text()
+    start = dockerfile.index("RUN --mount=type=secret")
+    cut = dockerfile.index("\n\n", start)
+    (context / "build_image" / "Dockerfile").write_text(dockerfile[:cut] + "\n")
+    copied = re.findall(r"^COPY (build_image/\S+)", dockerfile[:start], re.M)[-1]
+    with open(context / copied, "a") as f:
+        f.write(f"# nonce {uuid.uuid4().hex}: this build's secret step must run\n")
+    tag = f"hfgpu-canary:{uuid.uuid4().hex[:8]}"
+    try:
+        result = build_image(tag, context=context, secret_file=canary_bundle)
+        steps = re.findall(r"^#(\d+) \[[^\]]*\] RUN --mount=type=secret", result.log, re.M)
+        assert steps, result.log[-3000:]
+        step = steps[-1]
+        assert f"#{step} CACHED" not in result.log, "the secret step came from the cache"
+        assert re.search(rf"^#{step} DONE", result.log, re.M), result.log[-3000:]
+        assert CANARY not in docker("history", "--no-trunc", tag).stdout
+        assert CANARY not in docker("image", "inspect", tag).stdout
+        assert not stream_contains(["save", tag], CANARY.encode()), "the build secret leaked into a layer"
+    finally:
+        docker("image", "rm", "--force", tag, check=False)
 
 
 def stream_contains(args: list[str], needle: bytes) -> bool:

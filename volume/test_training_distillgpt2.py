@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 
 import trainkit
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, default_data_collator
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, default_data_collator
 
 
 @dataclass
@@ -43,6 +43,10 @@ class ModelArguments:
     )
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa (default), eager, ..."})
+    fast_gelu: bool = field(
+        default=True,
+        metadata={"help": "Run GPT-2's gelu_new as gelu_pytorch_tanh: the same function, in one kernel."},
+    )
 
 
 @dataclass
@@ -65,13 +69,23 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args) ->
         trainkit.require_columns(split, data_args.text_column)
     model_name = model_args.model_name_or_path
     tokenizer = trainkit.from_pretrained(AutoTokenizer, model_args.tokenizer_name or model_name)
+    config = trainkit.from_pretrained(AutoConfig, model_name)
+    extra = {}
+    if model_args.fast_gelu and getattr(config, "activation_function", None) == "gelu_new":
+        # gelu_new is the tanh approximation of GELU written as about eight elementwise kernels;
+        # PyTorch's gelu(approximate="tanh") is the same formula in one (transformers'
+        # activations.py: PytorchGELUTanh). tests/test_training.py checks outputs and loss agree.
+        extra["activation_function"] = "gelu_pytorch_tanh"
     model = trainkit.from_pretrained(
-        AutoModelForCausalLM, model_name, attn_implementation=model_args.attn_implementation
+        AutoModelForCausalLM, model_name, attn_implementation=model_args.attn_implementation, **extra
     )
     block_size = min(data_args.block_size or 1024, tokenizer.model_max_length)
 
     def tokenize(batch):
-        return tokenizer(batch[data_args.text_column])
+        # No attention_mask: in a packed block every token is real, so the mask would be all ones,
+        # and transformers then checks it on every forward pass (masking_utils._ignore_causal_mask_sdpa:
+        # `fast_all(padding_mask)`, a GPU-to-host sync) before taking SDPA's causal path anyway.
+        return tokenizer(batch[data_args.text_column], return_attention_mask=False)
 
     def group_texts(batch):
         """Concatenate every text of the batch and cut it into full blocks (the remainder is dropped)."""
@@ -99,7 +113,9 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args) ->
     trainer = Trainer(
         model=model,
         args=training_args,
-        train_dataset=data["train"] if training_args.do_train else None,
+        train_dataset=trainkit.fixed_batches(data["train"], training_args)
+        if training_args.do_train
+        else None,
         eval_dataset=data["validation"] if training_args.do_eval else None,
         processing_class=tokenizer,
         data_collator=default_data_collator,
@@ -112,7 +128,11 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args) ->
 
 
 def parse_args(argv):
-    return trainkit.parse((ModelArguments, DataArguments), argv)
+    # On a GPU, 16 blocks of 1024 tokens per device (Trainer's default is 8), learning rate
+    # unchanged (Trainer's 5e-5): a recipe change for throughput, see docs/gpu-throughput.md.
+    return trainkit.parse(
+        (ModelArguments, DataArguments), argv, gpu_defaults={"per_device_train_batch_size": 16}
+    )
 
 
 if __name__ == "__main__":

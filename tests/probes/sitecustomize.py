@@ -1,0 +1,130 @@
+"""Test-only hooks for the training programs, loaded only by the tests.
+
+The tests mount tests/probes at /probes and put it first on PYTHONPATH
+(PYTHONPATH=/probes:/app); Python's `site` then imports this module at start-up, in
+every process (torchrun's workers too). Nothing here is in the image. Each hook is off
+unless its environment variable is set:
+
+TRAINKIT_TEST_STEP_DELAY=SECONDS   sleep at each step end (a tiny model trains faster than
+                                   a signal arrives).
+TRAINKIT_TEST_HANG_AT_SAVE=STEP    hang inside the save of checkpoint-STEP, after Trainer has
+                                   written it and before trainkit writes its completion marker.
+TRAINKIT_TEST_WAIT_BEFORE_TRAIN=S  sleep S seconds just before training starts (outside the
+                                   training loop), after logging "waiting before training".
+TRAINKIT_TEST_LINGER_AT_EXIT=S     at exit, do what Python's finalization does to signal
+                                   handlers (a Python-level handler goes back to SIG_DFL; an
+                                   ignored signal stays ignored), log "lingering at exit", then
+                                   sleep S seconds: the window in which torch's teardown runs.
+TRAINKIT_TEST_FAIL_RENAMES_UNDER=DIR  os.rename, os.replace, os.renames and shutil.move raise
+                                   OSError(EXDEV) for any path under DIR, as a bucket mount may.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import importlib.abc
+import os
+import shutil
+import signal
+import sys
+import time
+
+
+def _after_import(name: str, patch) -> None:
+    """Run PATCH(module) right after module NAME is imported (a meta-path finder wraps its loader)."""
+
+    class Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path, target=None):
+            if fullname != name:
+                return None
+            sys.meta_path.remove(self)
+            try:
+                from importlib.util import find_spec
+
+                spec = find_spec(fullname)
+            finally:
+                sys.meta_path.insert(0, self)
+            if spec is None or spec.loader is None:
+                return spec
+            original = spec.loader.exec_module
+
+            def exec_module(module):
+                original(module)
+                patch(module)
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, Finder())
+
+
+def _patch_trainkit(trainkit) -> None:
+    from transformers import TrainerCallback
+
+    delay = float(os.environ.get("TRAINKIT_TEST_STEP_DELAY", "0"))
+    hang_at = int(os.environ.get("TRAINKIT_TEST_HANG_AT_SAVE", "-1"))
+    wait = float(os.environ.get("TRAINKIT_TEST_WAIT_BEFORE_TRAIN", "0"))
+
+    class TestHooks(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if delay:
+                time.sleep(delay)
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == hang_at:
+                trainkit.log.warning("test hook: hanging before the marker of step %d", state.global_step)
+                time.sleep(3600)
+
+    make_resilient = trainkit.make_resilient
+    resume_checkpoint = trainkit.resume_checkpoint
+
+    def with_hooks(trainer):
+        trainer.add_callback(TestHooks())  # before trainkit's: its on_save runs before the marker
+        make_resilient(trainer)
+
+    def waiting(training_args):
+        trainkit.log.warning("test hook: waiting before training (%g s)", wait)
+        time.sleep(wait)
+        return resume_checkpoint(training_args)
+
+    trainkit.make_resilient = with_hooks
+    if wait:
+        trainkit.resume_checkpoint = waiting
+
+
+def _linger_at_exit(seconds: float) -> None:
+    def linger():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if callable(signal.getsignal(sig)):
+                signal.signal(sig, signal.SIG_DFL)
+        print("test hook: lingering at exit", file=sys.stderr, flush=True)
+        time.sleep(seconds)
+
+    atexit.register(linger)  # registered first: runs last, after the program's own handlers
+
+
+def _fail_renames(root: str) -> None:
+    root = os.path.realpath(root)
+
+    def under(path) -> bool:
+        real = os.path.realpath(os.fspath(path))
+        return real == root or real.startswith(root + os.sep)
+
+    def guard(original):
+        def renamer(src, dst, *args, **kwargs):
+            if under(src) or under(dst):
+                raise OSError(errno.EXDEV, "test hook: renames fail under " + root, os.fspath(src))
+            return original(src, dst, *args, **kwargs)
+
+        return renamer
+
+    os.rename, os.replace, os.renames = guard(os.rename), guard(os.replace), guard(os.renames)
+    shutil.move = guard(shutil.move)
+
+
+if os.environ.get("TRAINKIT_TEST_FAIL_RENAMES_UNDER"):
+    _fail_renames(os.environ["TRAINKIT_TEST_FAIL_RENAMES_UNDER"])
+if float(os.environ.get("TRAINKIT_TEST_LINGER_AT_EXIT", "0")):
+    _linger_at_exit(float(os.environ["TRAINKIT_TEST_LINGER_AT_EXIT"]))
+_after_import("trainkit", _patch_trainkit)
