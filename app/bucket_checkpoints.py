@@ -72,7 +72,7 @@ class BucketUrl:
 
 def parse_url(url: str) -> BucketUrl:
     """Check URL (gs://BUCKET[/PATH]); a trainkit.UserError names the rule it breaks and the fix."""
-    where = f"{ENV}={url!r}"
+    where = f"{ENV}={url}" if url.isprintable() and " " not in url else f"{ENV}={url!r}"
     if not url.startswith("gs://"):
         raise trainkit.UserError(f"{where} is not a Cloud Storage URL: write gs://BUCKET/PATH ({_EXAMPLE})")
     bucket, _, path = url[len("gs://") :].partition("/")
