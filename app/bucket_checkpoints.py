@@ -306,7 +306,7 @@ def finish(trainer) -> None:
     started = time.monotonic()
     try:
         for folder in dict.fromkeys([out, model_dir]):  # the model folder last: its files win
-            for path in sorted(folder.iterdir()):
+            for path in sorted(folder.iterdir()) if folder.is_dir() else []:
                 if path.name.startswith(".") or _CHECKPOINT_RE.match(path.name) or path == model_dir:
                     continue
                 if path.is_dir():
