@@ -333,6 +333,7 @@ class BucketSync(TrainerCallback):
         self.seq = itertools.count()
         self.thread: threading.Thread | None = None
         self.upload_seconds = 0.0
+        self.snapshot_seconds = 0.0  # time the training loop spent in on_save (hard links)
 
     def on_save(self, args, state, control, **kwargs):
         # Runs after trainkit's Preemption.on_save (added before us), which writes the marker.
@@ -341,15 +342,27 @@ class BucketSync(TrainerCallback):
         folder = Path(args.output_dir, f"checkpoint-{state.global_step}")
         if not (folder / trainkit.COMPLETE_MARKER).is_file():
             return
+        started = time.monotonic()
         snapshot = Path(args.output_dir, STAGING_DIR, f"{folder.name}.{next(self.seq)}")
         _link_tree(folder, snapshot)  # local rotation may delete FOLDER while we upload
+        self.snapshot_seconds += time.monotonic() - started
         if self.thread is None:
             self.thread = threading.Thread(target=self._work, name="bucket-upload", daemon=True)
             self.thread.start()
         self.jobs.put((state.global_step, snapshot))
 
     def on_train_end(self, args, state, control, **kwargs):
+        started = time.monotonic()
         self.wait()
+        if args.should_save:
+            log.info(
+                "bucket: training waited %.2f s for uploads (snapshots %.2f s, at the end %.2f s); "
+                "uploading took %.1f s in the background",
+                self.snapshot_seconds + time.monotonic() - started,
+                self.snapshot_seconds,
+                time.monotonic() - started,
+                self.upload_seconds,
+            )
 
     def wait(self) -> None:
         """Block until the queued uploads are done; a stop signal meanwhile waits its turn."""
