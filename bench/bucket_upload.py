@@ -197,14 +197,13 @@ def table(opts: Options, rows: dict[str, list[dict[str, float]]]) -> str:
     alone = [r["train_runtime"] for r in rows["without"]]
     spread = max(alone) - min(alone)
     diff = med("with", "train_runtime") - med("without", "train_runtime")
-    verdict = "within" if abs(diff) <= spread else "larger than"
     lines += [
         "",
         f"What the uploads cost the training loop (median): **{med('with', 'waited'):.2f} s** for {saves} "
         "checkpoints (hard-link snapshots in `on_save` plus the wait for the last upload at the end), "
         f"while uploading took {med('with', 'upload'):.1f} s in the background. The medians of "
-        f"train_runtime differ by {diff:+.1f} s, {verdict} this machine's run-to-run noise "
-        f"({spread:.1f} s between the runs without a bucket).",
+        f"train_runtime differ by {diff:+.1f} s (the runs without a bucket differ by {spread:.1f} s among "
+        "themselves): whole-run times also move with whatever else the machine runs.",
     ]
     return "\n".join(lines)
 
