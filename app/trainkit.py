@@ -293,6 +293,9 @@ def cli(main: Callable[..., int], parse_args: Callable[[Sequence[str]], tuple], 
     """Run MAIN on the parsed ARGV; user mistakes and stop signals become exit codes."""
     install_signal_handlers()
     try:
+        if bucket := _bucket():  # CHECKPOINT_BUCKET: one line if bad or unreachable; then mirrored
+            bucket.check_environment()
+            CALLBACKS.append(bucket.attach)
         return main(*parse_args(argv))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -654,9 +657,20 @@ def train_and_evaluate(
         trainer.log_metrics("eval", metrics)
         if trainer.is_world_process_zero():
             save_metrics(model_dir, "eval", metrics)
+    if bucket := _bucket():
+        bucket.finish(trainer)  # the final model and results to CHECKPOINT_BUCKET
     _write_status("finished")
     ignore_stop_signals()
     return 0
+
+
+def _bucket():
+    """app/bucket_checkpoints.py when CHECKPOINT_BUCKET is set (checkpoints mirrored to Cloud Storage)."""
+    if not os.environ.get("CHECKPOINT_BUCKET"):
+        return None
+    import bucket_checkpoints
+
+    return bucket_checkpoints
 
 
 def save_metrics(folder: str, split: str, metrics: dict) -> None:
