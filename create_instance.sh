@@ -343,7 +343,6 @@ ensure_bucket() {
   [[ $GCP_STATE == exists ]] || return 0
   where=$(tail -n1 <<<"$GCP_OUT")
   where=${where,,}
-  [[ -z $where ]] && return 0 # created meanwhile: the create's output holds no location
   log "bucket: gs://$BUCKET exists ($where)"
   [[ $where == "$region" ]] ||
     warn "bucket: gs://$BUCKET is in $where, not in the VM's region $region: uploads cross regions (slower," \

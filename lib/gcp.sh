@@ -136,6 +136,8 @@ gcp_describe_or_create() {
   elif grep -qE "$GCP_EXISTS_RE" <<<"$GCP_OUT"; then
     log "$step: $what was created meanwhile; using it"
     GCP_STATE=exists
+    # GCP_OUT is what the describe says, as when the resource was there from the start.
+    GCP_OUT=$("${GCP_DESCRIBE[@]}" 2>&1) || gcp_fail "$step: cannot read $what" "$GCP_OUT" "$api" "$role"
   else
     gcp_fail "$step: creating $what failed" "$GCP_OUT" "$api" "$role"
   fi
