@@ -659,7 +659,8 @@ def test_cloudbuild_uses_the_same_build_args_and_tags_as_the_script(
     proc = run_script(script_env(fake, tmp_path, bindir), "--dry-run", root=checkout)
     assert proc.returncode == 0, proc.stderr
     lines = [shlex.split(line) for line in proc.stdout.splitlines() if not line.startswith("#")]
-    script_build = lines[0][lines[0].index("build") :]
+    (build_line,) = [argv for argv in lines if argv[2:4] == ["docker", "build"]]
+    script_build = build_line[build_line.index("build") :]
     script_pushes = [argv[2] for argv in lines if argv[:2] == ["docker", "push"]]
 
     head = checkout_head(checkout)
