@@ -18,7 +18,8 @@
 #                         the last line on stdout is the local reference IMAGE:TAG
 #   --dry-run             print every command, quoted, and change nothing
 #
-# Steps: preflight, build, repository, auth, push. Configuration: flags, then the
+# Steps: preflight, repository (before the build, as in cloudbuild.yaml: a disabled API or a
+# missing role shows at once), build, auth, push. Configuration: flags, then the
 # environment, then ./.env (or CONFIG_FILE), then defaults (names in parentheses).
 # Tags: TAG, sha-<commit>, latest (pushed in that order: latest moves only when the others
 # landed). A dirty checkout (build_image/, app/ or lib/kv.sh changed, or untracked files in
@@ -139,9 +140,8 @@ ensure_repository() {
   GCP_CREATE=(gcloud artifacts repositories create "$REPO_NAME" --project "$PROJECT"
     --location "$LOCATION" --repository-format docker
     --description "hfgpu training images" --quiet)
-  gcp_describe_or_create repository "$REPO_NAME in $LOCATION" \
-    "enable the API (gcloud services enable artifactregistry.googleapis.com) and check your role" \
-    "(roles/artifactregistry.admin to create)"
+  gcp_describe_or_create repository "$REPO_NAME in $LOCATION" artifactregistry.googleapis.com \
+    "roles/artifactregistry.admin (to create the repository; roles/artifactregistry.writer to push)"
   case $GCP_STATE in
     exists)
       local fmt
@@ -277,6 +277,7 @@ main() {
     fi
   done
 
+  [[ $NO_PUSH == 1 ]] || ensure_repository
   build "${refs[@]}"
   if [[ $NO_PUSH == 1 ]]; then
     log "build: tagged ${refs[*]}; --no-push: nothing pushed"
@@ -286,7 +287,6 @@ main() {
   host=$(registry_host)
   PUSH_LOG=$(mktemp)
   trap 'rm -f "$PUSH_LOG"' EXIT
-  ensure_repository
   configure_docker "$host"
   push "${refs[@]}"
 }

@@ -166,17 +166,13 @@ parse_bucket() {
 }
 
 validate_inputs() {
-  [[ $VM_NAME =~ ^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$ ]] ||
-    die "invalid VM name '$VM_NAME' ($(config_origin VM_NAME)): use 1-63 lowercase letters, digits and hyphens," \
-      "starting with a letter and not ending with a hyphen"
-  [[ $ZONE =~ ^[a-z]+-[a-z]+[0-9]+-[a-z]$ ]] ||
-    die "invalid zone '$ZONE' ($(config_origin ZONE)): use a zone like us-east4-a (region plus a letter)"
+  validate_vm_name "$VM_NAME" "$(config_origin VM_NAME)"
+  validate_zone "$ZONE" "$(config_origin ZONE)"
   local zone
   if [[ -n $ZONES_FLAG ]]; then
     IFS=, read -ra ZONES <<<"$ZONES_FLAG"
     for zone in "${ZONES[@]}"; do
-      [[ $zone =~ ^[a-z]+-[a-z]+[0-9]+-[a-z]$ ]] ||
-        die "invalid zone '$zone' in --zones: use zones like us-east4-a,us-east4-b"
+      validate_zone "$zone" --zones
     done
     ZONE=${ZONES[0]}
   fi
@@ -190,13 +186,13 @@ validate_inputs() {
   [[ -z $RESERVATION || $RESERVATION =~ ^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$ ]] ||
     die "invalid reservation name '$RESERVATION': use the name gcloud compute reservations list shows"
   parse_bucket
-  validate_location "$LOCATION"
-  validate_repo "$REPO_NAME"
-  validate_image "$IMAGE_NAME"
-  validate_tag "$TAG"
+  validate_location "$LOCATION" "$(config_origin LOCATION)"
+  validate_repo "$REPO_NAME" "$(config_origin REPO_NAME)"
+  validate_image "$IMAGE_NAME" "$(config_origin IMAGE_NAME)"
+  validate_tag "$TAG" "$(config_origin TAG)"
   config_default_project
   [[ -n $PROJECT ]] || die "preflight: no project set; pass --project ID or run: gcloud config set project ID"
-  validate_project "$PROJECT"
+  validate_project "$PROJECT" "$(config_origin PROJECT)"
 }
 
 # choose_offer: check MACHINE_TYPE, its GPUs and the provisioning model against how Google offers
@@ -250,33 +246,6 @@ set_provisioning() {
   PROVISIONING=$1
 }
 
-preflight() {
-  log "preflight: checking gcloud"
-  need_cmd gcloud "preflight: install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install) or run this in" \
-    "Cloud Shell"
-  gcloud auth print-access-token --quiet >/dev/null 2>&1 ||
-    die "preflight: gcloud is not authenticated; run: gcloud auth login (Cloud Shell: authorize when asked)"
-}
-
-# api_fix OUT API ROLE: the fix for a gcloud failure OUT, for error lines: enabling the API,
-# or the role to ask for, or (else) empty.
-api_fix() {
-  if grep -qE 'SERVICE_DISABLED|has not been used in project|is disabled|not enabled' <<<"$1"; then
-    printf 'enable the API: gcloud services enable %s --project %s\n' "$2" "$PROJECT"
-  elif grep -qE 'PERMISSION_DENIED|Permission .* denied|does not have .* access|HTTPError 403' <<<"$1"; then
-    printf 'ask a project owner for %s\n' "$3"
-  elif grep -qE 'ABORTED|concurrent policy changes|subject of a conflict' <<<"$1"; then
-    printf 'someone else keeps changing this policy: run the script again in a minute\n'
-  else
-    printf 'run again with HFGPU_DEBUG=1 to see the gcloud command and its whole answer\n'
-  fi
-}
-
-# fail WHAT OUT API ROLE: die with gcloud's error OUT on one line and the fix.
-fail() {
-  die "$1: $(gcloud_error "$2"); $(api_fix "$2" "$3" "$4")"
-}
-
 # image_ref: the reference the VM will run.
 image_ref() {
   printf '%s\n' "${IMAGE_REF:-${CONTAINER_NAME:-$(registry_image)}}"
@@ -296,17 +265,12 @@ check_repository() {
     log "repository: $ref is not in Artifact Registry; no reader role is granted"
     return 0
   fi
-  [[ $DRY_RUN == 1 ]] && return 0
-  log "repository: checking $AR_REPO in $AR_LOCATION"
-  if ! out=$(gcloud artifacts repositories describe "$AR_REPO" --project "$AR_PROJECT" --location "$AR_LOCATION" \
-    --format 'value(name)' 2>&1); then
-    if grep -qE 'NOT_FOUND|not found|was not found' <<<"$out"; then
-      die "repository: $AR_REPO not found in $AR_LOCATION (project $AR_PROJECT); run ./build_and_push.sh first, or" \
-        "pass the --image your build printed"
-    fi
-    fail "repository: cannot read $AR_REPO in $AR_LOCATION" "$out" artifactregistry.googleapis.com \
-      "roles/artifactregistry.reader on the repository"
-  fi
+  GCP_DESCRIBE=(gcloud artifacts repositories describe "$AR_REPO" --project "$AR_PROJECT" --location "$AR_LOCATION"
+    --format 'value(name)')
+  GCP_CREATE=()
+  gcp_describe_or_create repository "$AR_REPO in $AR_LOCATION (project $AR_PROJECT)" \
+    artifactregistry.googleapis.com "roles/artifactregistry.reader on the repository" \
+    "run ./build_and_push.sh first, or pass the --image your build printed"
 }
 
 # check_zone_and_image: the zone and the image family exist (read-only; before any change).
@@ -318,122 +282,71 @@ check_zone_and_image() {
     grep -qE 'was not found|NOT_FOUND' <<<"$out" &&
       die "unknown zone '$zone' ($(config_origin ZONE)${ZONES_FLAG:+ or --zones}); pick one from: gcloud compute" \
         "zones list"
-    fail "preflight: cannot read zone $zone" "$out" compute.googleapis.com "roles/compute.viewer"
+    gcp_fail "preflight: cannot read zone $zone" "$out" compute.googleapis.com "roles/compute.viewer"
   done
   out=$(gcloud compute images describe-from-family "$IMAGE_FAMILY" --project "$IMAGE_PROJECT" \
     --format 'value(name)' 2>&1) && return 0
   grep -qE 'was not found|NOT_FOUND' <<<"$out" &&
     die "unknown image family '$IMAGE_FAMILY'; pick a current one: gcloud compute images list --project" \
       "$IMAGE_PROJECT --no-standard-images"
-  fail "preflight: cannot read image family $IMAGE_FAMILY" "$out" compute.googleapis.com "roles/compute.viewer"
+  gcp_fail "preflight: cannot read image family $IMAGE_FAMILY" "$out" compute.googleapis.com "roles/compute.viewer"
 }
 
 # ensure_service_account: the dedicated service account (unless --service-account), created when
 # missing; a concurrent create (409) counts as found.
 ensure_service_account() {
-  local email=${SERVICE_ACCOUNT:-$VM_SA_ID@$PROJECT.iam.gserviceaccount.com} out
+  local email=${SERVICE_ACCOUNT:-$VM_SA_ID@$PROJECT.iam.gserviceaccount.com}
   SA_MEMBER=serviceAccount:$email
   SERVICE_ACCOUNT=$email
-  if [[ $DRY_RUN == 1 ]]; then
-    printf '# only when the service account is missing:\n'
-    quote_cmd gcloud iam service-accounts create "$VM_SA_ID" --project "$PROJECT" \
-      --display-name "hfgpu training VM"
-    return 0
-  fi
-  if out=$(gcloud iam service-accounts describe "$email" --project "$PROJECT" --format 'value(email)' 2>&1); then
-    log "service account: $email exists"
-    return 0
-  fi
-  grep -qE 'NOT_FOUND|not found|Unknown service account' <<<"$out" ||
-    fail "service account: cannot read $email" "$out" iam.googleapis.com "roles/iam.serviceAccountAdmin"
-  [[ $email == "$VM_SA_ID@$PROJECT.iam.gserviceaccount.com" ]] ||
-    die "service account: $email does not exist; create it, or leave out --service-account to use $VM_SA_ID"
-  log "service account: creating $email"
-  if ! out=$(gcloud iam service-accounts create "$VM_SA_ID" --project "$PROJECT" \
-    --display-name "hfgpu training VM" 2>&1); then
-    grep -qE 'ALREADY_EXISTS|already exists' <<<"$out" ||
-      fail "service account: creating $email failed" "$out" iam.googleapis.com "roles/iam.serviceAccountAdmin"
-    log "service account: $email was created meanwhile; using it"
-  fi
+  GCP_DESCRIBE=(gcloud iam service-accounts describe "$email" --project "$PROJECT" --format 'value(email)')
+  GCP_CREATE=()
+  [[ $email == "$VM_SA_ID@$PROJECT.iam.gserviceaccount.com" ]] &&
+    GCP_CREATE=(gcloud iam service-accounts create "$VM_SA_ID" --project "$PROJECT" --display-name "hfgpu training VM")
+  gcp_describe_or_create "service account" "$email" iam.googleapis.com roles/iam.serviceAccountAdmin \
+    "create it, or leave out --service-account to use $VM_SA_ID"
+  [[ $GCP_STATE == exists ]] && log "service account: $email exists"
+  return 0
 }
 
-# ensure_binding KIND TARGET ROLE: MEMBER (the VM's account) holds ROLE on TARGET, where KIND is
-# project, repository or bucket. Reads the policy first and changes it only when the binding is
-# missing; a policy changed meanwhile (409, stale etag) is read and written again, 3 times at most.
+# ensure_binding KIND TARGET ROLE: the VM's account (SA_MEMBER) holds ROLE on TARGET, where KIND is
+# project, repository or bucket.
 ensure_binding() {
-  local kind=$1 target=$2 role=$3 cmd out attempt admin
+  local kind=$1 target=$2 role=$3 api admin
   case $kind in
-    project) cmd=(gcloud projects) admin="roles/resourcemanager.projectIamAdmin on $PROJECT" ;;
-    repository) cmd=(gcloud artifacts repositories) admin="roles/artifactregistry.admin on $target" ;;
-    bucket) cmd=(gcloud storage buckets) admin="roles/storage.admin on $target" ;;
+    project)
+      GCP_IAM=(gcloud projects) GCP_IAM_TARGET=("$PROJECT")
+      api=cloudresourcemanager.googleapis.com admin="roles/resourcemanager.projectIamAdmin on $PROJECT"
+      ;;
+    repository)
+      GCP_IAM=(gcloud artifacts repositories)
+      GCP_IAM_TARGET=("$AR_REPO" --project "$AR_PROJECT" --location "$AR_LOCATION")
+      api=artifactregistry.googleapis.com admin="roles/artifactregistry.admin on $target"
+      ;;
+    bucket)
+      GCP_IAM=(gcloud storage buckets) GCP_IAM_TARGET=("$target")
+      api=storage.googleapis.com admin="roles/storage.admin on $target"
+      ;;
   esac
-  local where=("$target")
-  case $kind in
-    project) where=("$PROJECT") ;;
-    repository) where=("$AR_REPO" --project "$AR_PROJECT" --location "$AR_LOCATION") ;;
-  esac
-  local add=("${cmd[@]}" add-iam-policy-binding "${where[@]}" --member "$SA_MEMBER" --role "$role" --format none)
-  [[ $kind == project ]] && add+=(--condition None)
-  if [[ $DRY_RUN == 1 ]]; then
-    quote_cmd "${add[@]}"
-    return 0
-  fi
-  if ! out=$("${cmd[@]}" get-iam-policy "${where[@]}" --flatten 'bindings[].members' \
-    --format 'value(bindings.role,bindings.members)' 2>&1); then
-    fail "roles: cannot read the IAM policy of $kind $target" "$out" "$(api_of "$kind")" "$admin"
-  fi
-  if grep -qFx "$role"$'\t'"$SA_MEMBER" <<<"$out"; then
-    log "roles: $SA_MEMBER has $role on $kind $target"
-    return 0
-  fi
-  log "roles: granting $role on $kind $target to $SA_MEMBER"
-  for attempt in 1 2 3; do
-    out=$("${add[@]}" 2>&1) && return 0
-    grep -qE 'ABORTED|concurrent policy changes|subject of a conflict' <<<"$out" || break
-    log "roles: the policy of $kind $target changed meanwhile (attempt $attempt); reading it again"
-    sleep "$attempt"
-  done
-  fail "roles: granting $role on $kind $target failed" "$out" "$(api_of "$kind")" "$admin"
-}
-
-api_of() {
-  case $1 in
-    project) echo cloudresourcemanager.googleapis.com ;;
-    repository) echo artifactregistry.googleapis.com ;;
-    bucket) echo storage.googleapis.com ;;
-  esac
+  gcp_ensure_binding "$kind $target" "$SA_MEMBER" "$role" "$api" "$admin"
 }
 
 # ensure_bucket: the checkpoint bucket, created in the VM's region when missing.
 ensure_bucket() {
   [[ -z $BUCKET ]] && return 0
-  local region=${ZONE%-*} out create
-  create=(gcloud storage buckets create "gs://$BUCKET" --project "$PROJECT" --location "$region"
+  local region=${ZONE%-*} where
+  GCP_DESCRIBE=(gcloud storage buckets describe "gs://$BUCKET" --format 'value(location)')
+  GCP_CREATE=(gcloud storage buckets create "gs://$BUCKET" --project "$PROJECT" --location "$region"
     --uniform-bucket-level-access)
-  if [[ $DRY_RUN == 1 ]]; then
-    printf '# only when the bucket is missing:\n'
-    quote_cmd "${create[@]}"
-    return 0
-  fi
-  if out=$(gcloud storage buckets describe "gs://$BUCKET" --format 'value(location)' 2>&1); then
-    out=$(tail -n1 <<<"$out")
-    log "bucket: gs://$BUCKET exists (${out,,})"
-    [[ ${out,,} == "$region" ]] ||
-      warn "bucket: gs://$BUCKET is in ${out,,}, not in the VM's region $region: uploads cross regions (slower," \
-        "egress charges)"
-    return 0
-  fi
-  if ! grep -qE '404|not found|does not exist' <<<"$out"; then
-    fail "bucket: cannot read gs://$BUCKET (it may belong to another project: bucket names are global)" "$out" \
-      storage.googleapis.com "roles/storage.admin on gs://$BUCKET, or choose another bucket name"
-  fi
-  log "bucket: creating gs://$BUCKET in $region"
-  if ! out=$("${create[@]}" 2>&1); then
-    grep -qE 'already own it' <<<"$out" ||
-      fail "bucket: creating gs://$BUCKET failed (bucket names are global: choose another if it is taken)" "$out" \
-        storage.googleapis.com "roles/storage.admin on the project"
-    log "bucket: gs://$BUCKET was created meanwhile; using it"
-  fi
+  # A bucket name is global: 403 on it may mean it is someone else's; 409 on create that it is taken.
+  gcp_describe_or_create bucket "gs://$BUCKET" storage.googleapis.com \
+    "roles/storage.admin on the project (bucket names are global: if gs://$BUCKET is someone else's, choose another)"
+  [[ $GCP_STATE == exists ]] || return 0
+  where=$(tail -n1 <<<"$GCP_OUT")
+  where=${where,,}
+  log "bucket: gs://$BUCKET exists ($where)"
+  [[ $where == "$region" ]] ||
+    warn "bucket: gs://$BUCKET is in $where, not in the VM's region $region: uploads cross regions (slower," \
+      "egress charges)"
 }
 
 # find_instance: VM_ZONE and the status of a VM named VM_NAME in any zone (empty when none).
@@ -443,7 +356,7 @@ find_instance() {
   VM_ZONE=
   if ! out=$(gcloud compute instances list --project "$PROJECT" \
     --format 'value(name,zone.basename(),status)' 2>&1); then
-    fail "instance: cannot list the VMs of $PROJECT" "$out" compute.googleapis.com "roles/compute.instanceAdmin.v1"
+    gcp_fail "instance: cannot list the VMs of $PROJECT" "$out" compute.googleapis.com "roles/compute.instanceAdmin.v1"
   fi
   if [[ $(config_origin VM_NAME) == "the default VM_NAME" ]] && ! grep -q "^$VM_NAME"$'\t' <<<"$out" &&
     grep -q "^$OLD_VM_NAME"$'\t' <<<"$out"; then
@@ -487,7 +400,7 @@ create_command() {
 region_zones() {
   local region=${ZONE%-*} out
   out=$(gcloud compute zones list --project "$PROJECT" --filter "region~/$region\$" --format 'value(name)' 2>&1) ||
-    fail "instance: cannot list the zones of $region" "$out" compute.googleapis.com "roles/compute.viewer"
+    gcp_fail "instance: cannot list the zones of $region" "$out" compute.googleapis.com "roles/compute.viewer"
   grep -E "^$region-[a-z]\$" <<<"$out" | sort | grep -vFx "$ZONE" || true
 }
 
@@ -507,7 +420,7 @@ insert_error() {
   elif grep -qE 'provisioningModel|reservation' <<<"$out"; then
     die "$why; see docs/spot-and-zones.md for how Google offers $MACHINE_TYPE (--spot, --flex-start, --reservation)"
   fi
-  fail "instance: creating $VM_NAME in $zone failed" "$out" compute.googleapis.com "roles/compute.instanceAdmin.v1"
+  gcp_fail "instance: creating $VM_NAME in $zone failed" "$out" compute.googleapis.com "roles/compute.instanceAdmin.v1"
 }
 
 # ensure_instance: create the VM unless it exists, trying the zones in order on a stockout.
@@ -536,7 +449,7 @@ ensure_instance() {
       log "instance: $VM_NAME created in $zone"
       return 0
     fi
-    if grep -qE 'ALREADY_EXISTS|already exists' <<<"$out"; then
+    if grep -qE "$GCP_EXISTS_RE" <<<"$out"; then
       VM_ZONE=$zone
       log "instance: $VM_NAME was created in $zone meanwhile; not recreated"
       return 0
@@ -641,7 +554,8 @@ main() {
   config_default ZONE "${LOCATION}-a"
   validate_inputs
   choose_offer
-  preflight
+  log "preflight: checking gcloud"
+  gcp_preflight
   check_repository
   check_zone_and_image
   ensure_service_account

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034 # GCP_STATE and GCP_OUT are read by the scripts that source this
 # Summary: Google Cloud helpers shared by build_and_push.sh and create_instance.sh: naming
-# rules, the gcloud preflight, and describe-or-create for any resource.
+# rules, the gcloud preflight, one-line errors naming the fix, describe-or-create for any
+# resource, and IAM bindings that survive concurrent policy changes.
 # Each validate_* function dies with one line naming the problem and the fix; its optional
 # second argument names where the value came from (`config_origin NAME`, or a flag).
 # Source it after lib/common.sh (it uses `die`, `log`, `need_cmd` and `quote_cmd`).
@@ -58,9 +59,9 @@ validate_zone() {
     die "invalid zone '$1'$(_from "${2:-}"): use a zone like us-east4-a (region plus a letter)"
 }
 
-validate_instance_name() {
+validate_vm_name() {
   [[ $1 =~ ^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$ ]] ||
-    die "invalid instance name '$1'$(_from "${2:-}"): use 1-63 lowercase letters, digits and hyphens," \
+    die "invalid VM name '$1'$(_from "${2:-}"): use 1-63 lowercase letters, digits and hyphens," \
       "starting with a letter and not ending with a hyphen"
 }
 
@@ -72,20 +73,51 @@ gcp_preflight() {
     die "preflight: gcloud is not authenticated; run: gcloud auth login (Cloud Shell: authorize when asked)"
 }
 
-# gcp_describe_or_create STEP WHAT READ_FIX [CREATE_FIX]: run the command in the array
-# GCP_DESCRIBE; when it answers "not found", run the one in GCP_CREATE. Sets GCP_STATE
-# (exists, created or dry-run) and GCP_OUT (the last command's output). STEP prefixes the
-# log and error lines, WHAT names the resource ("gpu-transformers in us-east4"); READ_FIX
-# and CREATE_FIX end the error line when the describe or the create fails. A create that
-# answers ALREADY_EXISTS (someone created it meanwhile) counts as exists.
-# Under DRY_RUN=1 it prints both commands and runs neither.
+# Google's answers, recognised in gcloud's output. SERVICE_DISABLED: 403 for an API not enabled
+# (cloud.google.com/service-usage/docs/troubleshoot); IAM_PERMISSION_DENIED: 403 without the
+# permission; ABORTED / 409 on setIamPolicy: the etag is stale (cloud.google.com/iam/docs/
+# policies#etag); ALREADY_EXISTS: 409 from a create (Storage says "you already own it").
+readonly GCP_DISABLED_RE='SERVICE_DISABLED|has not been used in project|is disabled|not enabled'
+readonly GCP_DENIED_RE='PERMISSION_DENIED|Permission .* denied|does not have .* access|HTTPError 403'
+readonly GCP_ABORTED_RE='ABORTED|concurrent policy changes|subject of a conflict'
+readonly GCP_NOT_FOUND_RE='NOT_FOUND|was not found|[Nn]ot found|does not exist|HTTPError 404'
+readonly GCP_EXISTS_RE='ALREADY_EXISTS|already exists|already own it'
+
+# gcp_fix OUT API ROLE: how to fix gcloud's failure OUT, to end an error line: enable API, ask
+# for ROLE, run again later (a policy changed meanwhile), or see the whole answer.
+gcp_fix() {
+  if grep -qE "$GCP_DISABLED_RE" <<<"$1"; then
+    printf 'enable the API: gcloud services enable %s --project %s\n' "$2" "$PROJECT"
+  elif grep -qE "$GCP_DENIED_RE" <<<"$1"; then
+    printf 'ask a project owner for %s\n' "$3"
+  elif grep -qE "$GCP_ABORTED_RE" <<<"$1"; then
+    printf 'someone else keeps changing this policy: run the script again in a minute\n'
+  else
+    printf 'run again with HFGPU_DEBUG=1 to see the gcloud command and its whole answer\n'
+  fi
+}
+
+# gcp_fail WHAT OUT API ROLE: die with "WHAT: gcloud's error; the fix" on one line.
+gcp_fail() {
+  die "$1: $(gcloud_error "$2"); $(gcp_fix "$2" "$3" "$4")"
+}
+
+# gcp_describe_or_create STEP WHAT API ROLE [MISSING_FIX]: run the command in the array
+# GCP_DESCRIBE; when it answers "not found", run the one in GCP_CREATE (when GCP_CREATE is
+# empty, a missing resource is an error ending in MISSING_FIX). Sets GCP_STATE (exists, created
+# or dry-run) and GCP_OUT (the last command's output). STEP prefixes the log and error lines,
+# WHAT names the resource ("gpu-transformers in us-east4"); API and ROLE name the fix when
+# Google refuses (gcp_fix). A create answering ALREADY_EXISTS (someone created it meanwhile)
+# counts as exists. Under DRY_RUN=1 it prints both commands and runs neither.
 gcp_describe_or_create() {
-  local step=$1 what=$2 read_fix=$3 create_fix=${4:-}
+  local step=$1 what=$2 api=$3 role=$4 missing=${5:-}
   GCP_STATE='' GCP_OUT=''
   if [[ $DRY_RUN == 1 ]]; then
     quote_cmd "${GCP_DESCRIBE[@]}"
-    printf '# only when the describe above answers NOT_FOUND:\n'
-    quote_cmd "${GCP_CREATE[@]}"
+    if ((${#GCP_CREATE[@]})); then
+      printf '# only when the describe above answers NOT_FOUND:\n'
+      quote_cmd "${GCP_CREATE[@]}"
+    fi
     GCP_STATE=dry-run
     return 0
   fi
@@ -94,16 +126,54 @@ gcp_describe_or_create() {
     GCP_STATE=exists
     return 0
   fi
-  grep -qiE 'was not found|NOT_FOUND' <<<"$GCP_OUT" ||
-    die "$step: cannot read $what: $(gcloud_error "$GCP_OUT"); $read_fix"
+  if grep -qE "$GCP_DISABLED_RE|$GCP_DENIED_RE" <<<"$GCP_OUT" || ! grep -qE "$GCP_NOT_FOUND_RE" <<<"$GCP_OUT"; then
+    gcp_fail "$step: cannot read $what" "$GCP_OUT" "$api" "$role"
+  fi
+  ((${#GCP_CREATE[@]})) || die "$step: $what was not found; $missing"
   log "$step: $what not found; creating it"
   if GCP_OUT=$("${GCP_CREATE[@]}" 2>&1); then
     GCP_STATE=created
-  elif grep -q ALREADY_EXISTS <<<"$GCP_OUT"; then
+  elif grep -qE "$GCP_EXISTS_RE" <<<"$GCP_OUT"; then
+    log "$step: $what was created meanwhile; using it"
     GCP_STATE=exists
+    # GCP_OUT is what the describe says, as when the resource was there from the start.
+    GCP_OUT=$("${GCP_DESCRIBE[@]}" 2>&1) || gcp_fail "$step: cannot read $what" "$GCP_OUT" "$api" "$role"
   else
-    die "$step: creating $what failed: $(gcloud_error "$GCP_OUT")${create_fix:+; $create_fix}"
+    gcp_fail "$step: creating $what failed" "$GCP_OUT" "$api" "$role"
   fi
+}
+
+# gcp_ensure_binding WHAT MEMBER ROLE API ADMIN: MEMBER holds ROLE on the resource WHAT, read and
+# changed by "${GCP_IAM[@]}" get-iam-policy / add-iam-policy-binding "${GCP_IAM_TARGET[@]}"
+# (e.g. GCP_IAM=(gcloud projects) GCP_IAM_TARGET=(my-project)). Reads the policy first and
+# changes it only when the binding is missing; a policy changed meanwhile (ABORTED: stale etag)
+# is read and written again, 3 times at most.
+# ADMIN is the role that lets the caller change the policy (named in the error line).
+gcp_ensure_binding() {
+  local what=$1 member=$2 role=$3 api=$4 admin=$5 out attempt
+  local add=("${GCP_IAM[@]}" add-iam-policy-binding "${GCP_IAM_TARGET[@]}" --member "$member" --role "$role"
+    --format none)
+  [[ ${GCP_IAM[1]} == projects ]] && add+=(--condition None)
+  if [[ $DRY_RUN == 1 ]]; then
+    quote_cmd "${add[@]}"
+    return 0
+  fi
+  if ! out=$("${GCP_IAM[@]}" get-iam-policy "${GCP_IAM_TARGET[@]}" --flatten 'bindings[].members' \
+    --format 'value(bindings.role,bindings.members)' 2>&1); then
+    gcp_fail "roles: cannot read the IAM policy of $what" "$out" "$api" "$admin"
+  fi
+  if grep -qFx "$role"$'\t'"$member" <<<"$out"; then
+    log "roles: $member has $role on $what"
+    return 0
+  fi
+  log "roles: granting $role on $what to $member"
+  for attempt in 1 2 3; do
+    out=$("${add[@]}" 2>&1) && return 0
+    grep -qE "$GCP_ABORTED_RE" <<<"$out" || break
+    log "roles: the policy of $what changed meanwhile (attempt $attempt); reading it again"
+    sleep "$attempt"
+  done
+  gcp_fail "roles: granting $role on $what failed" "$out" "$api" "$admin"
 }
 
 # gcloud_error TEXT: gcloud's error from its output, as one line. gcloud prints an operation's

@@ -242,7 +242,7 @@ def test_second_run_creates_nothing(pushed: PushRuns):
 def test_steps_are_named_and_latest_is_pushed_last(pushed: PushRuns):
     steps = re.findall(r"^build_and_push\.sh: (\w+):", pushed.first.stderr, flags=re.M)
     order = list(dict.fromkeys(steps))
-    assert order == ["preflight", "build", "repository", "auth", "push"]
+    assert order == ["preflight", "repository", "build", "auth", "push"]
     pushes = re.findall(r"^build_and_push\.sh: push: (\S+:\S+)$", pushed.first.stderr, flags=re.M)
     assert pushes[0].rsplit(":", 1)[1] == VERSION
     assert pushes[-1].endswith(":latest") and len(pushes) == 3
@@ -263,18 +263,18 @@ def test_dry_run_prints_every_command_and_changes_nothing(
     commands = [shlex.split(line) for line in lines if not line.startswith("#")]
     sha = checkout_head(checkout)[:7]
     assert [" ".join(c[:4]) for c in commands[:4]] == [
-        "env DOCKER_BUILDKIT=1 docker build",
         "gcloud artifacts repositories describe",
         "gcloud artifacts repositories create",
+        "env DOCKER_BUILDKIT=1 docker build",
         "gcloud auth configure-docker 127.0.0.1:5999",
     ]
     pushes = [c[2].removeprefix(f"127.0.0.1:5999/{REPO_PATH}:") for c in commands[4:]]
     assert [c[:2] for c in commands[4:]] == [["docker", "push"]] * 3
     assert pushes == [tag, f"sha-{sha}", "latest"], "a clean checkout moves latest, last"
-    assert commands[2][commands[2].index("--repository-format") + 1] == "docker"
-    assert commands[2][commands[2].index("--location") + 1] == "us-east4"
-    assert "--secret" in commands[0] and f"id=ca_bundle,src={CA}" in commands[0]
-    args = build_args(commands[0])
+    assert commands[1][commands[1].index("--repository-format") + 1] == "docker"
+    assert commands[1][commands[1].index("--location") + 1] == "us-east4"
+    assert "--secret" in commands[2] and f"id=ca_bundle,src={CA}" in commands[2]
+    args = build_args(commands[2])
     assert args["SOURCE"] == "https://example.com/owner/repo.git" and SECRET_TOKEN not in proc.stdout
     assert args["REVISION"] == checkout_head(checkout)
     # Nothing happened: no API request, no image, no docker credential change.
@@ -503,26 +503,58 @@ def test_client_without_buildkit_is_refused_with_the_fix(fake: FakeGcp, tmp_path
     assert fake.requests == []
 
 
-def test_existing_repository_of_another_format_is_refused(image, bindir: Path, tmp_path: Path):
-    with FakeGcp() as fake:
-        name = "projects/my-project/locations/us-east4/repositories/gpu-transformers"
-        fake.repositories[name] = {"name": name, "format": "PYTHON"}
-        tag = f"fmt-{uuid.uuid4().hex[:8]}"
-        proc = run_script(
-            script_env(fake, tmp_path, bindir),
-            "--tag",
-            tag,
-            "--registry-host",
-            "127.0.0.1:5998",
-            *BUILD_FLAGS,
-        )
-        try:
-            assert proc.returncode == 1
-            (err,) = error_lines(proc)
-            assert "repository: gpu-transformers in us-east4 exists but holds PYTHON artifacts" in err
-            assert fake.calls("POST") == []
-        finally:
-            remove_refs("127.0.0.1:5998/")
+def test_existing_repository_of_another_format_is_refused(fake: FakeGcp, bindir: Path, tmp_path: Path):
+    """The repository step comes before the build (as in cloudbuild.yaml): nothing is built."""
+    name = "projects/my-project/locations/us-east4/repositories/gpu-transformers"
+    fake.repositories[name] = {"name": name, "format": "PYTHON"}
+    proc = run_script(script_env(fake, tmp_path, bindir), "--registry-host", "127.0.0.1:5998", *BUILD_FLAGS)
+    assert proc.returncode == 1
+    (err,) = error_lines(proc)
+    assert "repository: gpu-transformers in us-east4 exists but holds PYTHON artifacts" in err
+    assert fake.calls("POST") == [] and "build:" not in proc.stderr
+
+
+# Google refusing the repository step: one line naming the fix, before any build.
+@pytest.mark.parametrize(
+    ("knob", "expected"),
+    [
+        (
+            "disabled_apis",
+            "enable the API: gcloud services enable artifactregistry.googleapis.com --project my-project",
+        ),
+        ("denied_apis", "ask a project owner for roles/artifactregistry.admin"),
+    ],
+)
+def test_repository_refused_is_one_line_naming_the_fix(
+    knob: str, expected: str, fake: FakeGcp, bindir: Path, tmp_path: Path
+):
+    getattr(fake, knob).add("artifactregistry")
+    proc = run_script(script_env(fake, tmp_path, bindir), "--registry-host", "127.0.0.1:5998", *BUILD_FLAGS)
+    assert proc.returncode == 1
+    (err,) = error_lines(proc)
+    assert err.startswith("build_and_push.sh: error: repository: cannot read gpu-transformers in us-east4: ")
+    assert expected in err
+    assert proc.stderr.rstrip().splitlines()[-1] == err, "the error is the last line"
+    assert fake.mutations() == [] and "build:" not in proc.stderr and proc.stdout == ""
+
+
+def test_repository_created_meanwhile_counts_as_existing(image, fake: FakeGcp, bindir: Path, tmp_path: Path):
+    """Someone creates the repository between our describe and our create: the create's 409
+    ALREADY_EXISTS means it exists; the script goes on to build and push (to a port where no
+    registry listens, so the push fails fast: this test is about the repository step)."""
+    fake.race_create = {"repository"}
+    host = "127.0.0.1:5996"
+    try:
+        proc = run_script(script_env(fake, tmp_path, bindir), "--registry-host", host, *BUILD_FLAGS)
+        assert "repository: gpu-transformers in us-east4 was created meanwhile; using it" in proc.stderr
+        assert "repository: gpu-transformers exists; not created" in proc.stderr
+        assert [r.status for r in fake.calls("POST")] == [409]
+        (err,) = error_lines(proc)
+        assert err.startswith(
+            f"build_and_push.sh: error: push: pushing {host}/{REPO_PATH}:{VERSION} failed"
+        ), err
+    finally:
+        remove_refs(f"{host}/")
 
 
 def test_registry_refusing_the_push_pushes_nothing(image, bindir: Path, tmp_path: Path):
@@ -627,7 +659,8 @@ def test_cloudbuild_uses_the_same_build_args_and_tags_as_the_script(
     proc = run_script(script_env(fake, tmp_path, bindir), "--dry-run", root=checkout)
     assert proc.returncode == 0, proc.stderr
     lines = [shlex.split(line) for line in proc.stdout.splitlines() if not line.startswith("#")]
-    script_build = lines[0][lines[0].index("build") :]
+    (build_line,) = [argv for argv in lines if argv[2:4] == ["docker", "build"]]
+    script_build = build_line[build_line.index("build") :]
     script_pushes = [argv[2] for argv in lines if argv[:2] == ["docker", "push"]]
 
     head = checkout_head(checkout)

@@ -234,8 +234,8 @@ def test_existing_vm_in_another_zone_is_found_not_duplicated(fake: FakeGcp, tmp_
         (lambda f: f.disabled_apis.add("compute"), [],
          "enable the API: gcloud services enable compute.googleapis.com --project my-project"),
         (lambda f: f.denied_apis.add("iam"), [], "ask a project owner for roles/iam.serviceAccountAdmin"),
-        (lambda f: f.repositories.clear(), [], "repository: gpu-transformers not found in us-east4 (project "
-         "my-project); run ./build_and_push.sh first"),
+        (lambda f: f.repositories.clear(), [], "repository: gpu-transformers in us-east4 (project "
+         "my-project) was not found; run ./build_and_push.sh first"),
         (lambda f: None, ["--zone", "us-east4-z"],
          "unknown zone 'us-east4-z' (--zone); pick one from: gcloud compute zones list"),
         (lambda f: None, ["--image-family", "common-cu118-old"],
@@ -324,7 +324,7 @@ BAD_INPUTS = [
     (["--vm-name", "My_VM"], {}, "invalid VM name 'My_VM' (--vm-name)"),
     ([], {"VM_NAME": "Bad Name"}, "invalid VM name 'Bad Name' (VM_NAME from the environment)"),
     ([], {"ZONE": "us-east4"}, "invalid zone 'us-east4' (ZONE from the environment)"),
-    (["--zones", "us-east4-a,nope"], {}, "invalid zone 'nope' in --zones"),
+    (["--zones", "us-east4-a,nope"], {}, "invalid zone 'nope' (--zones)"),
     (["--accelerator", "nvidia-tesla-t4,count=3"], {}, "count must be 1, 2, 4, 8 or 16"),
     (["--checkpoint-bucket", "s3://b/p"], {}, "invalid checkpoint bucket 's3://b/p' (--checkpoint-bucket)"),
     ([], {"CHECKPOINT_BUCKET": "gs://Bad_Bucket/x"},
@@ -363,9 +363,12 @@ def test_dry_run_prints_the_commands_and_sends_nothing(fake: FakeGcp, tmp_path: 
     assert proc.returncode == 0, proc.stderr
     commands = [shlex.split(line) for line in proc.stdout.splitlines() if not line.startswith("#")]
     assert [c[1:4] for c in commands] == [
+        ["artifacts", "repositories", "describe"],
+        ["iam", "service-accounts", "describe"],
         ["iam", "service-accounts", "create"],
         ["artifacts", "repositories", "add-iam-policy-binding"],
         ["projects", "add-iam-policy-binding", "my-project"],
+        ["storage", "buckets", "describe"],
         ["storage", "buckets", "create"],
         ["storage", "buckets", "add-iam-policy-binding"],
         ["compute", "instances", "list"],
