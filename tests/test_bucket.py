@@ -320,9 +320,15 @@ def test_bad_bucket_gives_one_line_and_writes_nothing(image, emulator, models, t
     }[case]
     vol = new_volume(models, tmp_path)
 
-    # HF_HOME's cache folders (/volume/.cache) are made by the image before the program starts.
+    # The image's entrypoint makes HF_HOME's cache folders (/volume/.cache) and the caller's
+    # persistent HOME (/volume/.home/UID) before the program starts: not the program's writes.
     def files() -> list[Path]:
-        return sorted(p.relative_to(vol) for p in vol.rglob("*") if ".cache" not in p.relative_to(vol).parts)
+        made_by_entrypoint = {".cache", ".home"}
+        return sorted(
+            p.relative_to(vol)
+            for p in vol.rglob("*")
+            if not made_by_entrypoint & set(p.relative_to(vol).parts)
+        )
 
     before = files()
     proc = train(image, vol, {"STORAGE_EMULATOR_HOST": emulator, "CHECKPOINT_BUCKET": url, **env})

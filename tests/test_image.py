@@ -84,10 +84,14 @@ def test_files_written_under_user_belong_to_that_user(image, tmp_path, uid):
         user=f"{uid}:{uid + 1}",
         volume=volume,
     )
-    # A user with no passwd entry still gets a HOME it can write (tools write to ~).
+    # A user with no passwd entry still gets a HOME it can write (tools write to ~), and it
+    # persists: it lives in the volume, private to that uid.
     assert proc.returncode == 0, proc.stderr
     home = proc.stdout.strip().splitlines()[-1]
-    assert home not in ("", "/") and not home.startswith("/volume"), home
+    assert home == f"/volume/.home/{uid}", home
+    home_stat = (volume / ".home" / str(uid)).stat()
+    assert home_stat.st_uid == uid and home_stat.st_mode & 0o777 == 0o700
+    assert (volume / ".home" / str(uid) / ".py-probe").read_text() == "ok"
     stat = (volume / "out.txt").stat()
     assert (stat.st_uid, stat.st_gid) == (uid, uid + 1)
     # The HF cache folder the entrypoint made belongs to the caller too.
@@ -191,7 +195,7 @@ def stream_contains(args: list[str], needle: bytes) -> bool:
 
 def test_code_only_change_rebuilds_only_the_code_layer(image, tmp_path, canary_bundle):
     context = tmp_path / "context"
-    for part in ("build_image", "app"):
+    for part in ("build_image", "app", "lib"):
         shutil.copytree(ROOT / part, context / part)
     shutil.copy(ROOT / ".dockerignore", context / ".dockerignore")
     changed = context / "app" / "one_line_change.py"
@@ -214,7 +218,9 @@ def test_code_only_change_rebuilds_only_the_code_layer(image, tmp_path, canary_b
 
 def test_base_image_is_a_build_argument_pinned_by_digest():
     text = (ROOT / "build_image" / "Dockerfile").read_text()
-    first = next(line for line in text.splitlines() if line.startswith(("ARG", "FROM")))
+    # A reference may go on over a backslash continuation (no line over 120 characters).
+    joined = text.replace("\\\n", "")
+    first = next(line for line in joined.splitlines() if line.startswith(("ARG", "FROM")))
     assert first.startswith("ARG BASE_IMAGE=nvidia/cuda:12.")
     assert "@sha256:" in first
     assert "FROM ${BASE_IMAGE}" in text

@@ -70,7 +70,7 @@ def test_verify_would_catch_a_broken_unit(tmp_path: Path):
 def test_stop_timing_and_exit_codes_fit_the_launcher():
     service = service_section()
     launcher = (ROOT / "launch_training.sh").read_text()
-    m = re.search(r"--stop-timeout\D+?default (\d+)", launcher)
+    m = re.search(r"--stop-timeout[^\n]*?default (\d+)", launcher)
     assert m, "launch_training.sh --help names the default --stop-timeout"
     # systemd must wait longer than `docker stop` waits for the checkpoint.
     assert int(service["TimeoutStopSec"]) > int(m.group(1))
