@@ -110,6 +110,7 @@ SPEC_PEAKS: list[tuple[str, str, float, str]] = [
 
 # Review lengths for the BERT data path: log-normal, median 230 tokens, sigma 0.75, an assumption
 # standing in for movie reviews (no dataset can be downloaded here); cut at the workload's seq.
+# The tiny workloads scale the median to half their seq.
 LENGTH_MEDIAN, LENGTH_SIGMA = 230, 0.75
 
 
@@ -245,13 +246,11 @@ def padding_fractions(batches=(8, 32), seqs=(128, 256, 512), n: int = 4096) -> l
     return rows
 
 
-def review_lengths(n: int, seq: int, seed: int) -> list[int]:
+def review_lengths(n: int, seq: int, seed: int, median: float = LENGTH_MEDIAN) -> list[int]:
     import random
 
     rng = random.Random(seed)
-    return [
-        max(8, min(seq, int(rng.lognormvariate(math.log(LENGTH_MEDIAN), LENGTH_SIGMA)))) for _ in range(n)
-    ]
+    return [max(8, min(seq, int(rng.lognormvariate(math.log(median), LENGTH_SIGMA)))) for _ in range(n)]
 
 
 def pad_tokenizer():
@@ -307,7 +306,8 @@ def run_one(spec: dict) -> dict:
     weights = matmul_weights(model)
     n = 4096
     real = data == "real"
-    lengths = review_lengths(n, seq, seed=1) if (bert and real) else [seq] * n
+    median = seq / 2 if tiny else LENGTH_MEDIAN
+    lengths = review_lengths(n, seq, seed=1, median=median) if (bert and real) else [seq] * n
     mask = not (fast and not bert) if real else False  # packed GPT-2 blocks: all-ones mask "before" only
 
     class Examples(Dataset):
