@@ -17,8 +17,10 @@ Runs (the image's `train` launcher picks python3 or torchrun; see README.md, "Th
 Every TrainingArguments flag works. Our defaults differ from Trainer's: --do_train and
 --do_eval are on (`--do_eval False` skips evaluation), --output_dir is $OUTPUT_ROOT/<model
 name> (/volume/bert-base-uncased), length-grouped batches, TensorBoard logs. A rerun with
-the same output_dir resumes from the newest complete checkpoint; SIGTERM saves one and
-exits 75. Results: output_dir/all_results.json (eval_accuracy, eval_f1_macro, ...).
+the same output_dir resumes from the newest complete checkpoint (a finished run trains
+nothing more); SIGTERM saves one and exits 75. On a GPU: 32 examples per device, and a
+checkpoint every 15 minutes (--save_every_minutes M, or --save_steps N for step-based saving).
+Results: output_dir/all_results.json (eval_accuracy, eval_f1_macro, ...).
 """
 
 from __future__ import annotations

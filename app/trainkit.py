@@ -133,7 +133,7 @@ class RunArguments:
         default=None,
         metadata={
             "help": "Save a checkpoint every M minutes of training (default: 15 on a GPU unless --save_steps "
-            "or --save_strategy is given; 0 = off)."
+            "or --save_strategy is given; 0 = off: Trainer's step-based saving)."
         },
     )
 
