@@ -1,25 +1,19 @@
 """Fine-tune BERT for text classification (default: bert-base-uncased on IMDB reviews).
 
-Runs (the image's `train` launcher picks python3 or torchrun; see README.md, "The training programs"):
-  CPU, a quick look:
-    docker run --rm -v "$PWD/volume:/volume" gpu_transformers:dev \\
-        train /app/test_training_bert_base.py --max_steps 20 --max_eval_samples 200
-  One GPU (bf16, TF32, fused AdamW are the defaults there):
-    docker run --rm --gpus all -v "$PWD/volume:/volume" gpu_transformers:dev \\
-        train /app/test_training_bert_base.py
-  N GPUs on one machine (DDP through torchrun):
-    docker run --rm --gpus all --ipc=host -e NPROC_PER_NODE=8 -v "$PWD/volume:/volume" gpu_transformers:dev \\
-        train /app/test_training_bert_base.py
-    # the same without the launcher: torchrun --nproc_per_node 8 /app/test_training_bert_base.py
-  Your own data: --train_file data.csv [--validation_file val.csv] --text_column review --label_column stars
-  A config file instead of flags: train /app/test_training_bert_base.py /volume/bert.yaml
+From the host, on every GPU (or the CPU): ./launch_training.sh bert [-- FLAGS...]
+In the image (`train` starts python3, or torchrun with one process per GPU):
+    train /app/test_training_bert_base.py --max_steps 20 --max_eval_samples 200
+Plain `docker run` lines for CPU, one GPU and N GPUs: docs/training.md.
+Your own data: --train_file data.csv [--validation_file val.csv] --text_column review --label_column stars.
+A config file instead of flags: train /app/test_training_bert_base.py /volume/bert.yaml.
 
-Every TrainingArguments flag works. Our defaults differ from Trainer's: --do_train and
---do_eval are on (`--do_eval False` skips evaluation), --output_dir is $OUTPUT_ROOT/<model
-name> (/volume/bert-base-uncased), length-grouped batches, TensorBoard logs. A rerun with
-the same output_dir resumes from the newest complete checkpoint (a finished run trains
-nothing more); SIGTERM saves one and exits 75. On a GPU: 32 examples per device, and a
-checkpoint every 15 minutes (--save_every_minutes M, or --save_steps N for step-based saving).
+Any TrainingArguments flag works. Unlike Trainer, --do_train and --do_eval default to on
+(`--do_eval False` skips evaluation), batches are grouped by length, TensorBoard logs are
+written, and --output_dir is $OUTPUT_ROOT/<model name> (/volume/bert-base-uncased). Running
+again with that output_dir resumes from its newest complete checkpoint, and a finished run
+trains nothing more; on SIGTERM a checkpoint is saved and the exit status is 75. GPU
+defaults: 32 examples per device, a checkpoint every 15 minutes (--save_every_minutes M;
+--save_steps N for step-based saving).
 Results: output_dir/all_results.json (eval_accuracy, eval_f1_macro, ...).
 """
 
@@ -37,17 +31,14 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
-    Trainer,
 )
 
 
 @dataclass
-class ModelArguments:
+class ModelArguments(trainkit.ModelArguments):
     model_name_or_path: str = field(
         default="google-bert/bert-base-uncased", metadata={"help": "Hub model id or a local folder."}
     )
-    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
-    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa (default), eager, ..."})
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Replace a classification head whose labels differ from the data's."}
     )
@@ -125,14 +116,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args) ->
         encoded["labels"] = labels if is_class_label else [label2id[str(v)] for v in labels]
         return encoded
 
-    # Cached in HF_HOME/datasets (the volume): a rerun does not tokenize again.
-    with training_args.main_process_first(desc="tokenize"):
-        data = raw.map(
-            preprocess,
-            batched=True,
-            num_proc=data_args.preprocessing_num_workers,
-            remove_columns=raw["train"].column_names,
-        )
+    data = trainkit.tokenize_splits(raw, preprocess, training_args, data_args, desc="tokenize")
 
     def compute_metrics(pred):
         # scikit-learn, not `evaluate.load("accuracy")`: that fetches metric code from the Hub
@@ -147,16 +131,9 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args) ->
     # Padding to a multiple of 8 suits tensor cores; under --torch_compile, to a multiple of 64:
     # a few fixed lengths that compile once each, instead of a recompile for every new length.
     pad_to = 64 if training_args.torch_compile else 8
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=trainkit.fixed_batches(data["train"], training_args)
-        if training_args.do_train
-        else None,
-        eval_dataset=data["validation"] if training_args.do_eval else None,
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to),
-        compute_metrics=compute_metrics,
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to)
+    trainer = trainkit.make_trainer(
+        model, training_args, data, tokenizer, collator, compute_metrics=compute_metrics
     )
     return trainkit.train_and_evaluate(trainer, (model_args, data_args, training_args))
 

@@ -87,6 +87,21 @@ class Preempted(Exception):
 
 
 @dataclasses.dataclass
+class ModelArguments:
+    """Model options both programs share; each program sets its default model and adds its own."""
+
+    model_name_or_path: str = dataclasses.field(
+        default="", metadata={"help": "Hub model id or a local folder."}
+    )
+    tokenizer_name: str | None = dataclasses.field(
+        default=None, metadata={"help": "Tokenizer, if not the model's."}
+    )
+    attn_implementation: str = dataclasses.field(
+        default="sdpa", metadata={"help": "sdpa (default), eager, ..."}
+    )
+
+
+@dataclasses.dataclass
 class DataArguments:
     """Data options both programs share; each program adds its own and sets the defaults."""
 
@@ -458,6 +473,34 @@ def fixed_batches(dataset, training_args):
     batch = training_args.per_device_train_batch_size * max(1, training_args.world_size)
     usable = len(dataset) // batch * batch
     return dataset.select(range(usable)) if 0 < usable < len(dataset) else dataset
+
+
+def tokenize_splits(raw, function, training_args, data_args, desc: str):
+    """RAW's splits through FUNCTION (batched), their text columns dropped.
+
+    Rank 0 goes first; the others then read its result from the datasets cache in HF_HOME
+    (the volume), so a rerun does not tokenize again.
+    """
+    with training_args.main_process_first(desc=desc):
+        return raw.map(
+            function,
+            batched=True,
+            num_proc=data_args.preprocessing_num_workers,
+            remove_columns=raw["train"].column_names,
+        )
+
+
+def make_trainer(model, training_args, data, tokenizer, collator, **kwargs) -> transformers.Trainer:
+    """A Trainer on DATA's train and validation splits (each only when it is asked for)."""
+    return transformers.Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=fixed_batches(data["train"], training_args) if training_args.do_train else None,
+        eval_dataset=data["validation"] if training_args.do_eval else None,
+        processing_class=tokenizer,
+        data_collator=collator,
+        **kwargs,
+    )
 
 
 def perplexity(loss: float) -> float:

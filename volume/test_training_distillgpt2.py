@@ -4,27 +4,19 @@ This script lives in the volume to show that a new program runs without rebuildi
 image. It imports `trainkit`, which the image provides (/app is on PYTHONPATH); outside
 the image, put a copy of app/trainkit.py beside it.
 
-Runs (the image's `train` launcher picks python3 or torchrun; see README.md, "The training programs"):
-  CPU, a quick look:
-    docker run --rm -v "$PWD/volume:/volume" gpu_transformers:dev \\
-        train /volume/test_training_distillgpt2.py --max_steps 20 --block_size 128
-  One GPU (bf16, TF32, fused AdamW are the defaults there):
-    docker run --rm --gpus all -v "$PWD/volume:/volume" gpu_transformers:dev \\
-        train /volume/test_training_distillgpt2.py
-  N GPUs on one machine (DDP through torchrun):
-    docker run --rm --gpus all --ipc=host -e NPROC_PER_NODE=8 -v "$PWD/volume:/volume" gpu_transformers:dev \\
-        train /volume/test_training_distillgpt2.py
-    # the same without the launcher: torchrun --nproc_per_node 8 /volume/test_training_distillgpt2.py
-  Your own text: --train_file corpus.txt [--validation_file val.txt]
-                 (or .jsonl/.csv/.parquet files with --text_column NAME)
-  A config file instead of flags: train /volume/test_training_distillgpt2.py /volume/gpt2.json
+Start it from the host with `./launch_training.sh gpt2 [-- FLAGS...]` (GPUs, or the CPU),
+or inside the image with `train /volume/test_training_distillgpt2.py --max_steps 20 --block_size 128`;
+`train` runs torchrun with a process per GPU when there are several. docs/training.md has the
+equivalent `docker run` commands. Your own text: --train_file corpus.txt [--validation_file
+val.txt], or .jsonl/.csv/.parquet files with --text_column NAME. Flags from a file:
+train /volume/test_training_distillgpt2.py /volume/gpt2.json.
 
-Every TrainingArguments flag works. Our defaults differ from Trainer's: --do_train and
---do_eval are on (`--do_eval False` skips evaluation), --output_dir is $OUTPUT_ROOT/<model
-name> (/volume/distilgpt2), TensorBoard logs. A rerun with the same output_dir resumes from
-the newest complete checkpoint (a finished run trains nothing more); SIGTERM saves one and
-exits 75. On a GPU: 16 blocks per device, and a checkpoint every 15 minutes
-(--save_every_minutes M, or --save_steps N for step-based saving). Results:
+All TrainingArguments flags are accepted. Defaults that are not Trainer's: training and
+evaluation both run (`--do_eval False` turns evaluation off), TensorBoard logging is on, and
+output goes to $OUTPUT_ROOT/<model name> (/volume/distilgpt2). A rerun with the same output
+folder continues from the newest complete checkpoint; if the run had finished it trains no
+further step. SIGTERM: save, then exit 75. On GPU, 16 blocks per device and a save every
+15 minutes (--save_every_minutes M, or --save_steps N to count steps). Results:
 output_dir/all_results.json (eval_loss, perplexity, ...).
 """
 
@@ -35,16 +27,14 @@ from dataclasses import dataclass, field
 from itertools import chain
 
 import trainkit
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, default_data_collator
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, default_data_collator
 
 
 @dataclass
-class ModelArguments:
+class ModelArguments(trainkit.ModelArguments):
     model_name_or_path: str = field(
         default="distilbert/distilgpt2", metadata={"help": "Hub model id or a local folder."}
     )
-    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
-    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa (default), eager, ..."})
     fast_gelu: bool = field(
         default=True,
         metadata={"help": "Run GPT-2's gelu_new as gelu_pytorch_tanh: the same function, in one kernel."},
@@ -97,14 +87,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args) ->
         blocks["labels"] = [list(b) for b in blocks["input_ids"]]
         return blocks
 
-    # Cached in HF_HOME/datasets (the volume): a rerun does not tokenize again.
-    with training_args.main_process_first(desc="tokenize and pack"):
-        tokenized = raw.map(
-            tokenize,
-            batched=True,
-            num_proc=data_args.preprocessing_num_workers,
-            remove_columns=raw["train"].column_names,
-        )
+    tokenized = trainkit.tokenize_splits(raw, tokenize, training_args, data_args, desc="tokenize")
+    with training_args.main_process_first(desc="pack"):
         data = tokenized.map(group_texts, batched=True, num_proc=data_args.preprocessing_num_workers)
     for name, split in data.items():
         if len(split) == 0:
@@ -112,16 +96,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args) ->
                 f"the {name} text gives no full block of {block_size} tokens; add text or lower --block_size"
             )
 
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=trainkit.fixed_batches(data["train"], training_args)
-        if training_args.do_train
-        else None,
-        eval_dataset=data["validation"] if training_args.do_eval else None,
-        processing_class=tokenizer,
-        data_collator=default_data_collator,
-    )
+    trainer = trainkit.make_trainer(model, training_args, data, tokenizer, default_data_collator)
     return trainkit.train_and_evaluate(
         trainer,
         (model_args, data_args, training_args),
