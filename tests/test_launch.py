@@ -509,7 +509,9 @@ def test_restart_on_preemption_runs_again_until_done(image, workdir: Path):
     assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
     text = log.read_text()
     assert "preempted at step" in text
-    assert "starting it again to resume (1/10)" in text
+    # A volume script the launcher cannot judge: it says so (this one does resume by itself).
+    assert "exited 143; starting it again: preemptible.py is not known to resume" in text
+    assert "FROM STEP 0 unless it resumes by itself; it may overwrite its checkpoints (1/10)" in text
     restarted_at = int(text.split("start at step ")[2].split()[0])
     assert restarted_at >= 5
     assert "done at step 60" in text
@@ -979,8 +981,9 @@ def test_restarts_after_137_and_143_then_finishes(image, workdir: Path):
     proc = launch(workdir, *args.split())
     assert proc.returncode == 0, output(proc)[-3000:]
     assert (vol / "runs").read_text() == "run\n" * 3
-    assert "exited 137 (preempted or killed); starting it again to resume (1/10)" in proc.stderr
-    assert "exited 143 (preempted or killed); starting it again to resume (2/10)" in proc.stderr
+    assert "exited 137; starting it again: seq.py is not known to resume" in proc.stderr
+    assert "exited 143; starting it again: seq.py is not known to resume" in proc.stderr
+    assert "may overwrite its checkpoints (2/10)" in proc.stderr
 
 
 def test_gives_up_at_max_restarts(image, workdir: Path):
