@@ -48,7 +48,7 @@
 #   --secret NAME       one more environment variable to pass as a secret (repeatable)
 #   --share             outputs and logs readable by group and others (umask 022);
 #                       the default is private to you (umask 077)
-#   --stop-timeout S    seconds `docker stop` waits for the checkpoint (1-3600, default 120)
+#   --stop-timeout S    seconds `docker stop` waits for the checkpoint (default 120; 1-3600)
 #   --docker-arg ARG    one extra `docker run` argument, as is (repeatable)
 #   --allow-outside-volume
 #                       only warn when a script argument puts outputs outside /volume
