@@ -338,8 +338,23 @@ def test_an_extra_package_installs_into_the_volume_and_persists_offline(image, t
     wheel.unlink()  # later runs cannot install it again: they reuse the volume's copy
     again = run_in_image(image.tag, "train", "/volume/byo_extra.py", user=USER, volume=vol, env=req)
     assert again.returncode == 0 and "byo-extra: extra-ok" in again.stdout, again.stderr[-3000:]
-    plain = run_in_image(image.tag, "python3", "/volume/byo_extra.py", user="5555:5555", volume=vol)
-    assert plain.returncode == 0 and "extra-ok" in plain.stdout, plain.stderr[-2000:]  # any uid, no settings
+    # Private by default (issue 10.9: the entrypoint's umask is HFGPU_UMASK, default 077): another
+    # uid cannot see what 4321 installed. Sharing is asked for (launcher --share = HFGPU_UMASK=022).
+    other_uid = run_in_image(image.tag, "python3", "/volume/byo_extra.py", user="5555:5555", volume=vol)
+    assert other_uid.returncode != 0, other_uid.stdout
+    assert "No module named 'hfgpu_byo_extra'" in other_uid.stderr, other_uid.stderr[-2000:]
+    shared = tmp_path / "shared"
+    tiny_wheel(shared / "wheels")
+    (shared / "requirements.txt").write_text("--no-index\n--find-links /volume/wheels\nhfgpu-byo-extra\n")
+    shutil.copy(ROOT / "tests" / "assets" / "byo_extra.py", shared)
+    open_up(shared)
+    share = {**req, "HFGPU_UMASK": "022"}
+    installed = run_in_image(image.tag, "train", "/volume/byo_extra.py", user=USER, volume=shared, env=share)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    plain = run_in_image(image.tag, "python3", "/volume/byo_extra.py", user="5555:5555", volume=shared)
+    assert plain.returncode == 0 and "extra-ok" in plain.stdout, plain.stderr[
+        -2000:
+    ]  # shared: any uid reads it
     home = run_in_image(image.tag, "bash", "-c", "echo $HOME; touch ~/kept", user=USER, volume=vol)
     assert home.stdout.strip() == "/volume/.home/4321" and (vol / ".home" / "4321" / "kept").is_file()
     # A plain `pip install` (no --user) as a non-root uid lands in the volume's user site too.
