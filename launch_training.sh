@@ -110,6 +110,7 @@ env_pairs=()       # resolve_env: NAME=VALUE of each --env
 secret_names=()    # resolve_secrets: the secret variables that are set
 secrets_dir=''     # write_secrets: the private folder of this run
 owns_secrets=0     # write_secrets: this process removes secrets_dir
+src_copy=''        # fetch_app_source: a temporary copy of a bundled script's source
 container_id=''    # start_container: the running container
 stopping=0 memlock=1 docker_runtimes='' run_cmd=()
 resume_args=()     # supervise: what a restart adds to script_args (script_resume_plan)
@@ -712,7 +713,19 @@ cleanup() {
   if ((owns_secrets)) && [[ -n $secrets_dir ]]; then
     rm -rf -- "$secrets_dir"
   fi
+  [[ -z $src_copy ]] || rm -rf -- "$src_copy"
   return 0
+}
+
+# fetch_app_source: sets script_src for a script bundled in the image's /app when this machine
+# has no app/ folder (the files create_instance.sh copies to a VM): a copy read from the image,
+# so that lib/script_support.sh judges the program that runs (ours: it saves and resumes).
+fetch_app_source() {
+  [[ -n $app_script && $DRY_RUN != 1 && ! -f $script_src ]] || return 0
+  src_copy=$(mktemp -d "${TMPDIR:-/tmp}/hfgpu-src.XXXXXX")
+  if docker run --rm --network none --entrypoint cat "$image" "$script_path" >"$src_copy/$app_script" 2>/dev/null; then
+    script_src=$src_copy/$app_script
+  fi
 }
 
 # docker_mount_source PATH: PATH as a quoted CSV field of --mount (',' and '"' survive).
@@ -937,6 +950,7 @@ main() {
   prepare_volume
   remove_own_stale
   trap cleanup EXIT
+  fetch_app_source
   quietly write_secrets
   build_run_cmd
   if [[ $DRY_RUN == 1 ]]; then
@@ -955,7 +969,7 @@ main() {
       trap cleanup EXIT
       supervise
     ) </dev/null >>"$log_file" 2>&1 &
-    owns_secrets=0
+    owns_secrets=0 src_copy=''
     log "started $name in the background (supervisor pid $!)"
     log "follow: tail -f $log_file   (or: docker logs -f $name)"
     log "stop:   kill $! ($stop_note; with --restart-on-preemption, docker stop $name would restart it)"

@@ -176,11 +176,16 @@ def launch(
 
 
 def launch_bg(
-    workdir: Path, *args: str, log: Path, env: dict[str, str] | None = None, uid: int = UID
+    workdir: Path,
+    *args: str,
+    log: Path,
+    env: dict[str, str] | None = None,
+    uid: int = UID,
+    launcher: Path = LAUNCHER,
 ) -> subprocess.Popen:
     with log.open("w") as out:
         return subprocess.Popen(
-            as_caller([str(LAUNCHER), *args], uid=uid),
+            as_caller([str(launcher), *args], uid=uid),
             env=caller_env(workdir, **(env or {})),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -492,6 +497,32 @@ def test_docker_stop_then_the_same_command_resumes_to_the_same_final_step(
     assert "resuming from" in output(second), output(second)[-4000:]
     assert f"checkpoint-{saved}" in output(second), output(second)[-4000:]
     assert global_step(vol / "out") == global_step(ref_vol / "out")
+
+
+def test_a_copied_launcher_knows_the_bundled_program_saves_and_resumes(image, workdir, assets):
+    """A VM gets only launch_training.sh, lib/ and VERSION (create_instance.sh), no app/: the
+    launcher reads the bundled program from the image, so it still says it saves and resumes."""
+    copy = workdir / "vm-copy"
+    copy.mkdir()
+    shutil.copy2(LAUNCHER, copy)
+    shutil.copy2(ROOT / "VERSION", copy)
+    shutil.copytree(ROOT / "lib", copy / "lib")
+    vol = make_volume(workdir, "vol-copied", assets)
+    name = f"lt-copied-{uuid.uuid4().hex[:6]}"
+    log = workdir / f"{name}.log"
+    args = ["--image", image.tag, "--volume", str(vol), "--container-name", name, "--restart-on-preemption"]
+    slow = ["--docker-arg=--env=TRAINKIT_TEST_STEP_DELAY=0.2"]
+    proc = launch_bg(workdir, *slow, *args, "bert", "--", *BERT_ARGS, log=log, launcher=copy / LAUNCHER.name)
+    wait_for(lambda: list((vol / "out").glob("checkpoint-*/checkpoint-complete.json")), "a first checkpoint")
+    docker("stop", name)
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert f"stop:   Ctrl-C or docker stop {name} (saves a checkpoint first)" in text
+    assert (
+        f"{name} exited 75; starting it again: it resumes from its newest complete checkpoint by itself"
+        in text
+    )
+    assert f"{name} finished; outputs in" in text
 
 
 def test_restart_on_preemption_runs_again_until_done(image, workdir: Path):
