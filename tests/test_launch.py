@@ -541,7 +541,7 @@ def test_restart_on_preemption_runs_again_until_done(image, workdir: Path):
     text = log.read_text()
     assert "preempted at step" in text
     # A volume script the launcher cannot judge: it says so (this one does resume by itself).
-    assert "exited 143; starting it again: preemptible.py is not known to resume" in text
+    assert "exited 75; starting it again: preemptible.py is not known to resume" in text
     assert "FROM STEP 0 unless it resumes by itself; it may overwrite its checkpoints (1/10)" in text
     restarted_at = int(text.split("start at step ")[2].split()[0])
     assert restarted_at >= 5
