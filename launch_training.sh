@@ -34,8 +34,11 @@
 #                       --name is the old spelling (deprecated)
 #   --detach            return once started; logs still go to VOLUME/logs/
 #   --restart-on-preemption
-#                       run again (resuming) when the program exits 75 ("preempted,
-#                       checkpoint saved") or the container is killed (137/143)
+#                       run again when the program exits 75 ("preempted, checkpoint
+#                       saved") or is stopped or killed (143/137), saying whether it
+#                       resumes: our programs do; an HF Trainer script is given
+#                       --resume_from_checkpoint with its newest complete checkpoint
+#                       when it uses that flag; any other starts over at step 0
 #   --max-restarts N    bound for --restart-on-preemption (0-1000, default 10)
 #   --checkpoint-bucket gs://BUCKET/PATH
 #                       where checkpoints outlive the VM (env CHECKPOINT_BUCKET)
@@ -45,8 +48,11 @@
 #   --secret NAME       one more environment variable to pass as a secret (repeatable)
 #   --share             outputs and logs readable by group and others (umask 022);
 #                       the default is private to you (umask 077)
-#   --stop-timeout S    seconds `docker stop` waits for the checkpoint (1-3600, default 120)
+#   --stop-timeout S    seconds `docker stop` waits for the checkpoint (default 120; 1-3600)
 #   --docker-arg ARG    one extra `docker run` argument, as is (repeatable)
+#   --allow-outside-volume
+#                       only warn when a script argument puts outputs outside /volume
+#                       (--output_dir /tmp/out: lost with the container); default: refuse
 #   --dry-run           print the commands, run nothing
 #   -h, --help          this help
 #
@@ -69,6 +75,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 # shellcheck disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/lib/flags.sh"
+# shellcheck disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/lib/script_support.sh"
 
 readonly PROG=launch_training.sh
 readonly PREEMPTED_EXIT=75
@@ -84,12 +92,14 @@ readonly OWNER_LABEL=hfgpu.owner
 opt_image='' opt_build=0 opt_volume='' opt_gpus='' opt_nproc='' opt_nnodes=1 opt_node_rank=0
 opt_master_addr='' opt_master_port='' opt_rdzv='' opt_network='' opt_name='' opt_detach=0
 opt_restart=0 opt_max_restarts=10 opt_bucket='' opt_env_file='' opt_share=0 opt_stop_timeout=120
+opt_outside_volume=0
 script_arg=bert script_given=0
 script_args=() docker_extra=() extra_secret_names=() env_specs=()
 volume=''          # resolve_volume: the host folder (absolute, symlinks resolved)
 image=''           # resolve_image: the reference to run
 image_origin=''    # resolve_image: where it came from (config_origin)
 script_path=''     # resolve_script: the script's path inside the container
+script_src=''      # resolve_script: the script's source on this machine ('' when unknown)
 app_script=''      # resolve_script: a name to find in the image's /app ('' for volume scripts)
 gpus=''            # resolve_gpus: all, none, N or device=...
 owner=''           # resolve_name: the owner label's value (your user name)
@@ -100,8 +110,11 @@ env_pairs=()       # resolve_env: NAME=VALUE of each --env
 secret_names=()    # resolve_secrets: the secret variables that are set
 secrets_dir=''     # write_secrets: the private folder of this run
 owns_secrets=0     # write_secrets: this process removes secrets_dir
+src_copy=''        # fetch_app_source: a temporary copy of a bundled script's source
 container_id=''    # start_container: the running container
 stopping=0 memlock=1 docker_runtimes='' run_cmd=()
+resume_args=()     # supervise: what a restart adds to script_args (script_resume_plan)
+run_start=0        # start_container: when the latest container started (epoch seconds)
 
 # ---------------------------------------------------------------- helpers
 
@@ -190,6 +203,7 @@ parse_args() {
       --share) flag_switch; opt_share=1 ;;
       --stop-timeout) flag_value "$@"; to_int opt_stop_timeout --stop-timeout "$VALUE" 1 3600 ;;
       --docker-arg) flag_value "$@"; docker_extra+=("$VALUE") ;;
+      --allow-outside-volume) flag_switch; opt_outside_volume=1 ;;
       --dry-run) flag_switch; DRY_RUN=1 ;;
       --) shift; script_args=("$@"); break ;;
       -*) flag_unknown ;;
@@ -252,6 +266,10 @@ check_args() {
         "(and deploy/gpu-training.service to start again after a reboot)"
     fi
   done
+  # An absolute output path outside /volume is lost with the container (lib/script_support.sh).
+  local mode=refuse
+  ((opt_outside_volume)) && mode=warn
+  script_check_output_paths "$mode" "${script_args[@]}" || exit 1
   return 0
 }
 
@@ -680,10 +698,9 @@ write_secrets() {
     done
     if [[ -n $opt_env_file ]]; then
       while IFS= read -r line || [[ -n $line ]]; do
-        line=${line%$'\r'}
-        if [[ $line =~ ^[[:space:]]*(export[[:space:]]+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]]; then
-          printf '%s=%s\n' "${BASH_REMATCH[2]}" "${BASH_REMATCH[3]}" >>"$file"
-        elif [[ $line =~ ^[[:space:]]*([A-Za-z_][A-Za-z0-9_]*)[[:space:]]*$ && -n ${!BASH_REMATCH[1]:-} ]]; then
+        if kv_parse "$line"; then
+          printf '%s=%s\n' "$KV_KEY" "$KV_VALUE" >>"$file"
+        elif [[ ${line%$'\r'} =~ ^[[:space:]]*([A-Za-z_][A-Za-z0-9_]*)[[:space:]]*$ && -n ${!BASH_REMATCH[1]:-} ]]; then
           printf '%s=%s\n' "${BASH_REMATCH[1]}" "${!BASH_REMATCH[1]}" >>"$file"
         fi
       done <"$opt_env_file"
@@ -696,7 +713,19 @@ cleanup() {
   if ((owns_secrets)) && [[ -n $secrets_dir ]]; then
     rm -rf -- "$secrets_dir"
   fi
+  [[ -z $src_copy ]] || rm -rf -- "$src_copy"
   return 0
+}
+
+# fetch_app_source: sets script_src for a script bundled in the image's /app when this machine
+# has no app/ folder (the files create_instance.sh copies to a VM): a copy read from the image,
+# so that lib/script_support.sh judges the program that runs (ours: it saves and resumes).
+fetch_app_source() {
+  [[ -n $app_script && $DRY_RUN != 1 && ! -f $script_src ]] || return 0
+  src_copy=$(mktemp -d "${TMPDIR:-/tmp}/hfgpu-src.XXXXXX")
+  if docker run --rm --network none --entrypoint cat "$image" "$script_path" >"$src_copy/$app_script" 2>/dev/null; then
+    script_src=$src_copy/$app_script
+  fi
 }
 
 # docker_mount_source PATH: PATH as a quoted CSV field of --mount (',' and '"' survive).
@@ -704,7 +733,8 @@ docker_mount_source() {
   printf '"source=%s"' "${1//\"/\"\"}"
 }
 
-# build_run_cmd: sets run_cmd, the docker run command.
+# build_run_cmd: sets run_cmd, the docker run command: the script's own arguments, then
+# resume_args (a restart's --resume_from_checkpoint, never added twice).
 build_run_cmd() {
   run_cmd=(docker run --detach --name "$name"
     --label "$OWNER_LABEL=$owner"
@@ -738,7 +768,7 @@ build_run_cmd() {
     run_cmd+=(--mount "type=bind,$(docker_mount_source "$secrets_dir"),target=$SECRETS_MOUNT,readonly"
       --env "HFGPU_SECRETS_FILE=$SECRETS_MOUNT/env")
   fi
-  run_cmd+=("${docker_extra[@]}" "$image" train "$script_path" "${script_args[@]}")
+  run_cmd+=("${docker_extra[@]}" "$image" train "$script_path" "${script_args[@]}" "${resume_args[@]}")
 }
 
 docker_gpus_value() {
@@ -785,9 +815,10 @@ remove_failed_start() {
   docker rm --force "$name" >/dev/null 2>&1 || true
 }
 
-# start_container: sets container_id; a failure leaves nothing behind.
+# start_container: sets container_id and run_start; a failure leaves nothing behind.
 start_container() {
   local err line
+  run_start=$(date +%s)
   if ! err=$("${run_cmd[@]}" 2>&1 >/dev/null); then
     line=$(grep -m1 'Error response from daemon' <<<"$err" || grep -m1 -v '^[[:space:]]*$' <<<"$err" || true)
     line=${line#docker: }
@@ -813,7 +844,7 @@ start_container() {
 # shellcheck disable=SC2329 # run by trap
 on_stop_signal() {
   stopping=1
-  log "stopping $name: the program saves a checkpoint first (up to ${opt_stop_timeout}s)"
+  log "stopping $name (up to ${opt_stop_timeout}s): $(script_stop_note "$script_src" "${script_args[@]}")"
   [[ -z $container_id ]] || docker stop --time "$opt_stop_timeout" "$container_id" >/dev/null 2>&1 || true
 }
 
@@ -860,7 +891,10 @@ supervise() {
       [[ $code == "$PREEMPTED_EXIT" || $code == 137 || $code == 143 ]]; then
       if ((restarts < opt_max_restarts)); then
         restarts=$((restarts + 1))
-        note "$name exited $code (preempted or killed); starting it again to resume ($restarts/$opt_max_restarts)"
+        script_resume_plan "$script_src" "$volume" "${script_args[@]}"
+        resume_args=("${SCRIPT_RESUME_ARGS[@]}")
+        note "$name exited $code; $SCRIPT_RESUME_NOTE ($restarts/$opt_max_restarts)"
+        build_run_cmd
         start_container
         continue
       fi
@@ -868,12 +902,27 @@ supervise() {
     fi
     break
   done
+  report_outcome "$code"
+  return "$code"
+}
+
+# report_outcome CODE: the last line of a run. Our programs' exit codes are exact; for any
+# other script "finished" is said only when the run says it finished (script_run_outcome).
+report_outcome() {
+  local code=$1 outcome
+  if ! script_uses_trainkit "$script_src"; then
+    if outcome=$(script_run_outcome "$volume" "$code" "$run_start" "${script_args[@]}"); then
+      note "$name $outcome; outputs in $volume, log in $log_file"
+    else
+      note "$name $outcome; see $log_file"
+    fi
+    return 0
+  fi
   case $code in
     0) note "$name finished; outputs in $volume, log in $log_file" ;;
     "$PREEMPTED_EXIT") note "$name stopped after saving a checkpoint (exit 75); run the same command again to resume" ;;
     *) note "$name failed with exit code $code; see $log_file" ;;
   esac
-  return "$code"
 }
 
 main() {
@@ -890,6 +939,7 @@ main() {
   resolve_volume
   resolve_image
   resolve_script
+  script_src=$(script_host_path "$script_path" "$volume") || script_src=''
   resolve_gpus
   resolve_name
   check_name_free
@@ -900,6 +950,7 @@ main() {
   prepare_volume
   remove_own_stale
   trap cleanup EXIT
+  fetch_app_source
   quietly write_secrets
   build_run_cmd
   if [[ $DRY_RUN == 1 ]]; then
@@ -909,6 +960,8 @@ main() {
   log "running: $(quote_cmd "${run_cmd[@]}")"
   log "log file: $log_file"
   ((opt_detach)) || trap on_stop_signal INT TERM
+  local stop_note
+  stop_note=$(script_stop_note "$script_src" "${script_args[@]}")
   start_container
   if ((opt_detach)); then
     (
@@ -916,12 +969,13 @@ main() {
       trap cleanup EXIT
       supervise
     ) </dev/null >>"$log_file" 2>&1 &
-    owns_secrets=0
+    owns_secrets=0 src_copy=''
     log "started $name in the background (supervisor pid $!)"
     log "follow: tail -f $log_file   (or: docker logs -f $name)"
-    log "stop:   kill $! (saves a checkpoint; with --restart-on-preemption, docker stop $name would restart it)"
+    log "stop:   kill $! ($stop_note; with --restart-on-preemption, docker stop $name would restart it)"
     return 0
   fi
+  log "stop:   Ctrl-C or docker stop $name ($stop_note)"
   local code=0
   supervise || code=$?
   return "$code"

@@ -199,8 +199,9 @@ script_resume_plan() {
     return 0
   fi
   if ! script_handles_resume "$src"; then
-    SCRIPT_RESUME_NOTE="starting it again FROM STEP 0: ${src##*/} is not known to resume"
-    SCRIPT_RESUME_NOTE+=" (it does not use --resume_from_checkpoint); it may overwrite its checkpoints"
+    SCRIPT_RESUME_NOTE="starting it again: ${src##*/} is not known to resume (it does not use"
+    SCRIPT_RESUME_NOTE+=" --resume_from_checkpoint), so FROM STEP 0 unless it resumes by itself;"
+    SCRIPT_RESUME_NOTE+=" it may overwrite its checkpoints"
     return 0
   fi
   if script_arg_value resume_from_checkpoint "$@" >/dev/null; then

@@ -178,7 +178,11 @@ def test_resume_plan_says_resume_or_start_over(tmp_path):
     mode, extra, _ = resume_plan(byo, tmp_path, *args, "--resume_from_checkpoint=/volume/out/checkpoint-2")
     assert (mode, extra) == ("resume", [])  # the caller's own choice stands
     mode, extra, note = resume_plan(ROOT / "tests" / "assets" / "byo_extra.py", tmp_path, *args)
-    assert (mode, extra) == ("restart", []) and "FROM STEP 0: byo_extra.py is not known to resume" in note
+    assert (
+        (mode, extra) == ("restart", [])
+        and "byo_extra.py is not known to resume" in note
+        and "FROM STEP 0 unless" in note
+    )
     mode, extra, note = resume_plan(ROOT / "app" / "test_training_bert_base.py", tmp_path)
     assert (mode, extra) == ("resume", []) and "by itself" in note
     # trainkit's folders: complete only with the marker, even when trainer_state.json exists.
@@ -334,8 +338,23 @@ def test_an_extra_package_installs_into_the_volume_and_persists_offline(image, t
     wheel.unlink()  # later runs cannot install it again: they reuse the volume's copy
     again = run_in_image(image.tag, "train", "/volume/byo_extra.py", user=USER, volume=vol, env=req)
     assert again.returncode == 0 and "byo-extra: extra-ok" in again.stdout, again.stderr[-3000:]
-    plain = run_in_image(image.tag, "python3", "/volume/byo_extra.py", user="5555:5555", volume=vol)
-    assert plain.returncode == 0 and "extra-ok" in plain.stdout, plain.stderr[-2000:]  # any uid, no settings
+    # Private by default (issue 10.9: the entrypoint's umask is HFGPU_UMASK, default 077): another
+    # uid cannot see what 4321 installed. Sharing is asked for (launcher --share = HFGPU_UMASK=022).
+    other_uid = run_in_image(image.tag, "python3", "/volume/byo_extra.py", user="5555:5555", volume=vol)
+    assert other_uid.returncode != 0, other_uid.stdout
+    assert "No module named 'hfgpu_byo_extra'" in other_uid.stderr, other_uid.stderr[-2000:]
+    shared = tmp_path / "shared"
+    tiny_wheel(shared / "wheels")
+    (shared / "requirements.txt").write_text("--no-index\n--find-links /volume/wheels\nhfgpu-byo-extra\n")
+    shutil.copy(ROOT / "tests" / "assets" / "byo_extra.py", shared)
+    open_up(shared)
+    share = {**req, "HFGPU_UMASK": "022"}
+    installed = run_in_image(image.tag, "train", "/volume/byo_extra.py", user=USER, volume=shared, env=share)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    plain = run_in_image(image.tag, "python3", "/volume/byo_extra.py", user="5555:5555", volume=shared)
+    assert plain.returncode == 0 and "extra-ok" in plain.stdout, plain.stderr[
+        -2000:
+    ]  # shared: any uid reads it
     home = run_in_image(image.tag, "bash", "-c", "echo $HOME; touch ~/kept", user=USER, volume=vol)
     assert home.stdout.strip() == "/volume/.home/4321" and (vol / ".home" / "4321" / "kept").is_file()
     # A plain `pip install` (no --user) as a non-root uid lands in the volume's user site too.
@@ -405,3 +424,118 @@ def test_bad_inputs_to_the_entrypoint_and_train(image, tmp_path, env, cmd, says)
     if "conflict" in says:
         assert "PIP_CONSTRAINT=/opt/venv/constraints.txt" in lines[0] and "requirements.lock" in lines[0]
         assert not list(vol.glob(".local/lib/*/site-packages/transformers"))  # nothing half-installed
+
+
+# ------------------------------------------------------------------ through the launcher
+
+LAUNCHER = ROOT / "launch_training.sh"
+ENV_PROBE = """
+import os, sys
+out = sys.argv[sys.argv.index("--output_dir") + 1]
+print("byo-env:", os.environ.get("BYO_GREETING"), "out:", out, flush=True)
+"""
+
+
+def launcher_cmd(image, vol: Path, name: str, *args: str) -> list[str]:
+    """launch_training.sh on CPU, offline, as the launcher's caller (this test's uid)."""
+    return [str(LAUNCHER), "--image", image.tag, "--volume", str(vol), "--gpus", "none", "--network", "none",
+            "--container-name", name, *args]  # fmt: skip
+
+
+def launcher_env() -> dict[str, str]:
+    return {**os.environ, "CONFIG_FILE": "/dev/null", "HFGPU_MIN_FREE_GB": "1"}
+
+
+def launch(image, vol: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    name = f"hfgpu-byo-{uuid.uuid4().hex[:8]}"
+    return subprocess.run(
+        launcher_cmd(image, vol, name, *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=launcher_env(),
+    )
+
+
+def launch_then_stop(image, vol: Path, ready, *args: str) -> tuple[int, str]:
+    """Run the launcher in the foreground; `docker stop` its container once ready(log) holds (the
+    first time only); wait for the launcher. Its exit status and its whole output."""
+    name = f"hfgpu-byo-{uuid.uuid4().hex[:8]}"
+    log = vol / f"{name}.launcher.log"
+    try:
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                launcher_cmd(image, vol, name, *args),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=launcher_env(),
+            )
+        deadline = time.monotonic() + 300
+        while not ready(log.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        docker("stop", "-t", "60", name, timeout=120)
+        code = proc.wait(timeout=600)
+        return code, log.read_text()
+    finally:
+        docker("rm", "-f", name, check=False)
+
+
+def test_launcher_refuses_outputs_outside_the_volume_and_passes_env(image, vol):
+    (vol / "byo_env.py").write_text(ENV_PROBE)
+    open_up(vol)
+    args = ["--env", "BYO_GREETING=hello", "byo_env.py", "--", "--output_dir", "/tmp/out"]
+    refused = launch(image, vol, *args)
+    assert refused.returncode == 1 and refused.stdout == "", refused.stderr
+    assert refused.stderr.splitlines() == [
+        "launch_training.sh: error: --output_dir /tmp/out is outside /volume, so it would be lost with the "
+        "container; use a path under /volume (or a relative one), or pass --allow-outside-volume"
+    ]
+    allowed = launch(image, vol, "--allow-outside-volume", *args)
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    assert (
+        "warning: --output_dir /tmp/out is outside /volume: it is lost with the container" in allowed.stderr
+    )
+    assert "byo-env: hello out: /tmp/out" in allowed.stdout
+    # No trainer_state.json to judge by: the exit status is all the launcher has, and it says so.
+    assert "finished (exit 0; it wrote no trainer_state.json to check)" in allowed.stderr.splitlines()[-1]
+
+
+def test_launcher_stop_is_not_finished_and_a_restart_resumes_at_the_checkpoint(image, vol):
+    args = classify_args("/volume/lr", "--save_steps=2")
+    slow = ["--env", "BYO_STEP_DELAY=1.5"]
+    has_checkpoint = lambda _log: bool(list((vol / "lr").glob("checkpoint-*/trainer_state.json")))  # noqa: E731
+    code, text = launch_then_stop(image, vol, has_checkpoint, *slow, "byo_classify.py", "--", *args)
+    assert code == 143, text[-3000:]
+    assert "not known to save on a stop: the steps since its last checkpoint are lost" in text
+    last = text.strip().splitlines()[-1]
+    assert " stopped at step " in last and "of 8 (exit 143)" in last and "finished" not in last, last
+
+    # Again with --restart-on-preemption: stopped once more after a checkpoint of this run, it is
+    # started again with --resume_from_checkpoint and ends at the last step.
+    started = time.time()
+
+    def new_checkpoint(_log: str) -> bool:
+        return any(p.stat().st_mtime >= started for p in (vol / "lr").glob("checkpoint-*/trainer_state.json"))
+
+    restart = ["--restart-on-preemption", *slow, "byo_classify.py", "--", *args]
+    code, text = launch_then_stop(image, vol, new_checkpoint, *restart)
+    assert code == 0, text[-3000:]
+    note = next(line for line in text.splitlines() if "exited 143; starting it again" in line)
+    assert "to resume from step " in note and "(--resume_from_checkpoint /volume/lr/checkpoint-" in note, note
+    step = int(note.split("to resume from step ")[1].split()[0])
+    assert f"byo: train begins at step {step} of 8" in text
+    assert "finished: step 8 of 8; outputs in" in text.strip().splitlines()[-1]
+
+
+def test_launcher_restart_without_a_checkpoint_says_it_starts_over(image, vol):
+    args = classify_args("/volume/so", "--save_strategy=no")
+    restart = ["--restart-on-preemption", "--env", "BYO_STEP_DELAY=1.5", "byo_classify.py", "--", *args]
+    code, text = launch_then_stop(image, vol, lambda log: "byo: train begins at step 0" in log, *restart)
+    assert code == 0, text[-3000:]
+    assert (
+        "exited 143; starting it again FROM STEP 0: no complete checkpoint in its output folder yet (1/10)"
+        in text
+    )
+    assert text.count("byo: train begins at step 0 of 8") == 2
+    assert "finished: step 8 of 8" in text.strip().splitlines()[-1]

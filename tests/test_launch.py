@@ -176,11 +176,16 @@ def launch(
 
 
 def launch_bg(
-    workdir: Path, *args: str, log: Path, env: dict[str, str] | None = None, uid: int = UID
+    workdir: Path,
+    *args: str,
+    log: Path,
+    env: dict[str, str] | None = None,
+    uid: int = UID,
+    launcher: Path = LAUNCHER,
 ) -> subprocess.Popen:
     with log.open("w") as out:
         return subprocess.Popen(
-            as_caller([str(LAUNCHER), *args], uid=uid),
+            as_caller([str(launcher), *args], uid=uid),
             env=caller_env(workdir, **(env or {})),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -494,6 +499,32 @@ def test_docker_stop_then_the_same_command_resumes_to_the_same_final_step(
     assert global_step(vol / "out") == global_step(ref_vol / "out")
 
 
+def test_a_copied_launcher_knows_the_bundled_program_saves_and_resumes(image, workdir, assets):
+    """A VM gets only launch_training.sh, lib/ and VERSION (create_instance.sh), no app/: the
+    launcher reads the bundled program from the image, so it still says it saves and resumes."""
+    copy = workdir / "vm-copy"
+    copy.mkdir()
+    shutil.copy2(LAUNCHER, copy)
+    shutil.copy2(ROOT / "VERSION", copy)
+    shutil.copytree(ROOT / "lib", copy / "lib")
+    vol = make_volume(workdir, "vol-copied", assets)
+    name = f"lt-copied-{uuid.uuid4().hex[:6]}"
+    log = workdir / f"{name}.log"
+    args = ["--image", image.tag, "--volume", str(vol), "--container-name", name, "--restart-on-preemption"]
+    slow = ["--docker-arg=--env=TRAINKIT_TEST_STEP_DELAY=0.2"]
+    proc = launch_bg(workdir, *slow, *args, "bert", "--", *BERT_ARGS, log=log, launcher=copy / LAUNCHER.name)
+    wait_for(lambda: list((vol / "out").glob("checkpoint-*/checkpoint-complete.json")), "a first checkpoint")
+    docker("stop", name)
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert f"stop:   Ctrl-C or docker stop {name} (saves a checkpoint first)" in text
+    assert (
+        f"{name} exited 75; starting it again: it resumes from its newest complete checkpoint by itself"
+        in text
+    )
+    assert f"{name} finished; outputs in" in text
+
+
 def test_restart_on_preemption_runs_again_until_done(image, workdir: Path):
     vol = make_volume(workdir, "vol-restart")
     write_script(vol, "preemptible.py", PREEMPTIBLE)
@@ -509,7 +540,9 @@ def test_restart_on_preemption_runs_again_until_done(image, workdir: Path):
     assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
     text = log.read_text()
     assert "preempted at step" in text
-    assert "starting it again to resume (1/10)" in text
+    # A volume script the launcher cannot judge: it says so (this one does resume by itself).
+    assert "exited 75; starting it again: preemptible.py is not known to resume" in text
+    assert "FROM STEP 0 unless it resumes by itself; it may overwrite its checkpoints (1/10)" in text
     restarted_at = int(text.split("start at step ")[2].split()[0])
     assert restarted_at >= 5
     assert "done at step 60" in text
@@ -766,6 +799,9 @@ BAD_INPUTS = [
     ("env-file-missing", "--env-file {workdir}/none.env", {}, ["is not a regular readable file"]),
     ("secret-bad-name", "--secret bad-name", {}, ["--secret takes a variable name"]),
     ("restart-policy", "--docker-arg=--restart=always", {}, ["restart policies are not supported"]),
+    ("outside-volume-switch", "--allow-outside-volume=yes", {}, ["--allow-outside-volume is an on/off flag"]),
+    ("output-outside-volume", "-- --output_dir /tmp/out", {}, ["--output_dir /tmp/out is outside /volume"]),
+    ("logging-outside-volume", "-- --logging_dir=/app/logs", {}, ["pass --allow-outside-volume"]),
     ("symlink-escape", "escape.py", {}, ["outside the volume", "copy it there"]),
     ("image-ref", "--image Bad/Ref:Tag", {}, ["'Bad/Ref:Tag' is not an image reference"]),
     ("image-from-env", "-image", {"CONTAINER_NAME": "my container"}, ["CONTAINER_NAME from the environment"]),
@@ -979,8 +1015,9 @@ def test_restarts_after_137_and_143_then_finishes(image, workdir: Path):
     proc = launch(workdir, *args.split())
     assert proc.returncode == 0, output(proc)[-3000:]
     assert (vol / "runs").read_text() == "run\n" * 3
-    assert "exited 137 (preempted or killed); starting it again to resume (1/10)" in proc.stderr
-    assert "exited 143 (preempted or killed); starting it again to resume (2/10)" in proc.stderr
+    assert "exited 137; starting it again: seq.py is not known to resume" in proc.stderr
+    assert "exited 143; starting it again: seq.py is not known to resume" in proc.stderr
+    assert "may overwrite its checkpoints (2/10)" in proc.stderr
 
 
 def test_gives_up_at_max_restarts(image, workdir: Path):
