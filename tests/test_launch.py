@@ -65,6 +65,15 @@ BERT_ARGS = [
     "/volume/out",
 ]
 
+# trainkit's test-only hooks live in tests/probes/sitecustomize.py, never in the image: mounted
+# and first on PYTHONPATH, TRAINKIT_TEST_STEP_DELAY slows each step of the tiny model (which
+# otherwise finishes before a `docker stop` lands).
+SLOW_STEPS = [
+    f"--docker-arg=--volume={ROOT / 'tests' / 'probes'}:/probes:ro",
+    "--docker-arg=--env=PYTHONPATH=/probes:/app",
+    "--docker-arg=--env=TRAINKIT_TEST_STEP_DELAY=0.2",
+]
+
 # A preemptible stand-in: counts steps into a file; SIGTERM -> save, exit 75; a rerun continues.
 PREEMPTIBLE = """
 import os, signal, sys, time
@@ -479,17 +488,20 @@ def test_docker_stop_then_the_same_command_resumes_to_the_same_final_step(
     assert ref.returncode == 0
     vol = make_volume(workdir, "vol-resume", assets)
     name = f"lt-resume-{uuid.uuid4().hex[:6]}"
-    args = ["--image", image.tag, "--volume", str(vol), "--container-name", name, "bert", "--", *BERT_ARGS]
-    # The tiny model finishes all 32 steps in a fraction of a second: slow each step (a test-only
-    # hook of trainkit), so that `docker stop` lands mid-training, not after the last step.
-    slow = ["--docker-arg=--env=TRAINKIT_TEST_STEP_DELAY=0.2"]
-    first = launch_bg(workdir, *slow, *args, log=workdir / f"{name}.1.log")
-    wait_for(lambda: list((vol / "out").glob("checkpoint-*/checkpoint-complete.json")), "a first checkpoint")
+    # --save_steps 1000: no scheduled checkpoint, so the only one is the one the stop saves.
+    script = ["bert", "--", *BERT_ARGS, "--save_steps", "1000"]
+    args = ["--image", image.tag, "--volume", str(vol), "--container-name", name, *script]
+    log = workdir / f"{name}.1.log"
+    first = launch_bg(workdir, *SLOW_STEPS, *args, log=log)
+    wait_for(lambda: "'loss'" in log.read_text(), "the first logged loss (step 5)")
     docker("stop", name)
-    assert first.wait(timeout=180) == 75, (workdir / f"{name}.1.log").read_text()[-3000:]
-    saved = max(int(p.name.split("-")[1]) for p in (vol / "out").glob("checkpoint-*") if p.is_dir())
-    first_log = (workdir / f"{name}.1.log").read_text()
-    assert 0 < saved < global_step(ref_vol / "out"), first_log[-3000:]
+    assert first.wait(timeout=180) == 75, log.read_text()[-3000:]
+    first_log = log.read_text()
+    signalled = int(first_log.split("preempted at step ")[1].split()[0])
+    saved = [int(p.name.split("-")[1]) for p in (vol / "out").glob("checkpoint-*") if p.is_dir()]
+    assert saved == [signalled], first_log[-3000:]
+    saved = signalled
+    assert 5 <= saved < global_step(ref_vol / "out"), first_log[-3000:]
     assert not (vol / "out" / "all_results.json").exists(), first_log[-3000:]
 
     second = launch(workdir, *args)
@@ -511,8 +523,9 @@ def test_a_copied_launcher_knows_the_bundled_program_saves_and_resumes(image, wo
     name = f"lt-copied-{uuid.uuid4().hex[:6]}"
     log = workdir / f"{name}.log"
     args = ["--image", image.tag, "--volume", str(vol), "--container-name", name, "--restart-on-preemption"]
-    slow = ["--docker-arg=--env=TRAINKIT_TEST_STEP_DELAY=0.2"]
-    proc = launch_bg(workdir, *slow, *args, "bert", "--", *BERT_ARGS, log=log, launcher=copy / LAUNCHER.name)
+    proc = launch_bg(
+        workdir, *SLOW_STEPS, *args, "bert", "--", *BERT_ARGS, log=log, launcher=copy / LAUNCHER.name
+    )
     wait_for(lambda: list((vol / "out").glob("checkpoint-*/checkpoint-complete.json")), "a first checkpoint")
     docker("stop", name)
     assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
