@@ -105,7 +105,7 @@ def test_labels_and_entrypoint(image):
     assert labels["org.opencontainers.image.revision"] == "testrev"
     assert labels["org.opencontainers.image.created"] == "2026-01-01T00:00:00Z"
     assert "org.opencontainers.image.source" in labels
-    assert labels["ai.gpu-transformers.min-nvidia-driver"]
+    assert labels["hfgpu.min-nvidia-driver"]
     assert config["Entrypoint"][:2] == ["/usr/bin/tini", "--"], "exec-form entrypoint with an init"
 
 

@@ -514,7 +514,7 @@ def test_docker_stop_then_the_same_command_resumes_to_the_same_final_step(
 def test_a_copied_launcher_knows_the_bundled_program_saves_and_resumes(image, workdir, assets):
     """A VM gets only launch_training.sh, lib/ and VERSION (create_instance.sh), no app/: the
     launcher reads the bundled program from the image, so it still says it saves and resumes."""
-    copy = workdir / "vm-copy"
+    copy = workdir / "vm-copy-bundled"
     copy.mkdir()
     shutil.copy2(LAUNCHER, copy)
     shutil.copy2(ROOT / "VERSION", copy)
