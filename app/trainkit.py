@@ -47,6 +47,7 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -334,12 +335,16 @@ def setup_logging(training_args) -> None:
 
 
 def check_output_dir(path: str) -> None:
-    """Fail early, in one line, when the output folder cannot be written."""
-    probe = Path(path) / f".write-test-{os.getpid()}"
+    """Fail early, in one line, when the output folder cannot be written.
+
+    The probe's name is unique across machines: replicas in other containers may probe the same
+    shared folder (a /gcs bucket mount) at once, and their processes often have the same pid.
+    """
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
-        probe.write_text("ok")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as err:
         raise UserError(
             f"output_dir {path} is not writable by uid {os.getuid()} ({err.strerror}); "
