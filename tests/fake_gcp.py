@@ -95,6 +95,30 @@ API_HOSTS = {
 }
 
 
+def gcloud_offline_env(config_dir: Path, project: str | None, token: str | None, overrides: dict) -> dict:
+    """Environment for the real gcloud with no Google account: API NAME -> URL in OVERRIDES
+    (CLOUDSDK_API_ENDPOINT_OVERRIDES_NAME), a private config folder, no prompts or reporting.
+
+    token=None leaves gcloud unauthenticated (no access-token file, no account).
+    """
+    config_dir.mkdir(parents=True, exist_ok=True)
+    env = {f"CLOUDSDK_API_ENDPOINT_OVERRIDES_{api}": url for api, url in overrides.items()}
+    env.update(
+        CLOUDSDK_CONFIG=str(config_dir),
+        CLOUDSDK_CORE_DISABLE_PROMPTS="1",
+        CLOUDSDK_CORE_DISABLE_USAGE_REPORTING="1",
+        CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK="1",
+        CLOUDSDK_METRICS_ENVIRONMENT="hfgpu-tests",
+    )
+    if project:
+        env["CLOUDSDK_CORE_PROJECT"] = project
+    if token is not None:
+        token_file = config_dir / "access-token"
+        token_file.write_text(token)
+        env["CLOUDSDK_AUTH_ACCESS_TOKEN_FILE"] = str(token_file)
+    return env
+
+
 @dataclass
 class Recorded:
     method: str
@@ -247,30 +271,15 @@ class FakeGcp:
         return f"http://{host}:{port}"
 
     def gcloud_env(self, config_dir: Path, project: str | None, token: str | None = "fake-token") -> dict:
-        """Environment that points the real gcloud at this fake, with no Google account.
-
-        token=None leaves gcloud unauthenticated (no access-token file, no account).
-        """
-        config_dir.mkdir(parents=True, exist_ok=True)
-        env = {
-            "CLOUDSDK_CONFIG": str(config_dir),
-            "CLOUDSDK_API_ENDPOINT_OVERRIDES_ARTIFACTREGISTRY": f"{self.url}/",
-            "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE": f"{self.url}{COMPUTE_PREFIX}",
-            "CLOUDSDK_API_ENDPOINT_OVERRIDES_IAM": f"{self.url}/iam/",
-            "CLOUDSDK_API_ENDPOINT_OVERRIDES_CLOUDRESOURCEMANAGER": f"{self.url}/cloudresourcemanager/",
-            "CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE": f"{self.url}{STORAGE_PREFIX}",
-            "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
-            "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "1",
-            "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "1",
-            "CLOUDSDK_METRICS_ENVIRONMENT": "hfgpu-tests",
+        """Environment that points the real gcloud at this fake, with no Google account."""
+        overrides = {
+            "ARTIFACTREGISTRY": f"{self.url}/",
+            "COMPUTE": f"{self.url}{COMPUTE_PREFIX}",
+            "IAM": f"{self.url}/iam/",
+            "CLOUDRESOURCEMANAGER": f"{self.url}/cloudresourcemanager/",
+            "STORAGE": f"{self.url}{STORAGE_PREFIX}",
         }
-        if project:
-            env["CLOUDSDK_CORE_PROJECT"] = project
-        if token is not None:
-            token_file = config_dir / "access-token"
-            token_file.write_text(token)
-            env["CLOUDSDK_AUTH_ACCESS_TOKEN_FILE"] = str(token_file)
-        return env
+        return gcloud_offline_env(config_dir, project, token, overrides)
 
     # -- state for tests ---------------------------------------------------------------
     def add_instance(self, project: str, zone: str, name: str, status: str = "RUNNING") -> None:

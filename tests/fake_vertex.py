@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from fake_gcp import gcloud_offline_env
+
 SUCCESS = ["JOB_STATE_QUEUED", "JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"]
 REQUIRED = "List of found errors:\t1.Field: {}; Message: Required field is not set.\t"
 FAILURE = ["JOB_STATE_QUEUED", "JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_FAILED"]
@@ -165,23 +167,8 @@ class FakeVertex(_Server):
 
     def gcloud_env(self, config_dir: Path, project: str | None, token: str | None = "fake-token") -> dict:
         """Environment that points the real gcloud's `ai` commands at this fake, with no account."""
-        config_dir.mkdir(parents=True, exist_ok=True)
-        env = {
-            "CLOUDSDK_CONFIG": str(config_dir),
-            "CLOUDSDK_API_ENDPOINT_OVERRIDES_AIPLATFORM": f"{self.url}/",
-            "CLOUDSDK_API_ENDPOINT_OVERRIDES_LOGGING": f"{self.url}/",
-            "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
-            "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "1",
-            "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "1",
-            "CLOUDSDK_METRICS_ENVIRONMENT": "hfgpu-tests",
-        }
-        if project:
-            env["CLOUDSDK_CORE_PROJECT"] = project
-        if token is not None:
-            token_file = config_dir / "access-token"
-            token_file.write_text(token)
-            env["CLOUDSDK_AUTH_ACCESS_TOKEN_FILE"] = str(token_file)
-        return env
+        overrides = {"AIPLATFORM": f"{self.url}/", "LOGGING": f"{self.url}/"}
+        return gcloud_offline_env(config_dir, project, token, overrides)
 
     def creates(self) -> list[Recorded]:
         return self.calls("POST", r"/customJobs$")
