@@ -19,10 +19,13 @@ PYTEST_ARGS ?=
 # Where `make lock` writes (tests/test_build_and_push.py relocks into a temporary folder).
 LOCK_DIR ?= build_image
 # The lock is resolved for the image's Python (3.10, Ubuntu 22.04) on x86-64 Linux, as PyPI
-# stood at LOCK_EXCLUDE_NEWER: a re-lock gives the same file (tests/test_build_and_push.py).
-# Move the date forward to take newer releases, then run `make lock`.
+# stood at LOCK_EXCLUDE_NEWER. uv keeps the pins it finds in the output file, so `make lock` over
+# the committed lock changes nothing (tests/test_build_and_push.py); a relock from nothing may not
+# (docs/development.md). To take newer releases: move the date forward, then
+# `make lock LOCK_UPGRADE=--upgrade` (uv then re-resolves every pin).
 LOCK_EXCLUDE_NEWER ?= 2026-11-29T08:00:00Z
-LOCK_FLAGS := --python-version 3.10 --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header -q \
+LOCK_UPGRADE ?=
+LOCK_FLAGS := $(LOCK_UPGRADE) --python-version 3.10 --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header -q \
   --exclude-newer $(LOCK_EXCLUDE_NEWER)
 
 .PHONY: help test lint image lock bench-image images clean-images

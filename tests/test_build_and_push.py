@@ -32,6 +32,8 @@ from conftest import DOCKER as DOCKER_BIN
 from conftest import ROOT, docker, tool_path_dir
 from fake_gcp import FakeGcp, Recorded
 from gcp_env import Registry, script_env
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 SCRIPT = ROOT / "build_and_push.sh"
 VERSION = (ROOT / "VERSION").read_text().strip()
@@ -141,10 +143,13 @@ class PushRuns:
 
 
 @pytest.fixture(scope="module")
-def pushed(image, bindir: Path, checkout: Path, tmp_path_factory) -> Iterator[PushRuns]:
-    """The one real push: run the clean checkout's script twice against a fresh registry and a fake API."""
+def pushed(
+    image, session_registry: Registry, bindir: Path, checkout: Path, tmp_path_factory
+) -> Iterator[PushRuns]:
+    """The one real push of the full image: the clean checkout's script, run twice against the
+    run's registry (tests/conftest.py session_registry) and a fake API."""
     tmp = tmp_path_factory.mktemp("push")
-    registry = Registry().start()
+    registry = session_registry
     try:
         with FakeGcp() as fake:
             env = script_env(fake, tmp, bindir)
@@ -157,8 +162,7 @@ def pushed(image, bindir: Path, checkout: Path, tmp_path_factory) -> Iterator[Pu
                 registry, fake, first, first_requests, second, second_requests, checkout_head(checkout)
             )
     finally:
-        registry.stop()
-        remove_refs(f"{registry.host}/")
+        remove_refs(f"{registry.host}/{REPO_PATH}")
 
 
 def printed_digest_ref(proc: subprocess.CompletedProcess) -> str:
@@ -574,8 +578,7 @@ def test_registry_refusing_the_push_pushes_nothing(image, bindir: Path, tmp_path
         assert proc.stdout == ""
         assert registry.catalog() == [] and registry.tags(REPO_PATH) == []
     finally:
-        registry.stop()
-        remove_refs(f"{registry.host}/")
+        remove_refs(f"{registry.host}/{REPO_PATH}")
 
 
 def test_help_prints_the_header():
@@ -708,14 +711,69 @@ def test_cloudbuild_refuses_a_git_tag_that_disagrees_with_version():
     assert f"git tag v9.9.9 does not match VERSION ({VERSION})" in err
 
 
-def test_make_lock_is_reproducible(tmp_path: Path):
-    """`make lock` again gives byte-identical lock files (uv resolves as PyPI stood at the
-    Makefile's LOCK_EXCLUDE_NEWER; it needs PyPI)."""
+LOCKS = {"requirements.lock": "requirements.txt", "tools.lock": "tools.in"}
+
+
+@dataclass(frozen=True)
+class Pin:
+    name: str
+    version: str
+    hashes: tuple[str, ...]
+    via: tuple[str, ...]  # what asked for it: a locked name, or "-r FILE"
+
+
+def locked_pins(lock: Path) -> dict[str, Pin]:
+    """NAME -> Pin for every `name[extras]==version \\ --hash=...` entry of a uv/pip-compile lock."""
+    pins: dict[str, Pin] = {}
+    for entry in re.split(r"\n(?=[A-Za-z0-9])", lock.read_text()):
+        head = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==(\S+)", entry)
+        assert head, f"{lock.name}: not a pinned entry: {entry[:80]!r}"
+        name = canonicalize_name(head[1])
+        hashes = tuple(re.findall(r"--hash=(sha256:[0-9a-f]{64})", entry))
+        via = re.findall(r"^\s*#\s+(?:via\s+)?(-r \S+|[A-Za-z0-9][A-Za-z0-9._-]*)\s*$", entry, re.M)
+        parents = tuple(v if v.startswith("-r") else canonicalize_name(v) for v in via)
+        pins[name] = Pin(name, head[3], hashes, parents)
+    return pins
+
+
+def direct_requirements(source: Path) -> list[Requirement]:
+    return [
+        Requirement(line.split("#", 1)[0].strip())
+        for line in source.read_text().splitlines()
+        if line.split("#", 1)[0].strip()
+    ]
+
+
+@pytest.mark.parametrize("lock_name", sorted(LOCKS))
+def test_lock_satisfies_its_requirements_and_hashes_every_pin(lock_name: str):
+    """What the project controls, on any day: each direct requirement is pinned at a version it
+    allows, every pin is there because of a requirement or another pin, and every pin carries
+    sha256 hashes."""
+    lock = ROOT / "build_image" / lock_name
+    pins = locked_pins(lock)
+    assert pins, f"{lock_name} pins nothing"
+    for req in direct_requirements(ROOT / "build_image" / LOCKS[lock_name]):
+        pin = pins.get(canonicalize_name(req.name))
+        assert pin is not None, f"{lock_name}: {req.name} from {LOCKS[lock_name]} is not locked"
+        assert req.specifier.contains(pin.version, prereleases=True), f"{lock_name}: {req} but {pin.version}"
+    source = f"-r build_image/{LOCKS[lock_name]}"
+    strays = sorted(p.name for p in pins.values() if not set(p.via) & (set(pins) | {source}))
+    assert strays == [], f"{lock_name}: pinned for no requirement: {strays}"
+    unhashed = sorted(p.name for p in pins.values() if not p.hashes)
+    assert unhashed == [], f"{lock_name}: pins without --hash: {unhashed}"
+
+
+def test_make_lock_keeps_every_pin(tmp_path: Path):
+    """`make lock` started from the committed locks changes nothing: uv keeps the versions it finds
+    in the output file, so this holds whatever the package index shows that day (a relock from
+    nothing does not: docs/development.md says why, and how to check one by hand). Needs PyPI."""
+    for name in LOCKS:
+        shutil.copy2(ROOT / "build_image" / name, tmp_path / name)
     proc = subprocess.run(
         ["make", "-s", "lock", f"LOCK_DIR={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in ("requirements.lock", "tools.lock"):
+    for name in LOCKS:
         assert (tmp_path / name).read_text() == (ROOT / "build_image" / name).read_text(), f"{name} drifted"
 
 
