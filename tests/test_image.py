@@ -6,12 +6,13 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from conftest import CANARY, DOCKER, ROOT, build_image, docker, run_in_image
+from conftest import CANARY, ROOT, TEST_BASE_IMAGE, build_image, docker, run_in_image
 
 PROBES = ROOT / "tests" / "probes"
 LOCK = ROOT / "build_image" / "requirements.lock"
@@ -139,14 +140,97 @@ def test_pip_constraints_guard_locked_versions(image):
     assert "constraint" in out and "transformers==5.20.2" in out, out[-2000:]
 
 
-def test_no_build_secret_in_any_layer_history_or_config(image, tmp_path):
-    """The CA bundle secret carried a canary; nothing of it may be stored. The session's image may
-    come from BuildKit's cache (its secret steps then never saw this canary): the test below builds
-    a secret step that certainly runs."""
-    assert CANARY not in docker("history", "--no-trunc", image.tag).stdout
-    assert CANARY not in docker("image", "inspect", image.tag).stdout
-    found = stream_contains(["save", image.tag], CANARY.encode())
-    assert not found, "the build secret leaked into a layer"
+# Instructions that add a layer; the others (ENV, ARG, LABEL, USER, ...) change only the config.
+LAYER_INSTRUCTIONS = ("RUN", "COPY", "ADD", "WORKDIR")
+
+
+def instructions(dockerfile: str) -> list[str]:
+    """The Dockerfile's instructions, one logical line each (continuations joined, comments out)."""
+    out: list[str] = []
+    current = ""
+    for line in dockerfile.splitlines():
+        if line.lstrip().startswith("#") or (not current and not line.strip()):
+            continue
+        current += line[:-1] if line.endswith("\\") else line
+        if not line.endswith("\\"):
+            out.append(current)
+            current = ""
+    return out
+
+
+def secret_run_commands(dockerfile: str) -> list[str]:
+    """The shell command of every RUN that mounts a build secret, whitespace collapsed."""
+    commands = []
+    for instr in instructions(dockerfile):
+        words = instr.split()
+        if words[0].upper() != "RUN" or not any(w.startswith("--mount=type=secret") for w in words):
+            continue
+        rest = words[1:]
+        while rest and rest[0].startswith("--"):
+            rest = rest[1:]
+        commands.append(" ".join(rest))
+    return commands
+
+
+def layer_dirs(ref: str) -> list[Path]:
+    """The engine's folder of each layer of REF, top layer first (overlay2: UpperDir, LowerDir)."""
+    data = inspect(ref)
+    assert data["GraphDriver"]["Name"] == "overlay2", "the layer scan reads overlay2's layer folders"
+    assert os.geteuid() == 0, "the layer scan reads the engine's folders: run the tests as root (CI does)"
+    graph = data["GraphDriver"]["Data"]
+    dirs = [graph["UpperDir"], *filter(None, (graph.get("LowerDir") or "").split(":"))]
+    assert len(dirs) == len(data["RootFS"]["Layers"]), dirs
+    return [Path(d) for d in dirs]
+
+
+def secret_step_layers(ref: str, dockerfile: str, base: str = TEST_BASE_IMAGE) -> list[Path]:
+    """The layer folders written by the Dockerfile's secret-mounting RUN steps.
+
+    `docker history` lists REF's steps top first, the base's last; each of this Dockerfile's
+    RUN/COPY/ADD/WORKDIR steps owns one layer, in the same order. The count is checked, so a
+    mapping that drifts (a step without a layer) fails here instead of scanning the wrong folder."""
+    history = docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", ref).stdout.splitlines()
+    base_steps = len(docker("history", "-q", base).stdout.splitlines())
+    # BuildKit ends a RUN/COPY step's line with " # buildkit".
+    own = [" ".join(h.split()).removesuffix(" # buildkit") for h in history[: len(history) - base_steps]]
+    with_layer = [h for h in own if h.split(" ", 1)[0] in LAYER_INSTRUCTIONS]
+    dirs = layer_dirs(ref)
+    assert len(with_layer) + len(inspect(base)["RootFS"]["Layers"]) == len(dirs), (with_layer, dirs)
+    found = []
+    for command in secret_run_commands(dockerfile):
+        owners = [i for i, h in enumerate(with_layer) if h.startswith("RUN ") and h.endswith(command)]
+        assert len(owners) == 1, f"no single history step for the secret RUN {command[:80]!r}: {own}"
+        found.append(dirs[owners[0]])
+    assert found, "the Dockerfile has no RUN that mounts a secret"
+    return found
+
+
+def leaked_files(dirs: list[Path], needle: str) -> list[str]:
+    """Files under DIRS that contain NEEDLE (grep: fixed string, no symlinks or devices followed)."""
+    proc = subprocess.run(
+        ["grep", "-r", "-l", "-F", "-D", "skip", "-e", needle, *map(str, dirs)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.stdout.splitlines()
+
+
+def assert_no_secret(ref: str, dockerfile: str) -> None:
+    """The canary is in no history line, no config field and no layer a secret step wrote."""
+    assert CANARY not in docker("history", "--no-trunc", ref).stdout
+    assert CANARY not in docker("image", "inspect", ref).stdout
+    leaks = leaked_files(secret_step_layers(ref, dockerfile), CANARY)
+    assert leaks == [], f"the build secret leaked into a layer: {leaks}"
+
+
+def test_no_build_secret_in_any_layer_history_or_config(image):
+    """The CA bundle secret carried a canary; nothing of it may be stored. Only the layers of the
+    steps that mount the secret can hold it (the others never saw it): those are read file by
+    file, plus the config and the history. The session's image may come from BuildKit's cache
+    (its secret steps then never saw this canary): the next test builds a secret step that
+    certainly runs, and the one after shows the scan finds a canary planted in a layer."""
+    assert_no_secret(image.tag, (ROOT / "build_image" / "Dockerfile").read_text())
 
 
 def test_build_secret_canary_enters_a_step_that_runs_and_leaves_no_trace(engine, tmp_path, canary_bundle):
@@ -157,8 +241,8 @@ def test_build_secret_canary_enters_a_step_that_runs_and_leaves_no_trace(engine,
     shutil.copy(ROOT / ".dockerignore", context / ".dockerignore")
     dockerfile = (ROOT / "build_image" / "Dockerfile").read_text()
     start = dockerfile.index("RUN --mount=type=secret")
-    cut = dockerfile.index("\n\n", start)
-    (context / "build_image" / "Dockerfile").write_text(dockerfile[:cut] + "\n")
+    cut = dockerfile[: dockerfile.index("\n\n", start)] + "\n"
+    (context / "build_image" / "Dockerfile").write_text(cut)
     copied = re.findall(r"^COPY (build_image/\S+)", dockerfile[:start], re.M)[-1]
     with open(context / copied, "a") as f:
         f.write(f"# nonce {uuid.uuid4().hex}: this build's secret step must run\n")
@@ -170,27 +254,34 @@ def test_build_secret_canary_enters_a_step_that_runs_and_leaves_no_trace(engine,
         step = steps[-1]
         assert f"#{step} CACHED" not in result.log, "the secret step came from the cache"
         assert re.search(rf"^#{step} DONE", result.log, re.M), result.log[-3000:]
-        assert CANARY not in docker("history", "--no-trunc", tag).stdout
-        assert CANARY not in docker("image", "inspect", tag).stdout
-        assert not stream_contains(["save", tag], CANARY.encode()), "the build secret leaked into a layer"
+        assert_no_secret(tag, cut)
     finally:
         docker("image", "rm", "--force", tag, check=False)
 
 
-def stream_contains(args: list[str], needle: bytes) -> bool:
-    """Search a docker command's (large) output for NEEDLE without holding it in memory."""
-    import subprocess
-
-    proc = subprocess.Popen([DOCKER, *args], stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    tail = b""
-    found = False
-    while chunk := proc.stdout.read(1 << 22):
-        if needle in tail + chunk:
-            found = True
-        tail = chunk[-len(needle) :]
-    assert proc.wait() == 0
-    return found
+def test_the_secret_scan_finds_a_canary_planted_in_a_layer(engine, tmp_path, canary_bundle):
+    """A step that copies the secret into its layer, and a later step that deletes the copy: the
+    final file system no longer shows it, the secret step's layer still holds it. The scan that
+    guards the real image must report it."""
+    context = tmp_path / "context"
+    (context / "build_image").mkdir(parents=True)
+    dockerfile = (
+        "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nENV NOTHING=here\n"
+        "RUN --mount=type=secret,id=ca_bundle,required=false \\\n"
+        f"    cp /run/secrets/ca_bundle /leak.{uuid.uuid4().hex}\n"
+        "RUN rm /leak.*\nWORKDIR /work\n"
+    )
+    (context / "build_image" / "Dockerfile").write_text(dockerfile)
+    tag = f"hfgpu-canary-planted:{uuid.uuid4().hex[:8]}"
+    try:
+        build_image(tag, context=context, secret_file=canary_bundle)
+        (layer,) = secret_step_layers(tag, dockerfile)
+        leaks = leaked_files([layer], CANARY)
+        assert len(leaks) == 1 and "/leak." in leaks[0], leaks
+        with pytest.raises(AssertionError, match="leaked into a layer"):
+            assert_no_secret(tag, dockerfile)
+    finally:
+        docker("image", "rm", "--force", tag, check=False)
 
 
 def test_code_only_change_rebuilds_only_the_code_layer(image, tmp_path, canary_bundle):
