@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from gcp_env import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_BASE_IMAGE = os.environ.get("HFGPU_TEST_BASE", "hfgpu-test-base:bookworm")
@@ -169,6 +170,16 @@ def image(engine: str, canary_bundle: Path) -> Iterator[BuildResult]:
     yield result
     if os.environ.get("HFGPU_KEEP_IMAGES") != "1":
         docker("image", "rm", "--force", tag, check=False)
+
+
+@pytest.fixture(scope="session")
+def session_registry() -> Iterator[Registry]:
+    """The run's one registry on loopback. The real image is pushed to it in full once (whichever
+    test first pushes it; a later push of the same layers mounts them from the first repository:
+    Registry v2 cross-repository blob mount), so CI pays the multi-GB push once."""
+    reg = Registry().start()
+    yield reg
+    reg.stop()
 
 
 def run_in_image(

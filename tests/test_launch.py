@@ -1138,10 +1138,8 @@ def test_every_secret_reaches_the_foreground_program_and_the_folder_goes(image, 
 
 
 @pytest.fixture(scope="module")
-def registry() -> Iterator[Registry]:
-    reg = Registry().start()
-    yield reg
-    reg.stop()
+def registry(session_registry: Registry) -> Registry:
+    return session_registry
 
 
 def test_pull_not_found_is_an_error_and_never_a_build(image, workdir: Path, registry: Registry):
