@@ -29,12 +29,12 @@ What a program gets from here:
   writing final results. Outside training a signal exits 75 at once (nothing to save).
   Once the results are written, stop signals are ignored: the run exits 0.
 - `UserError` + `cli(...)`: a user mistake ends as one line `error: ...` on stderr, exit 2.
-- Hook points for extensions (modules that import trainkit; trainkit never calls them by
-  name): `CALLBACKS`, extra TrainerCallback classes (or factories taking the trainer) that
-  `train_and_evaluate` adds to every Trainer, after the preemption callback; `ON_FINISH`,
-  callables given the trainer once the final model and results are written;
-  `save_total_limit(trainer)`; `COMPLETE_MARKER`. `EXTENSIONS` names the modules that `cli`
-  imports (and whose `plug_in()` it calls) when their environment variable is set, e.g.
+- Hook points for extensions (modules that import trainkit; trainkit knows only their names
+  and calls only their `plug_in()`): `CALLBACKS`, extra TrainerCallback classes (or factories
+  taking the trainer) that `train_and_evaluate` adds to every Trainer, after the preemption
+  callback; `ON_FINISH`, callables given the trainer once the final model and results are
+  written; `save_total_limit(trainer)`; `COMPLETE_MARKER`. `EXTENSIONS` names the modules
+  that `cli` imports (calling their `plug_in()`) when their environment variable is set, e.g.
   app/bucket_checkpoints.py for CHECKPOINT_BUCKET.
 """
 
@@ -658,6 +658,7 @@ EXTENSIONS = {"CHECKPOINT_BUCKET": "bucket_checkpoints"}
 
 
 def plug_in_extensions() -> None:
+    """Import the EXTENSIONS whose variable is set and call their plug_in()."""
     for variable, module in EXTENSIONS.items():
         if os.environ.get(variable, "").strip():
             importlib.import_module(module).plug_in()
