@@ -1,22 +1,31 @@
 """Checkpoints that outlive the machine: mirror output_dir's complete checkpoints to Cloud Storage.
 
-Set CHECKPOINT_BUCKET=gs://BUCKET/PATH (launch_training.sh --checkpoint-bucket does) and
-trainkit calls this module at these points:
-- `check_environment()`, before anything is read or written: a bad bucket name, missing
-  credentials, a bucket that does not exist or cannot be reached each end the program as
-  one line (trainkit.UserError, exit 2).
-- `attach(trainer)` (in trainkit.CALLBACKS), before resuming: when output_dir holds no complete
-  checkpoint, or only older ones than the bucket, the bucket's newest complete checkpoint is
-  downloaded (its marker last) and training resumes from it. Then a callback uploads every
-  complete checkpoint in a background thread: the training steps never wait for it.
-- the callback's `on_train_end`: waits for the uploads in flight (also after SIGTERM).
-- `finish(trainer)`: uploads the final model and results (output_dir's other files).
+Set CHECKPOINT_BUCKET=gs://BUCKET/PATH (launch_training.sh --checkpoint-bucket does). This module
+depends on trainkit, never the other way round: trainkit imports it by name when that variable is
+set (trainkit.EXTENSIONS) and calls `plug_in()`, which plugs it into trainkit's hook points:
+- at once, before anything is read or written: a bad bucket name, missing credentials, a
+  bucket that does not exist or cannot be reached each end the program as one line
+  (trainkit.UserError, exit 2);
+- trainkit.CALLBACKS, before resuming: when output_dir holds no complete checkpoint, or only
+  older ones than the bucket, the bucket's newest complete checkpoint is downloaded (its
+  marker last) and training resumes from it. Then a callback (BucketSync) uploads every
+  complete checkpoint in a background thread: the training steps never wait for it. Its
+  `on_train_end` waits for the uploads in flight (also after SIGTERM);
+- trainkit.ON_FINISH: `finish(trainer)` uploads the final model and results (output_dir's
+  other files).
 
-The protocol is trainkit's: a checkpoint is complete when its marker (COMPLETE_MARKER)
-exists. In the bucket the marker is uploaded last, and deleted first; nothing is renamed.
-A kill mid-upload therefore leaves a checkpoint without marker, which counts as absent:
-the previous complete one stays the one to resume from. Rotation (save_total_limit) keeps
-exactly the newest N complete checkpoints in the bucket and deletes every other one.
+Any other transformers.Trainer: `attach(trainer, "gs://BUCKET/PATH")` checks the bucket,
+restores, and adds the same callback; call `finish(trainer)` after training. Only checkpoints
+that carry trainkit's marker are uploaded: something in the process must write it (trainkit's
+Preemption callback does, after every save).
+
+The protocol is trainkit's: a checkpoint is complete when its marker (trainkit.COMPLETE_MARKER)
+exists. In the bucket the marker is uploaded last, and deleted first; a download writes it
+last; nothing is renamed. A kill mid-upload therefore leaves a checkpoint without marker,
+which counts as absent: the previous complete one stays the one to resume from. A kill
+mid-download leaves a local folder without marker, which the next start downloads again.
+Rotation (save_total_limit) keeps exactly the newest N complete checkpoints in the bucket and
+deletes every other one.
 
 Layout: gs://BUCKET/PATH mirrors output_dir: PATH/checkpoint-N/... and, at the end, the
 final model, results and logs under PATH/.
@@ -26,12 +35,12 @@ service account; elsewhere `gcloud auth application-default login`). With
 STORAGE_EMULATOR_HOST set the client talks to that emulator, anonymously.
 
 Settings: HFGPU_BUCKET_TIMEOUT=SECONDS (default 60) bounds the start-up check's retries.
-Test-only hook: HFGPU_TEST_BUCKET_HANG_AT=STEP hangs the upload of checkpoint-STEP after
-its first file, before its marker (a stand-in for a slow upload that a kill interrupts).
+Every request retries as google-cloud-storage's DEFAULT_RETRY does (see RETRY below).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import itertools
 import logging
@@ -118,6 +127,20 @@ def _bucket_name_problem(name: str) -> str | None:
 # ---------------------------------------------------------------- the bucket
 
 
+# How every request retries: google-cloud-storage's own DEFAULT_RETRY (google/cloud/storage/retry.py),
+# which Google's retry strategy prescribes for the client libraries
+# (https://cloud.google.com/storage/docs/retry-strategy#client-libraries): 408, 429 and 5xx answers,
+# connection resets and timeouts, with exponential backoff. A plain api_core Retry() misses the
+# upload and download answers the media layer raises as InvalidResponse (a 503 mid-upload fails at
+# once). Uploads are only "conditionally idempotent" for Google; ours are safe to repeat: each
+# object has one writer, and a repeat writes the same bytes (google-cloud-storage 3.x itself makes
+# DEFAULT_RETRY the default of Blob.upload_from_filename).
+def _retry():
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY
+
+
 class Bucket:
     """The checkpoint mirror at a BucketUrl, through Google's client library."""
 
@@ -139,14 +162,14 @@ class Bucket:
     def check(self, timeout: float) -> None:
         """List one object under PATH: proves the bucket exists, is reachable and readable."""
         import google.auth.exceptions
-        from google.api_core import exceptions, retry
+        from google.api_core import exceptions
 
         try:
             blobs = self.client.list_blobs(
                 self.url.bucket,
                 prefix=self.url.key() + "/" if self.url.path else None,
                 max_results=1,
-                retry=retry.Retry(timeout=timeout),
+                retry=_retry().with_timeout(timeout),
                 timeout=min(timeout, 30),
             )
             list(blobs)
@@ -174,7 +197,8 @@ class Bucket:
     def checkpoints(self) -> dict[int, list]:
         """Every checkpoint-N in the bucket (complete or not): step -> its blobs."""
         found: dict[int, list] = {}
-        for blob in self.client.list_blobs(self.url.bucket, prefix=self.url.key("checkpoint-")):
+        blobs = self.client.list_blobs(self.url.bucket, prefix=self.url.key("checkpoint-"), retry=_retry())
+        for blob in blobs:
             name = blob.name[len(self.url.key()) + 1 :] if self.url.path else blob.name
             match = _CHECKPOINT_RE.match(name.split("/", 1)[0])
             if match:
@@ -182,44 +206,52 @@ class Bucket:
         return found
 
     @staticmethod
-    def is_complete(blobs: list) -> bool:
-        return any(b.name.endswith("/" + trainkit.COMPLETE_MARKER) for b in blobs)
+    def is_marker(blob) -> bool:
+        return blob.name.endswith("/" + trainkit.COMPLETE_MARKER)
+
+    @classmethod
+    def is_complete(cls, blobs: list) -> bool:
+        return any(cls.is_marker(b) for b in blobs)
 
     def complete_steps(self) -> list[int]:
         return sorted(step for step, blobs in self.checkpoints().items() if self.is_complete(blobs))
 
-    def upload_tree(self, folder: Path, prefix: str, hang_after_first: bool = False) -> None:
-        """Upload FOLDER's files under PREFIX, the marker (if any) last."""
-        from google.api_core.retry import Retry
+    # One object at a time: upload_file, download_file and delete_object are the only calls that
+    # move or remove data (tests/probes/sitecustomize.py stops a run inside them to kill it there).
 
+    def upload_file(self, path: Path, key: str) -> None:
+        blob = self.client.bucket(self.url.bucket).blob(key)
+        blob.upload_from_filename(str(path), retry=_retry())
+
+    def download_file(self, blob, path: Path) -> None:
+        blob.download_to_filename(str(path), retry=_retry())
+
+    def delete_object(self, blob) -> None:
+        from google.api_core import exceptions
+
+        with contextlib.suppress(exceptions.NotFound):  # already gone (another cleanup) is fine
+            blob.delete(retry=_retry())
+
+    def upload_tree(self, folder: Path, prefix: str) -> None:
+        """Upload FOLDER's files under PREFIX, the marker (if any) last."""
         files = sorted(p for p in folder.rglob("*") if p.is_file())
         files.sort(key=lambda p: p.name == trainkit.COMPLETE_MARKER)  # stable: the marker goes last
-        bucket = self.client.bucket(self.url.bucket)
-        for i, path in enumerate(files):
-            rel = path.relative_to(folder).as_posix()
-            bucket.blob(self.url.key(prefix, rel)).upload_from_filename(str(path), retry=Retry())
-            if hang_after_first and i == 0:
-                log.warning("HFGPU_TEST_BUCKET_HANG_AT: hanging inside the upload of %s", prefix)
-                time.sleep(3600)
+        for path in files:
+            self.upload_file(path, self.url.key(prefix, path.relative_to(folder).as_posix()))
 
     def delete(self, blobs: list) -> None:
         """Delete a checkpoint's objects, its marker first (it stops counting as complete at once)."""
-        for blob in sorted(blobs, key=lambda b: not b.name.endswith("/" + trainkit.COMPLETE_MARKER)):
-            try:
-                blob.delete()
-            except Exception as err:  # already gone (another cleanup) is fine
-                if "404" not in str(err) and "Not Found" not in str(err):
-                    raise
+        for blob in sorted(blobs, key=lambda b: not self.is_marker(b)):
+            self.delete_object(blob)
 
     def download_checkpoint(self, step: int, target: Path) -> None:
         """checkpoint-STEP into TARGET, its marker last (a kill mid-way leaves it incomplete)."""
-        blobs = self.checkpoints()[step]
-        blobs.sort(key=lambda b: b.name.endswith("/" + trainkit.COMPLETE_MARKER))
+        blobs = sorted(self.checkpoints()[step], key=self.is_marker)
         base = self.url.key(f"checkpoint-{step}") + "/"
         for blob in blobs:
             path = target / blob.name[len(base) :]
             path.parent.mkdir(parents=True, exist_ok=True)
-            blob.download_to_filename(str(path))
+            self.download_file(blob, path)
 
     def rotate(self, keep: int | None) -> None:
         """Keep the newest KEEP complete checkpoints (all when None); delete the rest and any incomplete."""
@@ -237,7 +269,19 @@ def _one_line(err: BaseException) -> str:
     return (text or type(err).__name__)[:200]
 
 
-# ---------------------------------------------------------------- training hooks
+# ---------------------------------------------------------------- plugging in
+
+
+def plug_in() -> None:
+    """trainkit's entry point (trainkit.EXTENSIONS): check CHECKPOINT_BUCKET, then hook into every run.
+
+    A bad or unreachable bucket raises trainkit.UserError before anything is read or written.
+    """
+    bucket = check_environment()
+    if bucket is None:
+        return
+    trainkit.CALLBACKS.append(lambda trainer: sync(trainer, bucket, trainkit.save_total_limit(trainer)))
+    trainkit.ON_FINISH.append(finish)
 
 
 def check_environment() -> Bucket | None:
@@ -245,25 +289,35 @@ def check_environment() -> Bucket | None:
     url = os.environ.get(ENV, "").strip()
     if not url:
         return None
+    return checked(url)
+
+
+def checked(url: str) -> Bucket:
+    """The Bucket at URL once it answers (HFGPU_BUCKET_TIMEOUT); trainkit.UserError when it cannot."""
     bucket = Bucket(parse_url(url))
-    timeout = float(os.environ.get("HFGPU_BUCKET_TIMEOUT", "60"))
-    bucket.check(timeout)
+    bucket.check(float(os.environ.get("HFGPU_BUCKET_TIMEOUT", "60")))
     return bucket
 
 
-def attach(trainer) -> BucketSync:
-    """Restore the bucket's newest complete checkpoint when it is newer, then upload every save.
+def attach(trainer, url: str, save_total_limit: int | None = None) -> BucketSync:
+    """Mirror any transformers.Trainer's checkpoints to URL (gs://BUCKET/PATH); call before train().
 
-    A trainkit.CALLBACKS factory: make_resilient calls it after adding trainkit's Preemption
-    callback (which holds --save_total_limit by then) and before training resumes.
+    Checks the bucket, restores its newest complete checkpoint into output_dir when that is
+    newer, and adds the uploading callback. Call `finish(trainer)` after training to upload
+    the final model and results. SAVE_TOTAL_LIMIT defaults to trainer.args.save_total_limit.
     """
-    bucket = Bucket(parse_url(os.environ[ENV].strip()))
-    limits = [
-        cb.save_total_limit
-        for cb in trainer.callback_handler.callbacks
-        if isinstance(cb, trainkit.Preemption)
-    ]
-    save_total_limit = limits[0] if limits else trainer.args.save_total_limit
+    limit = trainer.args.save_total_limit if save_total_limit is None else save_total_limit
+    callback = sync(trainer, checked(url), limit)
+    trainer.add_callback(callback)
+    return callback
+
+
+def sync(trainer, bucket: Bucket, save_total_limit: int | None) -> BucketSync:
+    """Restore the bucket's newest complete checkpoint when it is newer; the callback that uploads saves.
+
+    A trainkit.CALLBACKS entry (plug_in binds BUCKET): make_resilient calls it after adding
+    trainkit's Preemption callback and before training resumes, and adds what it returns.
+    """
     args = trainer.args
     if args.do_train and not args.resume_from_checkpoint:
         with args.main_process_first(local=True, desc="checkpoint download"):
@@ -284,7 +338,7 @@ def restore(bucket: Bucket, output_dir: Path) -> int | None:
         return None
     step = remote[-1]
     target = output_dir / f"checkpoint-{step}"
-    if target.exists():  # an incomplete local copy: replace it
+    if target.exists():  # an incomplete local copy (a download or save cut short): replace it
         shutil.rmtree(target)
     log.info("downloading checkpoint-%d from %s (newer than output_dir's)", step, bucket.url)
     started = time.monotonic()
@@ -312,8 +366,7 @@ def finish(trainer) -> None:
                 if path.is_dir():
                     sync.bucket.upload_tree(path, path.name)
                 else:
-                    bucket = sync.bucket.client.bucket(sync.bucket.url.bucket)
-                    bucket.blob(sync.bucket.url.key(path.name)).upload_from_filename(str(path))
+                    sync.bucket.upload_file(path, sync.bucket.url.key(path.name))
     except Exception as err:
         raise trainkit.UserError(
             f"uploading the final model and results to {sync.bucket.url} failed: {_one_line(err)}"
@@ -328,7 +381,6 @@ class BucketSync(TrainerCallback):
     def __init__(self, bucket: Bucket, save_total_limit: int | None):
         self.bucket = bucket
         self.save_total_limit = save_total_limit
-        self.hang_at = int(os.environ.get("HFGPU_TEST_BUCKET_HANG_AT", "-1"))
         self.jobs: queue.Queue[tuple[int, Path]] = queue.Queue()
         self.seq = itertools.count()
         self.thread: threading.Thread | None = None
@@ -393,7 +445,7 @@ class BucketSync(TrainerCallback):
         stale = self.bucket.checkpoints().get(step)
         if stale:  # an earlier, maybe partial, upload of the same step: marker off first
             self.bucket.delete(stale)
-        self.bucket.upload_tree(snapshot, name, hang_after_first=step == self.hang_at)
+        self.bucket.upload_tree(snapshot, name)
         seconds = time.monotonic() - started
         self.upload_seconds += seconds
         log.info("bucket: uploaded %s to %s in %.1f s", name, self.bucket.url, seconds)

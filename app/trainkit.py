@@ -29,14 +29,20 @@ What a program gets from here:
   writing final results. Outside training a signal exits 75 at once (nothing to save).
   Once the results are written, stop signals are ignored: the run exits 0.
 - `UserError` + `cli(...)`: a user mistake ends as one line `error: ...` on stderr, exit 2.
-- `CALLBACKS`: extra TrainerCallback classes (or factories taking the trainer) that
-  `train_and_evaluate` adds to every Trainer, after the preemption callback.
+- Hook points for extensions (modules that import trainkit; trainkit knows only their names
+  and calls only their `plug_in()`): `CALLBACKS`, extra TrainerCallback classes (or factories
+  taking the trainer) that `train_and_evaluate` adds to every Trainer, after the preemption
+  callback; `ON_FINISH`, callables given the trainer once the final model and results are
+  written; `save_total_limit(trainer)`; `COMPLETE_MARKER`. `EXTENSIONS` names the modules
+  that `cli` imports (calling their `plug_in()`) when their environment variable is set, e.g.
+  app/bucket_checkpoints.py for CHECKPOINT_BUCKET.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib
 import importlib.metadata
 import json
 import logging
@@ -309,9 +315,7 @@ def cli(main: Callable[..., int], parse_args: Callable[[Sequence[str]], tuple], 
     """Run MAIN on the parsed ARGV; user mistakes and stop signals become exit codes."""
     install_signal_handlers()
     try:
-        if bucket := _bucket():  # CHECKPOINT_BUCKET: one line if bad or unreachable; then mirrored
-            bucket.check_environment()
-            CALLBACKS.append(bucket.attach)
+        plug_in_extensions()  # e.g. CHECKPOINT_BUCKET: one line if bad or unreachable; then mirrored
         return main(*parse_args(argv))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -639,9 +643,33 @@ def _on_signal(signum, _frame) -> None:
     )
 
 
+# ---------------------------------------------------------------- hook points for extensions
+
 # Extra callbacks for every Trainer that train_and_evaluate runs: TrainerCallback classes (or
 # callables taking the trainer and returning a callback). Append to extend.
 CALLBACKS: list[Callable[..., TrainerCallback]] = []
+# Called with the trainer once train_and_evaluate has written the final model and results.
+ON_FINISH: list[Callable[[Any], None]] = []
+# Modules that extend every program, each switched on by an environment variable: cli() imports
+# the module when its variable is set and calls its plug_in(), which appends to the hook points
+# above (a UserError there ends the run as one line, before anything is written). The module
+# imports trainkit; trainkit knows only its name.
+EXTENSIONS = {"CHECKPOINT_BUCKET": "bucket_checkpoints"}
+
+
+def plug_in_extensions() -> None:
+    """Import the EXTENSIONS whose variable is set and call their plug_in()."""
+    for variable, module in EXTENSIONS.items():
+        if os.environ.get(variable, "").strip():
+            importlib.import_module(module).plug_in()
+
+
+def save_total_limit(trainer) -> int | None:
+    """The run's --save_total_limit (make_resilient moves it from Trainer into Preemption)."""
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, Preemption):
+            return callback.save_total_limit
+    return trainer.args.save_total_limit
 
 
 def train_and_evaluate(
@@ -705,20 +733,11 @@ def train_and_evaluate(
         trainer.log_metrics("eval", metrics)
         if trainer.is_world_process_zero():
             save_metrics(model_dir, "eval", metrics)
-    if bucket := _bucket():
-        bucket.finish(trainer)  # the final model and results to CHECKPOINT_BUCKET
+    for finish in ON_FINISH:
+        finish(trainer)  # e.g. the final model and results to CHECKPOINT_BUCKET
     _write_status("finished")
     ignore_stop_signals()
     return 0
-
-
-def _bucket():
-    """app/bucket_checkpoints.py when CHECKPOINT_BUCKET is set (checkpoints mirrored to Cloud Storage)."""
-    if not os.environ.get("CHECKPOINT_BUCKET"):
-        return None
-    import bucket_checkpoints
-
-    return bucket_checkpoints
 
 
 def save_metrics(folder: str, split: str, metrics: dict) -> None:

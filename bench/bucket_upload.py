@@ -2,7 +2,8 @@
 
 The same GPT-2 training run inside the image, with and without CHECKPOINT_BUCKET, alternating
 (so background load hits both alike), each on a fresh volume. The bucket is a local Cloud
-Storage emulator (gcp-storage-emulator, in memory, on loopback): this measures what the
+Storage emulator (gcp-storage-emulator, in memory, on loopback, started by tests/emulator.py as
+the tests start it): this measures what the
 upload machinery costs the training loop, not a real network. Reported per setting, the
 median of N runs: train_runtime (Trainer's, the steps and saves), the container's wall time
 (start to exit, the final uploads included), the seconds spent uploading (the uploader's
@@ -20,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +29,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from emulator import storage_emulator
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
@@ -78,12 +81,6 @@ def parse(argv: list[str]) -> Options:
 
 def docker(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_models(opts: Options, root: Path) -> Path:
@@ -221,52 +218,39 @@ def write_markdown(path: Path, text: str, command: str) -> None:
 def main(argv: list[str]) -> int:
     opts = parse(argv)
     root = Path(tempfile.mkdtemp(prefix="hfgpu-bench-bucket-"))
-    port = free_port()
-    exe = Path(sys.executable).parent / "gcp-storage-emulator"
-    emulator = subprocess.Popen(
-        [str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    host = f"http://127.0.0.1:{port}"
     try:
-        os.environ["STORAGE_EMULATOR_HOST"] = host
-        from google.cloud import storage
-
-        for _ in range(100):
-            try:
-                storage.Client().create_bucket(BUCKET)
-                break
-            except Exception:
-                time.sleep(0.2)
-        model = make_models(opts, root)
-        rows: dict[str, list[dict[str, float]]] = {"without": [], "with": []}
-        for i in range(opts.runs):
-            for name in ("without", "with"):
-                env = {}
-                if name == "with":
-                    env = {
-                        "STORAGE_EMULATOR_HOST": host,
-                        "CHECKPOINT_BUCKET": f"gs://{BUCKET}/{uuid.uuid4().hex[:8]}",
-                    }
-                row = run_once(opts, model, root, env)
-                rows[name].append(row)
-                print(f"run {i + 1} {name}: " + ", ".join(f"{k}={v:.2f}" for k, v in row.items()), flush=True)
-        text = table(opts, rows)
-        print(text)
-        if opts.markdown:
-            command = "\n".join(
-                [
-                    ".venv/bin/python bench/bucket_upload.py --image IMAGE "
-                    f"--runs {opts.runs} --steps {opts.steps} --save-steps {opts.save_steps} \\",
-                    f"    --width {opts.width} --layers {opts.layers} --markdown {opts.markdown}",
-                ]
-            )
-            write_markdown(opts.markdown, text, command)
+        with storage_emulator(BUCKET) as host:
+            return measure(opts, root, host)
     finally:
-        emulator.terminate()
-        emulator.wait(timeout=30)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def measure(opts: Options, root: Path, host: str) -> int:
+    """Run the settings alternately against the emulator at HOST; print (and write) the table."""
+    model = make_models(opts, root)
+    rows: dict[str, list[dict[str, float]]] = {"without": [], "with": []}
+    for i in range(opts.runs):
+        for name in ("without", "with"):
+            env = {}
+            if name == "with":
+                env = {
+                    "STORAGE_EMULATOR_HOST": host,
+                    "CHECKPOINT_BUCKET": f"gs://{BUCKET}/{uuid.uuid4().hex[:8]}",
+                }
+            row = run_once(opts, model, root, env)
+            rows[name].append(row)
+            print(f"run {i + 1} {name}: " + ", ".join(f"{k}={v:.2f}" for k, v in row.items()), flush=True)
+    text = table(opts, rows)
+    print(text)
+    if opts.markdown:
+        command = "\n".join(
+            [
+                ".venv/bin/python bench/bucket_upload.py --image IMAGE "
+                f"--runs {opts.runs} --steps {opts.steps} --save-steps {opts.save_steps} \\",
+                f"    --width {opts.width} --layers {opts.layers} --markdown {opts.markdown}",
+            ]
+        )
+        write_markdown(opts.markdown, text, command)
     return 0
 
 

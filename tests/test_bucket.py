@@ -5,9 +5,11 @@ The image's own google-cloud-storage client talks to a local Cloud Storage emula
 the containers reach it only with `--network host`. The test reads the bucket with the
 same official client. Training is the volume's GPT-2 program on a tiny model, on CPU.
 
-How a kill lands in the middle of an upload: the test-only hook HFGPU_TEST_BUCKET_HANG_AT=STEP
-makes the upload of checkpoint-STEP stop after its first file (before its marker), the
-test sees that file in the bucket and then `docker kill`s (SIGKILL) the container.
+How a kill lands in the middle of moving a checkpoint: test-only hooks in tests/probes/sitecustomize.py
+(mounted, first on PYTHONPATH; nothing of them is in the image) stop the run right after the first
+object of checkpoint-STEP was uploaded (HFGPU_TEST_BUCKET_HANG_AT), downloaded by the restore
+(HFGPU_TEST_BUCKET_HANG_AT_DOWNLOAD) or deleted in the bucket (HFGPU_TEST_BUCKET_HANG_AT_DELETE);
+the test then `docker kill`s (SIGKILL) the container and reads what the kill left.
 """
 
 from __future__ import annotations
@@ -15,9 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, docker, run_in_image
+from emulator import FailingOnce, free_port, storage_emulator
 
 pytest.importorskip("google.cloud.storage", reason="pip install -r tests/requirements.txt")
 from google.cloud import storage
@@ -35,7 +36,7 @@ USER = f"{os.getuid()}:{os.getgid()}" if os.getuid() != 0 else "1234:1234"
 MARKER = "checkpoint-complete.json"  # trainkit.COMPLETE_MARKER
 BUCKET = "hfgpu-test-checkpoints"
 MAX_STEPS = 12
-# trainkit's test hooks (TRAINKIT_TEST_STEP_DELAY) live in tests/probes/sitecustomize.py, not in the image.
+# The test hooks (TRAINKIT_TEST_STEP_DELAY, HFGPU_TEST_BUCKET_HANG_AT...) live in tests/probes, not the image.
 PROBES = ["-v", f"{ROOT / 'tests' / 'probes'}:/probes:ro"]
 ARGS = [
     "--model_name_or_path=/volume/models/tiny-gpt2",
@@ -56,44 +57,11 @@ SENTENCES = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[str]:
     """gcp-storage-emulator on loopback with one bucket; STORAGE_EMULATOR_HOST for this process too."""
-    port = free_port()
-    exe = Path(sys.executable).parent / "gcp-storage-emulator"
-    proc = subprocess.Popen(
-        [str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    host = f"http://127.0.0.1:{port}"
-    saved = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = host
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError("gcp-storage-emulator did not start") from None
-                time.sleep(0.2)
-        storage.Client().create_bucket(BUCKET)
+    with storage_emulator(BUCKET) as host:
         yield host
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        if saved is None:
-            os.environ.pop("STORAGE_EMULATOR_HOST", None)
-        else:
-            os.environ["STORAGE_EMULATOR_HOST"] = saved
 
 
 def objects(prefix: str) -> list[str]:
@@ -266,6 +234,101 @@ def test_kill_mid_upload_leaves_the_previous_checkpoint_usable(image, emulator, 
     assert final_step(prefix) == MAX_STEPS
     # The half-uploaded checkpoint-6 was cleaned away by rotation; exactly the newest two remain.
     assert sorted(bucket_checkpoints(prefix)) == [MAX_STEPS - 3, MAX_STEPS]
+
+
+def logs(name: str) -> str:
+    proc = docker("logs", name, check=False)
+    return proc.stdout + proc.stderr
+
+
+def kill_when_logged(image, vol: Path, env: dict[str, str], line: str) -> None:
+    """Start training in the background, wait for LINE in its output, then SIGKILL it (no handler runs)."""
+    name = f"hfgpu-bucket-test-{uuid.uuid4().hex[:8]}"
+    try:
+        docker(*docker_run_args(vol, env, detach_name=name), image.tag, "train", GPT, *ARGS)
+        wait_for(lambda: line in logs(name), repr(line), name)
+        docker("kill", name)
+        docker("wait", name)
+    finally:
+        docker("rm", "-f", name, check=False)
+
+
+def copy_checkpoint(src: str, step: int, dst: str) -> None:
+    """checkpoint-STEP of prefix SRC into prefix DST, object by object (its marker last)."""
+    bucket = storage.Client().bucket(BUCKET)
+    names = sorted(bucket_checkpoints(src)[step], key=lambda n: n == MARKER)
+    for name in names:
+        data = read_object(src, f"checkpoint-{step}/{name}")
+        bucket.blob(f"{dst}/checkpoint-{step}/{name}").upload_from_string(data)
+
+
+def test_kill_mid_download_then_the_next_start_downloads_again_and_resumes(
+    image, emulator, models, uninterrupted, tmp_path
+):
+    """SIGKILL while the restore downloads checkpoint-9: the local copy has no marker; the next start
+    (same volume, as after a reboot) downloads it again and resumes at step 9."""
+    prefix = "download-killed"
+    step = MAX_STEPS - 3
+    copy_checkpoint(uninterrupted, step, prefix)  # the bucket holds checkpoint-9, complete; nothing else
+    vol = new_volume(models, tmp_path)
+    env = bucket_env(emulator, prefix, HFGPU_TEST_BUCKET_HANG_AT_DOWNLOAD=str(step))
+    kill_when_logged(image, vol, env, f"test hook: hanging inside the download of checkpoint-{step}")
+    partial = vol / OUT / f"checkpoint-{step}"
+    assert [p.name for p in partial.iterdir()], "the download had not started"
+    assert not (partial / MARKER).exists(), "the marker was downloaded before the checkpoint's files"
+
+    again = train(image, vol, bucket_env(emulator, prefix))
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert f"downloading checkpoint-{step} from gs://{BUCKET}/{prefix}" in again.stderr, again.stderr[-3000:]
+    assert f"resuming from /volume/{OUT}/checkpoint-{step} " in again.stderr, again.stderr[-3000:]
+    assert final_step(prefix) == MAX_STEPS
+
+
+def test_kill_mid_rotation_never_leaves_a_complete_checkpoint_with_files_missing(
+    image, emulator, models, uninterrupted, tmp_path
+):
+    """SIGKILL while rotation deletes checkpoint-3 (after checkpoint-9's upload): 3 has lost its
+    marker, and every checkpoint the bucket still offers as complete has all its files."""
+    prefix = "rotation-killed"
+    env = bucket_env(emulator, prefix, HFGPU_TEST_BUCKET_HANG_AT_DELETE="3")
+    line = "test hook: hanging inside the delete of checkpoint-3"
+    kill_when_logged(image, new_volume(models, tmp_path), env, line)
+    every_file = set(bucket_checkpoints(uninterrupted)[MAX_STEPS])  # what a complete checkpoint holds
+    found = bucket_checkpoints(prefix)
+    assert 3 in found and set(found[3]) < every_file, found.get(3)  # the delete had begun
+    offered = complete(prefix)
+    assert offered == [6, 9], found
+    for step in offered:
+        assert set(found[step]) == every_file, (step, found[step])
+
+
+def test_an_upload_answered_503_is_retried(image, emulator, tmp_path):
+    """Cloud Storage may answer 503 to an upload; Google says retry it (a proxy in front of the
+    emulator answers the first upload so): the checkpoint still arrives whole, marker last."""
+    proxy = FailingOnce(emulator)
+    vol = tmp_path / "vol"
+    folder = vol / "checkpoint-1"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(os.urandom(4096))
+    (folder / MARKER).write_text("{}\n")
+    for path in [vol, *vol.rglob("*")]:
+        path.chmod(0o777 if path.is_dir() else 0o666)
+    probe = (
+        "import sys, pathlib, bucket_checkpoints as b\n"
+        "bucket = b.checked(sys.argv[1])\n"
+        "bucket.upload_tree(pathlib.Path('/volume/checkpoint-1'), 'checkpoint-1')\n"
+    )
+    env = {"STORAGE_EMULATOR_HOST": proxy.host, "HFGPU_BUCKET_TIMEOUT": "30"}
+    try:
+        proc = docker(
+            *docker_run_args(vol, env), image.tag, "python3", "-c", probe, f"gs://{BUCKET}/retried",
+            check=False, timeout=300,
+        )  # fmt: skip
+    finally:
+        proxy.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proxy.failed == 1, "the proxy never saw an upload"
+    assert bucket_checkpoints("retried") == {1: sorted([MARKER, "model.safetensors"])}
 
 
 BAD = [

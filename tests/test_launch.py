@@ -361,21 +361,39 @@ def test_help_prints_the_header():
     assert "--restart-on-preemption" in proc.stdout
 
 
+def nameless_uid(start: int = UID) -> int:
+    """The first uid from START up that has no user name on this machine (chosen, not assumed)."""
+    for uid in range(start, start + 10000):
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            return uid
+    raise AssertionError(f"every uid from {start} to {start + 9999} has a name")
+
+
 def test_dry_run_prints_the_command_and_starts_nothing(image, workdir: Path):
-    vol = make_volume(workdir, "vol-dry")
+    uid = nameless_uid()  # a caller without a name: the container's name falls back to the uid
+    gid = GID if uid == UID else uid  # as_caller's group for a uid
+    home = workdir / f"home-{uid}"
+    home.mkdir(exist_ok=True)
+    os.chown(home, uid, gid)
+    vol = make_volume(workdir, "vol-dry", uid=uid)
     before = containers()
     flags = "--nnodes 2 --node-rank 1 --master-addr 10.0.0.2 --nproc 4"
     proc = launch(
-        workdir, *f"--dry-run --image {image.tag} --volume {vol} {flags} bert -- --learning_rate 3e-5".split()
+        workdir,
+        *f"--dry-run --image {image.tag} --volume {vol} {flags} bert -- --learning_rate 3e-5".split(),
+        uid=uid,
+        env={"HOME": str(home)},
     )
     cmd = dry_cmd(proc)
     assert mount_source(cmd) == str(vol)
-    assert option_values(cmd, "--name") == [f"hfgpu-{UID}-test_training_bert_base"]  # uid 4242 has no name
-    assert option_values(cmd, "--label") == [f"hfgpu.owner={UID}"]
+    assert option_values(cmd, "--name") == [f"hfgpu-{uid}-test_training_bert_base"]
+    assert option_values(cmd, "--label") == [f"hfgpu.owner={uid}"]
     assert env_values(cmd)["HFGPU_UMASK"] == "077"
     line = proc.stdout.strip().splitlines()[-1]
     for part in (
-        f"--user {UID}:{GID}",
+        f"--user {uid}:{gid}",
         "--ipc host",
         "--network host",
         "NNODES=2",
@@ -752,11 +770,13 @@ def test_unwritable_volume_is_refused(image, workdir: Path):
 
 
 def test_docker_daemon_down_and_docker_missing(workdir: Path):
-    down = launch(workdir, "--dry-run", env={"DOCKER_HOST": f"unix://{workdir}/no.sock"})
+    # A volume the caller owns, made here: the default (./volume) may not be writable on this machine.
+    volume = {"VOLUME": str(make_volume(workdir, "vol-no-docker"))}
+    down = launch(workdir, "--dry-run", env={"DOCKER_HOST": f"unix://{workdir}/no.sock", **volume})
     assert "Docker daemon is not reachable (Cannot connect" in one_error_line(down)
     no_group = subprocess.run(
         as_caller([str(LAUNCHER), "--dry-run"], gid=GID),
-        env=caller_env(workdir),
+        env=caller_env(workdir, **volume),
         capture_output=True,
         text=True,
     )
@@ -769,7 +789,7 @@ def test_docker_daemon_down_and_docker_missing(workdir: Path):
             for tool in Path(folder).iterdir():
                 if tool.name != "docker" and not (bare / tool.name).exists():
                     (bare / tool.name).symlink_to(tool)
-    missing = launch(workdir, "--dry-run", env={"PATH": str(bare)})
+    missing = launch(workdir, "--dry-run", env={"PATH": str(bare), **volume})
     assert "docker not found on PATH" in one_error_line(missing)
 
 
@@ -1346,3 +1366,24 @@ def test_two_users_never_clobber_each_other(image, workdir: Path, two_users):
         for name in names.values():
             wait_for(lambda name=name: container_gone(name), f"{name} to end", 120)
         docker("rm", "--force", stale, check=False)
+
+
+# ------------------------------------------------------------ restart only what was preempted
+
+
+@pytest.mark.parametrize("code", [1, 2, 75, 137, 143])
+def test_restart_on_preemption_reruns_only_after_75_137_143(image, workdir: Path, code: int):
+    """A bug (1) or bad input (2) runs once and the launcher exits with it; a preemption (75) or a
+    stop or kill (143, 137) runs again (the second run exits 0)."""
+    vol = make_volume(workdir, f"vol-exit-{code}")
+    write_script(vol, "seq.py", EXIT_SEQUENCE)
+    proc = launch(
+        workdir, *f"--image {image.tag} --volume {vol} --restart-on-preemption seq.py -- {code},0".split()
+    )
+    runs = (vol / "runs").read_text().count("run\n")
+    if code in (75, 137, 143):
+        assert (proc.returncode, runs) == (0, 2), output(proc)[-3000:]
+        assert f"exited {code}; starting it again" in proc.stderr
+    else:
+        assert (proc.returncode, runs) == (code, 1), output(proc)[-3000:]
+        assert "starting it again" not in proc.stderr

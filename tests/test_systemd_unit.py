@@ -60,7 +60,7 @@ def test_verify_would_catch_a_broken_unit(tmp_path: Path):
     broken = (
         UNIT.read_text()
         .replace("KillMode=mixed", "KillMod=mixed")
-        .replace("Restart=on-failure", "Restart=sometimes")
+        .replace("Restart=on-abnormal", "Restart=sometimes")
     )
     proc = verify(installed_copy(tmp_path, broken))
     assert "Unknown key 'KillMod'" in proc.stderr
@@ -77,5 +77,50 @@ def test_stop_timing_and_exit_codes_fit_the_launcher():
     # SIGTERM to the launcher only (it stops the container itself); 75 is a clean stop.
     assert service["KillMode"] == "mixed" and service["KillSignal"] == "SIGTERM"
     assert "75" in service["SuccessExitStatus"].split()
-    assert service["Restart"] == "on-failure"
     assert service["ExecStart"].startswith(f"{INSTALL_DIR}/launch_training.sh ")
+
+
+# systemd.service(5), Restart=, "Table 2. Exit causes and the effect of the Restart= settings": which
+# causes each setting restarts on. "Clean" is exit code 0, a SuccessExitStatus= entry, or one of the
+# signals SIGHUP, SIGINT, SIGTERM, SIGPIPE; RestartPreventExitStatus= and RestartForceExitStatus=
+# (same page) override the table for the codes and signals they list.
+CLEAN_SIGNALS = {"SIGHUP", "SIGINT", "SIGTERM", "SIGPIPE"}
+RESTARTS_ON = {
+    "no": set(),
+    "always": {"clean", "unclean-code", "unclean-signal", "timeout", "watchdog"},
+    "on-success": {"clean"},
+    "on-failure": {"unclean-code", "unclean-signal", "timeout", "watchdog"},
+    "on-abnormal": {"unclean-signal", "timeout", "watchdog"},
+    "on-abort": {"unclean-signal"},
+    "on-watchdog": {"watchdog"},
+}
+
+
+def systemd_restarts(service: dict[str, str], code: int | None = None, signal: str | None = None) -> bool:
+    """Whether systemd restarts the service after its main process exits CODE or dies of SIGNAL."""
+    token = str(code) if code is not None else signal
+    if token in service.get("RestartPreventExitStatus", "").split():
+        return False
+    if token in service.get("RestartForceExitStatus", "").split():
+        return True
+    clean = service.get("SuccessExitStatus", "").split()
+    if code is not None:
+        cause = "clean" if code == 0 or token in clean else "unclean-code"
+    else:
+        cause = "clean" if signal in CLEAN_SIGNALS or token in clean else "unclean-signal"
+    return cause in RESTARTS_ON[service.get("Restart", "no")]
+
+
+def test_systemd_restarts_only_a_killed_launcher_never_a_failed_program():
+    """The launcher's rule, one level up: it reruns the program after 75, 137 or 143 (up to
+    --max-restarts) and exits with the program's status otherwise. systemd must not run it again
+    after any exit code: a bug (1) or bad input (2) would otherwise run again on a paid GPU, and
+    75/137/143 reach systemd only once --max-restarts is spent (or on a stop). A launcher killed
+    by a signal (the OOM killer) is restarted."""
+    service = service_section()
+    assert "--restart-on-preemption" in service["ExecStart"].split()
+    for code in (0, 1, 2, 75, 137, 143):
+        assert not systemd_restarts(service, code=code), f"systemd would rerun the launcher after exit {code}"
+    for signal in ("SIGTERM", "SIGINT"):  # systemctl stop, a shutdown: a clean stop
+        assert not systemd_restarts(service, signal=signal), signal
+    assert systemd_restarts(service, signal="SIGKILL"), "a killed launcher is not restarted"

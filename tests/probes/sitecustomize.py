@@ -17,6 +17,13 @@ TRAINKIT_TEST_LINGER_AT_EXIT=S     at exit, do what Python's finalization does t
                                    sleep S seconds: the window in which torch's teardown runs.
 TRAINKIT_TEST_FAIL_RENAMES_UNDER=DIR  os.rename, os.replace, os.renames and shutil.move raise
                                    OSError(EXDEV) for any path under DIR, as a bucket mount may.
+
+app/bucket_checkpoints.py (CHECKPOINT_BUCKET) moves one object at a time; these hang right after
+the first object of checkpoint-STEP was moved, logging "test hook: hanging inside the WHAT of
+checkpoint-STEP", so that a test can SIGKILL the run exactly there:
+HFGPU_TEST_BUCKET_HANG_AT=STEP           the upload (its first file is in the bucket, the marker not).
+HFGPU_TEST_BUCKET_HANG_AT_DOWNLOAD=STEP  the restore's download (the first file is on local disk).
+HFGPU_TEST_BUCKET_HANG_AT_DELETE=STEP    the deletion in the bucket (rotation or a re-upload).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import atexit
 import errno
 import importlib.abc
 import os
+import re
 import shutil
 import signal
 import sys
@@ -93,6 +101,32 @@ def _patch_trainkit(trainkit) -> None:
         trainkit.resume_checkpoint = waiting
 
 
+def _patch_bucket(bucket_checkpoints) -> None:
+    Bucket = bucket_checkpoints.Bucket
+    step_of = re.compile(r"(?:^|/)checkpoint-(\d+)/")
+
+    def hang_after(method: str, what: str, variable: str, name_of) -> None:
+        step = int(os.environ.get(variable, "-1"))
+        if step < 0:
+            return
+        original = getattr(Bucket, method)
+
+        def moved_one(self, *args):
+            original(self, *args)
+            m = step_of.search(name_of(*args))
+            if m and int(m.group(1)) == step:
+                log = bucket_checkpoints.log
+                log.warning("test hook: hanging inside the %s of checkpoint-%d", what, step)
+                time.sleep(3600)
+
+        setattr(Bucket, method, moved_one)
+
+    variable = "HFGPU_TEST_BUCKET_HANG_AT"
+    hang_after("upload_file", "upload", variable, lambda path, key: key)
+    hang_after("download_file", "download", variable + "_DOWNLOAD", lambda blob, path: blob.name)
+    hang_after("delete_object", "delete", variable + "_DELETE", lambda blob: blob.name)
+
+
 def _linger_at_exit(seconds: float) -> None:
     def linger():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -128,3 +162,4 @@ if os.environ.get("TRAINKIT_TEST_FAIL_RENAMES_UNDER"):
 if float(os.environ.get("TRAINKIT_TEST_LINGER_AT_EXIT", "0")):
     _linger_at_exit(float(os.environ["TRAINKIT_TEST_LINGER_AT_EXIT"]))
 _after_import("trainkit", _patch_trainkit)
+_after_import("bucket_checkpoints", _patch_bucket)
