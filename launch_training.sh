@@ -412,9 +412,9 @@ ensure_image() {
 
 # zstd_fix: what to do about a zstd image on an engine older than 23.0.
 zstd_fix() {
-  printf '%s' "Docker reads zstd layers from 23.0 on and this engine is $engine_version: upgrade Docker on" \
-    "this machine (https://docs.docker.com/engine/install/), or push a gzip image (build_and_push.sh" \
-    "--compression gzip, the default) and pass its reference"
+  local fix="Docker reads zstd layers from 23.0 on and this engine is $engine_version: upgrade Docker on"
+  fix+=" this machine (https://docs.docker.com/engine/install/), or push a gzip image (build_and_push.sh"
+  printf '%s\n' "$fix --compression gzip, the default) and pass its reference"
 }
 
 # check_layer_compression: refuse a zstd image on an engine older than 23.0 (Docker 20.10 fails

@@ -183,7 +183,10 @@ def test_zstd_image_on_an_engine_before_23_is_refused_in_one_line(
     line = one_error_line(proc)
     assert f"cannot pull {tiny.zstd}" in line and "zstd-compressed layers" in line, line
     assert "from 23.0 on" in line and f"this engine is {version}" in line, "both versions named"
-    assert "--compression gzip" in line and "upgrade Docker" in line, "and the fix"
+    assert (
+        "upgrade Docker on this machine (https://docs.docker.com/engine/install/), or push a gzip image"
+        " (build_and_push.sh --compression gzip, the default) and pass its reference" in line
+    ), "and the fix"
     assert not image_exists(tiny.zstd)
 
 
