@@ -41,6 +41,9 @@
 # Steps: preflight, repository check, service account, its roles, bucket, instance (found by name in
 # any zone; created when missing, moving to the next zone on a stockout). Ends with the ssh line
 # and the launch_training.sh command to run on the VM. Zones and offers: docs/spot-and-zones.md.
+# The VM's startup script (deploy/vm-startup.sh) installs pigz and prints the Docker version; the
+# boot disk comes from the project's baked image (bake_vm_image.sh) when one holds this image's
+# dependency layers, so the first pull fetches only the code layers (docs/cold-start.md).
 
 set -euo pipefail
 
@@ -50,6 +53,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib/flags.sh"
 # shellcheck source=lib/gcp.sh disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/lib/gcp.sh"
+# shellcheck source=lib/baked.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/lib/baked.sh"
 # shellcheck disable=SC2034 # read by lib/common.sh's log/warn/die
 PROG=create_instance.sh
 
@@ -69,6 +74,7 @@ PROVISIONING=
 RESERVATION=
 MAX_RUN_DURATION=
 IMAGE_FAMILY=common-cu129-ubuntu-2204-nvidia-580
+BOOT_FAMILY='' BOOT_PROJECT='' # choose_boot_image: a baked family of the project's own, when one matches
 IMAGE_REF=
 ZONES_FLAG=
 ZONES=()
@@ -378,10 +384,11 @@ create_command() {
   CREATE=(gcloud compute instances create "$VM_NAME" --project "$PROJECT" --zone "$zone"
     --machine-type "$MACHINE_TYPE")
   [[ -n $ACC_TYPE ]] && CREATE+=(--accelerator "type=$ACC_TYPE,count=$ACC_COUNT")
-  CREATE+=(--image-family "$IMAGE_FAMILY" --image-project "$IMAGE_PROJECT"
+  CREATE+=(--image-family "${BOOT_FAMILY:-$IMAGE_FAMILY}" --image-project "${BOOT_PROJECT:-$IMAGE_PROJECT}"
     --boot-disk-size "${BOOT_DISK_GB}GB" --boot-disk-type pd-balanced
     --maintenance-policy TERMINATE
     --metadata install-nvidia-driver=True
+    --metadata-from-file "startup-script=$HFGPU_ROOT/deploy/vm-startup.sh"
     --service-account "$SERVICE_ACCOUNT" --scopes cloud-platform)
   case $PROVISIONING in
     spot) CREATE+=(--provisioning-model SPOT --instance-termination-action STOP) ;;
@@ -394,6 +401,23 @@ create_command() {
     reservation) CREATE+=(--reservation-affinity specific --reservation "$RESERVATION") ;;
   esac
   return 0
+}
+
+# choose_boot_image: boot from the project's baked image for the training image's dependency
+# layers (bake_vm_image.sh; docs/cold-start.md) when that family exists: sets BOOT_FAMILY and
+# BOOT_PROJECT. The family's name comes from the image's layers, so the image must be on this
+# machine (build_and_push.sh leaves it there); otherwise, and under --dry-run, IMAGE_FAMILY.
+choose_boot_image() {
+  local family out
+  [[ $DRY_RUN == 1 ]] && return 0
+  family=$(baked_family "$(image_ref)") || return 0
+  if out=$(gcloud compute images describe-from-family "$family" --project "$PROJECT" --format 'value(name)' 2>&1); then
+    BOOT_FAMILY=$family BOOT_PROJECT=$PROJECT
+    log "boot disk: baked image $out (family $family): the image's dependency layers are on it"
+  else
+    log "boot disk: $IMAGE_FAMILY; no baked image for this image's dependency layers (family $family):" \
+      "./bake_vm_image.sh makes one, and later VMs pull only the code layers"
+  fi
 }
 
 # region_zones: the region's zones after ZONE, alphabetically (the fallback order), from the API.
@@ -563,6 +587,7 @@ main() {
   ensure_binding project "$PROJECT" "$LOG_ROLE"
   ensure_bucket
   [[ -n $BUCKET ]] && ensure_binding bucket "gs://$BUCKET" "$BUCKET_ROLE"
+  choose_boot_image
   ensure_instance
   print_next_steps
 }

@@ -113,6 +113,7 @@ owns_secrets=0     # write_secrets: this process removes secrets_dir
 src_copy=''        # fetch_app_source: a temporary copy of a bundled script's source
 container_id=''    # start_container: the running container
 stopping=0 memlock=1 docker_runtimes='' run_cmd=()
+engine_version=''  # check_docker: the Docker engine's version (zstd images need 23.0 or newer)
 resume_args=()     # supervise: what a restart adds to script_args (script_resume_plan)
 run_start=0        # start_container: when the latest container started (epoch seconds)
 
@@ -326,6 +327,7 @@ check_docker() {
     out=$(grep -v '^[[:space:]]*$' <<<"$out" | tail -n1)
     die "the Docker daemon is not reachable (${out:-no answer}); start it: sudo systemctl start docker"
   fi
+  engine_version=$out
   docker_runtimes=$(docker info --format '{{json .Runtimes}}' 2>/dev/null || true)
 }
 
@@ -408,6 +410,30 @@ ensure_image() {
   fi
 }
 
+# zstd_fix: what to do about a zstd image on an engine older than 23.0.
+zstd_fix() {
+  local fix="Docker reads zstd layers from 23.0 on and this engine is $engine_version: upgrade Docker on"
+  fix+=" this machine (https://docs.docker.com/engine/install/), or push a gzip image (build_and_push.sh"
+  printf '%s\n' "$fix --compression gzip, the default) and pass its reference"
+}
+
+# check_layer_compression: refuse a zstd image on an engine older than 23.0 (Docker 20.10 fails
+# mid-pull with "invalid tar header", which pull_image maps to the same fix); note when neither
+# unpigz nor zstd speeds the inflate (docs/cold-start.md). The layers' media types come from the
+# registry's manifest; a client that cannot read it (20.10 reads no OCI manifest) says nothing.
+check_layer_compression() {
+  local manifest insecure=()
+  [[ ${image%%/*} == 127.* || ${image%%/*} == localhost:* ]] && insecure=(--insecure)
+  manifest=$(docker manifest inspect "${insecure[@]}" "$image" 2>/dev/null) || manifest=''
+  if [[ $manifest == *'tar+zstd'* ]]; then
+    ! version_lt "${engine_version%%[+-]*}" 23.0 || die "image $image has zstd-compressed layers; $(zstd_fix)"
+    return 0
+  fi
+  command -v unpigz >/dev/null 2>&1 ||
+    log "note: unpigz is not on PATH: gzip layers inflate with Docker's slower built-in gzip; for a faster" \
+      "pull install pigz (sudo apt-get install -y pigz) or push zstd (build_and_push.sh --compression zstd)"
+}
+
 # pull_image: docker pull, with one line saying why it failed and what to do.
 pull_image() {
   local host=${image%%/*} err why
@@ -420,7 +446,8 @@ pull_image() {
       warn "gcloud not found: docker has no credentials for $host; the pull may be refused"
     fi
   fi
-  log "pulling $image"
+  check_layer_compression
+  log "pulling $image (Docker engine $engine_version)"
   if [[ $DRY_RUN == 1 ]]; then
     run docker pull "$image"
     return 0
@@ -430,6 +457,13 @@ pull_image() {
   why=${why#docker: }
   why=${why#Error response from daemon: }
   case $err in
+    *"Error processing tar file"* | *"invalid tar header"*)
+      # Docker 20.10 reads a zstd layer as a tar and fails so ("invalid tar header", "unexpected EOF").
+      version_lt "${engine_version%%[+-]*}" 23.0 &&
+        die "cannot pull $image: $why; if it was pushed with zstd-compressed layers (build_and_push.sh" \
+          "--compression zstd): $(zstd_fix)"
+      die "cannot pull $image: $why; a layer does not unpack: push the image again"
+      ;;
     *"dial tcp"* | *"no such host"* | *"connection refused"* | *timeout* | *"network is unreachable"* | \
       *"server misbehaving"*)
       die "cannot pull $image: no network to $host ($why); check this machine's network and DNS" \

@@ -316,3 +316,162 @@ def test_base_image_is_a_build_argument_pinned_by_digest():
     assert "@sha256:" in first
     assert "FROM ${BASE_IMAGE}" in text
     assert Path(ROOT / ".dockerignore").read_text().splitlines()[1] == "*"
+
+
+# -- the dependency layers (issue 23: layers that pull while the last one unpacks) ------------------
+
+DOCKERFILE = ROOT / "build_image" / "Dockerfile"
+LOCK_SUBSETS = ROOT / "build_image" / "lock-subsets.sh"
+
+
+def layer_parts() -> list[tuple[str, str]]:
+    """(NAME, GLOBS) of the lock-subsets stage's command, as the Dockerfile declares them."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    (command,) = [line for line in text.splitlines() if line.startswith("RUN ./lock-subsets.sh ")]
+    return re.findall(r"([a-z0-9-]+)='([^']*)'", command)
+
+
+def split_lock(lock: Path, out: Path) -> subprocess.CompletedProcess:
+    args = [f"{name}={globs}" for name, globs in layer_parts()]
+    return subprocess.run([str(LOCK_SUBSETS), str(lock), str(out), *args], capture_output=True, text=True)
+
+
+def entries(path: Path) -> dict[str, str]:
+    """Package name -> its entry (pin line and hash lines) in a lock or lock part."""
+    found: dict[str, str] = {}
+    name = ""
+    for line in path.read_text().splitlines():
+        if re.match(r"[A-Za-z0-9]", line):
+            name = line.split("==")[0].lower()
+            found[name] = line + "\n"
+        elif line.lstrip().startswith("--hash=") and name:
+            found[name] += line + "\n"
+        else:
+            name = ""
+    return found
+
+
+def test_lock_parts_are_verbatim_disjoint_pieces_of_the_lock(tmp_path):
+    proc = split_lock(LOCK, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    locked = entries(LOCK)
+    parts = {name: entries(tmp_path / f"{name}.txt") for name, _ in layer_parts()}
+    assert 3 <= len(parts) <= 5, "4-6 dependency layers: these parts plus the final sync"
+    seen: set[str] = set()
+    for name, part in parts.items():
+        assert part, f"part {name} is empty"
+        assert not seen & part.keys(), f"a package in two parts: {seen & part.keys()}"
+        seen |= part.keys()
+        for pkg, entry in part.items():
+            assert entry == locked[pkg], f"{pkg}: the part must carry the lock's pin and hashes as written"
+    assert {"torch", "triton", "nvidia-cudnn-cu12"} <= seen
+    assert {"transformers", "datasets"}.isdisjoint(seen), "what changes often comes with the final sync"
+
+
+def test_a_pin_change_changes_only_the_part_it_belongs_to(tmp_path):
+    split_lock(LOCK, tmp_path / "before")
+    text = LOCK.read_text()
+    torch_pin = re.search(r"^torch==(\S+)", text, re.M)
+    hf_pin = re.search(r"^transformers==(\S+)", text, re.M)
+    assert torch_pin and hf_pin
+    changed = tmp_path / "changed.lock"
+    changed.write_text(
+        text.replace(hf_pin.group(0), "transformers==0.0.1").replace(torch_pin.group(0), "torch==0.0.1")
+    )
+    split_lock(changed, tmp_path / "after")
+    differ = sorted(
+        f.name
+        for f in (tmp_path / "before").iterdir()
+        if f.read_text() != (tmp_path / "after" / f.name).read_text()
+    )
+    assert differ == ["torch.txt"], "transformers is in no part; torch only in its own"
+
+
+def test_lock_subsets_refuses_a_glob_that_matches_nothing(tmp_path):
+    proc = subprocess.run(
+        [str(LOCK_SUBSETS), str(LOCK), str(tmp_path), "torch=torch", "gone=no-such-package*"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        'lock-subsets: layer gone: "no-such-package*" matches no locked package'
+    ]
+
+
+def test_every_downloading_step_mounts_the_secret_and_installs_from_the_lock():
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    steps = [line for line in text.splitlines() if line.startswith("RUN ") and "with-build-ca" in line]
+    assert len(steps) >= 5, "uv itself, then the dependency layers"
+    for step in steps:
+        assert "--mount=type=secret,id=ca_bundle" in step, step[:120]
+        assert "--require-hashes" in step, step[:120]
+    installs = [s for s in steps if "uv pip install" in s]
+    assert all("--no-deps" in s and "from=lock-subsets" in s for s in installs), "each part as locked"
+    assert "uv pip sync" in steps[-1] and "/opt/build/requirements.lock" in steps[-1], "the whole lock last"
+
+
+def history(ref: str) -> list[tuple[int, str]]:
+    """(bytes, created_by) of each history entry, oldest first."""
+    out = docker(
+        "history", "--no-trunc", "--human=false", "--format", "{{.Size}}\t{{.CreatedBy}}", ref
+    ).stdout
+    rows = [line.split("\t", 1) for line in out.splitlines() if line]
+    return [(int(size), by) for size, by in reversed(rows)]
+
+
+def test_dependencies_come_in_four_to_six_layers_of_similar_size(image):
+    deps = [size for size, by in history(image.tag) if "with-build-ca uv pip" in by]
+    assert 4 <= len(deps) <= 6, deps
+    assert min(deps) > 0.4e9 and max(deps) <= 2 * min(deps), (
+        f"similar sizes: {[f'{s / 1e9:.2f}' for s in deps]}"
+    )
+
+
+def test_dependency_layers_hold_each_file_once(image):
+    """The layers together are no bigger than the environment they make (within 1 %): no step
+    rewrites an earlier layer's files (e.g. byte-code compiled again, a package reinstalled)."""
+    layers = sum(size for size, by in history(image.tag) if "with-build-ca uv pip" in by)
+    proc = run_in_image(image.tag, "du", "-sb", "--exclude=constraints.txt", "/opt/venv", check=True)
+    venv = int(proc.stdout.split()[0])
+    assert layers <= venv * 1.01, f"layers {layers / 1e9:.3f} GB vs the environment {venv / 1e9:.3f} GB"
+
+
+def test_a_lock_change_outside_the_parts_reuses_every_part_layer(image, tmp_path, canary_bundle):
+    """A lock edit that changes no part (here a comment; in life a transformers bump) rebuilds only
+    from the final sync on: each part's step mounts only its own file, whose content is unchanged."""
+    context = tmp_path / "context"
+    for part in ("build_image", "app", "lib"):
+        shutil.copytree(ROOT / part, context / part)
+    shutil.copy(ROOT / ".dockerignore", context / ".dockerignore")
+    with open(context / "build_image" / "requirements.lock", "a") as f:
+        f.write(f"# an edit outside every part {uuid.uuid4().hex}\n")
+    tag = f"gpu_transformers:lockedit-{uuid.uuid4().hex[:8]}"
+    try:
+        rebuilt = build_image(
+            tag,
+            context=context,
+            build_args=["VERSION=9.9.9-test", "REVISION=testrev", "CREATED=2026-01-01T00:00:00Z"],
+            secret_file=canary_bundle,
+        )
+        parts = [i for i, (_, by) in enumerate(layer_history(image.tag)) if "uv pip install" in by]
+        assert len(parts) == len(layer_parts())
+        assert rebuilt.layers[: parts[-1] + 1] == image.layers[: parts[-1] + 1], "a part's layer was rebuilt"
+        assert rebuilt.layers[parts[-1] + 1] != image.layers[parts[-1] + 1], "the lock's COPY must be new"
+    finally:
+        docker("image", "rm", "--force", tag, check=False)
+
+
+def layer_history(ref: str) -> list[tuple[int, str]]:
+    """The history entries that made a layer, in the order of RootFS.Layers.
+
+    `docker history` does not say which entries are empty (metadata only); the image config does
+    (`empty_layer`), read with `docker save` of the config alone being too slow, so: the entries
+    of instructions that never make a layer are dropped."""
+    meta = re.compile(r"^(ENV|ARG|LABEL|USER|ENTRYPOINT|CMD|SHELL|EXPOSE|STOPSIGNAL|HEALTHCHECK|VOLUME) ")
+    rows = [(size, by) for size, by in history(ref) if not meta.match(by.removeprefix("/bin/sh -c #(nop) "))]
+    assert len(rows) == len(image_layers_of(ref)), "history and layers disagree"
+    return rows
+
+
+def image_layers_of(ref: str) -> list[str]:
+    return json.loads(docker("image", "inspect", "--format", "{{json .RootFS.Layers}}", ref).stdout)

@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# Summary: bake a Compute Engine image whose disk already holds the training image's layers.
+# Usage: bake_vm_image.sh [--image REF] [--project ID] [--zone ZONE] [--machine-type TYPE]
+#                         [--image-family FAMILY] [--boot-disk-size SIZE] [--service-account EMAIL]
+#                         [--timeout SECONDS] [--poll-seconds N] [--dry-run] [-h|--help]
+#
+#   --image REF             the training image (env CONTAINER_NAME; default HOST/PROJECT/REPO/IMAGE:TAG
+#                           as for create_instance.sh); it must be on this machine too (build_and_push.sh
+#                           leaves it there): the family is named after its layers
+#   --project ID            Google Cloud project (PROJECT; default: gcloud config); the image goes there
+#   --zone ZONE             where the bake VM runs (env ZONE; default LOCATION-a)
+#   --machine-type TYPE     the bake VM: a cheap CPU type (default e2-standard-4)
+#   --image-family FAMILY   the Deep Learning VM family to start from (default: create_instance.sh's,
+#                           common-cu129-ubuntu-2204-nvidia-580, project deeplearning-platform-release)
+#   --boot-disk-size SIZE   the baked disk (default 100GB); VMs booted from it need at least as much
+#   --service-account EMAIL the bake VM's identity, which pulls the image (default the one
+#                           create_instance.sh makes: hfgpu-vm@PROJECT.iam.gserviceaccount.com)
+#   --timeout SECONDS       how long the bake VM may take to pull and power off (default 1800)
+#   --poll-seconds N        how often its state is read meanwhile (default 15)
+#   --dry-run               print every gcloud command, quoted, and change nothing
+#
+# Steps: the family name, hfgpu-deps-<digest of the image's dependency layers> (lib/baked.sh);
+# nothing to do when the project has that family already; a bake VM from the Deep Learning VM
+# family whose startup script (deploy/vm-startup.sh) installs pigz, pulls the image and powers the
+# VM off; waiting for TERMINATED; an image from its boot disk in that family (images.insert); the
+# VM deleted (also when a step fails). create_instance.sh then boots from the family whenever the
+# image it deploys has the same dependency layers, and the VM pulls only the code layers above them.
+# The last line on stdout is the family. What it saves: docs/cold-start.md.
+
+set -euo pipefail
+
+# shellcheck source=lib/common.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source=lib/flags.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/lib/flags.sh"
+# shellcheck source=lib/gcp.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/lib/gcp.sh"
+# shellcheck source=lib/baked.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/lib/baked.sh"
+# shellcheck disable=SC2034 # read by lib/common.sh's log/warn/die
+PROG=bake_vm_image.sh
+
+readonly SOURCE_PROJECT=deeplearning-platform-release
+SOURCE_FAMILY=common-cu129-ubuntu-2204-nvidia-580
+MACHINE_TYPE=e2-standard-4
+DISK_GB=100
+SERVICE_ACCOUNT=
+IMAGE_REF=
+TIMEOUT_S=1800
+POLL_S=15
+FAMILY=
+BAKE_VM=
+VM_CREATED=0
+STARTUP=
+
+parse_args() {
+  while (($#)); do
+    flag_begin "$1"
+    case $FLAG in
+      -h | --help)
+        usage "${BASH_SOURCE[0]}"
+        exit 0
+        ;;
+      --dry-run) flag_switch && DRY_RUN=1 ;;
+      --image) flag_value "$@" && IMAGE_REF=$VALUE ;;
+      --project) flag_value "$@" && config_set_flag PROJECT --project "$VALUE" ;;
+      --location) flag_value "$@" && config_set_flag LOCATION --location "$VALUE" ;;
+      --zone) flag_value "$@" && config_set_flag ZONE --zone "$VALUE" ;;
+      --machine-type) flag_value "$@" && MACHINE_TYPE=$VALUE ;;
+      --image-family) flag_value "$@" && SOURCE_FAMILY=$VALUE ;;
+      --boot-disk-size) flag_value "$@" && DISK_GB=$VALUE ;;
+      --service-account) flag_value "$@" && SERVICE_ACCOUNT=$VALUE ;;
+      --timeout) flag_value "$@" && to_int TIMEOUT_S --timeout "$VALUE" 1 ;;
+      --poll-seconds) flag_value "$@" && to_int POLL_S --poll-seconds "$VALUE" 1 ;;
+      *) flag_unknown ;;
+    esac
+    shift "$FLAG_SHIFT"
+  done
+}
+
+validate() {
+  config_default ZONE "${LOCATION}-a"
+  validate_zone "$ZONE" "$(config_origin ZONE)"
+  [[ $MACHINE_TYPE =~ ^[a-z][a-z0-9]*(-[a-z0-9]+)+$ ]] ||
+    die "invalid machine type '$MACHINE_TYPE': use a type like e2-standard-4"
+  [[ $SOURCE_FAMILY =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] ||
+    die "invalid image family '$SOURCE_FAMILY': see gcloud compute images list --project $SOURCE_PROJECT"
+  DISK_GB=${DISK_GB%GB}
+  [[ $DISK_GB =~ ^[0-9]+$ && $DISK_GB -ge 50 ]] ||
+    die "invalid --boot-disk-size '$DISK_GB': give at least 50GB (the Deep Learning VM image plus about 9 GB of layers)"
+  config_default_project
+  [[ -n $PROJECT ]] || die "preflight: no project set; pass --project ID or run: gcloud config set project ID"
+  validate_project "$PROJECT" "$(config_origin PROJECT)"
+  SERVICE_ACCOUNT=${SERVICE_ACCOUNT:-hfgpu-vm@$PROJECT.iam.gserviceaccount.com}
+  IMAGE_REF=${IMAGE_REF:-${CONTAINER_NAME:-$(registry_image)}}
+  need_cmd docker "the baked family is named after the image's layers, read from the local Docker engine"
+  FAMILY=$(baked_family "$IMAGE_REF") ||
+    die "image $IMAGE_REF is not on this machine: the baked family is named after its layers;" \
+      "build it here (./build_and_push.sh) or docker pull $IMAGE_REF first"
+  BAKE_VM=hfgpu-bake-${FAMILY#hfgpu-deps-}
+}
+
+# baked_already: the project has the family: print its image and succeed.
+baked_already() {
+  local out
+  [[ $DRY_RUN == 1 ]] && return 1
+  if out=$(gcloud compute images describe-from-family "$FAMILY" --project "$PROJECT" --format 'value(name)' 2>&1); then
+    log "family $FAMILY has image $out already: nothing to bake"
+    return 0
+  fi
+  grep -qE 'was not found|NOT_FOUND' <<<"$out" ||
+    gcp_fail "preflight: cannot read image family $FAMILY" "$out" compute.googleapis.com "roles/compute.viewer"
+  return 1
+}
+
+# startup_script: the bake VM's startup script: deploy/vm-startup.sh with the image to pull.
+startup_script() {
+  STARTUP=$(mktemp)
+  {
+    printf '#!/bin/bash\n# bake_vm_image.sh: pull this image, then power off\nexport HFGPU_BAKE_IMAGE=%q\n' "$IMAGE_REF"
+    cat "$HFGPU_ROOT/deploy/vm-startup.sh"
+  } >"$STARTUP"
+}
+
+create_vm() {
+  local create=(gcloud compute instances create "$BAKE_VM" --project "$PROJECT" --zone "$ZONE"
+    --machine-type "$MACHINE_TYPE" --image-family "$SOURCE_FAMILY" --image-project "$SOURCE_PROJECT"
+    --boot-disk-size "${DISK_GB}GB" --boot-disk-type pd-balanced
+    --metadata-from-file "startup-script=$STARTUP"
+    --service-account "$SERVICE_ACCOUNT" --scopes cloud-platform --labels "hfgpu-bake=${FAMILY#hfgpu-deps-}")
+  local out
+  log "bake VM: creating $BAKE_VM in $ZONE ($MACHINE_TYPE, from $SOURCE_FAMILY) to pull $IMAGE_REF"
+  if [[ $DRY_RUN == 1 ]]; then
+    quote_cmd "${create[@]}"
+    return 0
+  fi
+  if ! out=$("${create[@]}" 2>&1); then
+    grep -qE "$GCP_EXISTS_RE" <<<"$out" &&
+      die "bake VM: $BAKE_VM exists already (an earlier bake still running, or left over); wait for it or" \
+        "delete it: gcloud compute instances delete $BAKE_VM --zone $ZONE --project $PROJECT"
+    gcp_fail "bake VM: creating $BAKE_VM failed" "$out" compute.googleapis.com "roles/compute.instanceAdmin.v1"
+  fi
+  VM_CREATED=1
+}
+
+# wait_terminated: the bake VM powers itself off when its pull is done.
+wait_terminated() {
+  local describe=(gcloud compute instances describe "$BAKE_VM" --project "$PROJECT" --zone "$ZONE"
+    --format 'value(status)')
+  if [[ $DRY_RUN == 1 ]]; then
+    printf '# every %ss until it prints TERMINATED (at most %ss):\n' "$POLL_S" "$TIMEOUT_S"
+    quote_cmd "${describe[@]}"
+    return 0
+  fi
+  local deadline=$((SECONDS + TIMEOUT_S)) status=''
+  log "bake VM: waiting for it to pull the image and power off (at most ${TIMEOUT_S}s)"
+  while ((SECONDS < deadline)); do
+    status=$("${describe[@]}" 2>&1) ||
+      gcp_fail "bake VM: cannot read the state of $BAKE_VM" "$status" compute.googleapis.com "roles/compute.viewer"
+    [[ $status == TERMINATED ]] && return 0
+    sleep "$POLL_S"
+  done
+  die "bake VM: $BAKE_VM did not power off within ${TIMEOUT_S}s (state $status); its pull failed or is slow:" \
+    "see gcloud compute instances get-serial-port-output $BAKE_VM --zone $ZONE --project $PROJECT" \
+    "(lines 'hfgpu-startup:'); the VM is deleted now"
+}
+
+make_image() {
+  local name
+  name=$FAMILY-$(date -u +%Y%m%d%H%M%S)
+  local create=(gcloud compute images create "$name" --project "$PROJECT" --source-disk "$BAKE_VM"
+    --source-disk-zone "$ZONE" --family "$FAMILY"
+    --description "Deep Learning VM $SOURCE_FAMILY with the layers of $IMAGE_REF (bake_vm_image.sh)")
+  log "image: $name in family $FAMILY, from the disk of $BAKE_VM"
+  run "${create[@]}" >&2 || die "image: creating $name failed (see above); the bake VM is deleted now"
+}
+
+delete_vm() {
+  ((VM_CREATED)) || return 0
+  VM_CREATED=0
+  log "bake VM: deleting $BAKE_VM"
+  gcloud compute instances delete "$BAKE_VM" --project "$PROJECT" --zone "$ZONE" --quiet >&2 ||
+    warn "deleting $BAKE_VM failed; delete it yourself: gcloud compute instances delete $BAKE_VM --zone $ZONE"
+}
+
+cleanup() {
+  delete_vm
+  [[ -z $STARTUP ]] || rm -f "$STARTUP"
+}
+
+main() {
+  config_init
+  parse_args "$@"
+  validate
+  log "preflight: checking gcloud"
+  gcp_preflight
+  log "family: $FAMILY (the dependency layers of $IMAGE_REF)"
+  if baked_already; then
+    printf '%s\n' "$FAMILY"
+    return 0
+  fi
+  trap cleanup EXIT
+  startup_script
+  create_vm
+  wait_terminated
+  make_image
+  if [[ $DRY_RUN == 1 ]]; then
+    quote_cmd gcloud compute instances delete "$BAKE_VM" --project "$PROJECT" --zone "$ZONE" --quiet
+    return 0
+  fi
+  delete_vm
+  log "done: create_instance.sh boots from family $FAMILY for images with these dependency layers"
+  printf '%s\n' "$FAMILY"
+}
+
+main "$@"

@@ -1,0 +1,385 @@
+"""Issue 23's cold-start pieces, with real parts and tiny images (the big timings live in
+bench/cold_start.py):
+
+- build_and_push.sh --compression zstd|gzip, with the real gcloud against tests/fake_gcp.py: this
+  machine's Debian client (20.10) has no buildx, so zstd must stop before anything is created;
+  --dry-run shows the buildx exporter command.
+- launch_training.sh against the real engine and Debian's registry on loopback: a tiny image whose
+  one layer is recompressed to zstd (bench/cold_start.py's zstd_copy: the layer's content, config
+  and diff_ids unchanged) is refused on an engine older than 23.0 with one line; the line about a
+  missing unpigz, and the engine version before a pull.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tarfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import DOCKER, ROOT, docker
+from fake_compute_images import FakeComputeImages
+from fake_gcp import FakeGcp
+from gcp_env import Registry, script_env
+from test_build_and_push import (
+    BUILD_FLAGS,
+    REPO_PATH,
+    bindir,
+    checkout,
+    error_lines,
+    image_exists,
+    run_script,
+)
+from test_launch import launch, make_volume, one_error_line, workdir
+
+sys.path.insert(0, str(ROOT / "bench"))
+from cold_start import zstd_copy
+
+FIXTURES = (bindir, checkout, workdir)  # the other modules' fixtures, used here by name
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeGcp]:
+    with FakeGcp() as f:
+        yield f
+
+
+def engine_major() -> int:
+    return int(docker("version", "--format", "{{.Server.Version}}").stdout.split(".")[0])
+
+
+# -- build_and_push.sh --compression ------------------------------------------------------------
+
+
+def test_zstd_without_buildx_stops_before_anything(fake: FakeGcp, bindir: Path, tmp_path: Path):
+    tag = f"zstd-{uuid.uuid4().hex[:8]}"
+    env = script_env(fake, tmp_path, bindir)
+    proc = run_script(
+        env, "--compression", "zstd", "--tag", tag, "--registry-host", "127.0.0.1:5999", *BUILD_FLAGS
+    )
+    assert proc.returncode == 1
+    (err,) = error_lines(proc)
+    assert "--compression zstd" in err and "no buildx plugin" in err and "--compression gzip" in err, err
+    assert proc.stderr.splitlines()[-1] == err, "the error is the last word"
+    assert fake.requests == [], "no repository created, nothing asked of Google Cloud"
+    assert not image_exists(f"127.0.0.1:5999/{REPO_PATH}:{tag}")
+    assert list((tmp_path / "docker-config").iterdir()) == [], "no registry credentials configured"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--compression", "lz4"], "invalid --compression 'lz4': give gzip (the default) or zstd"),
+        (["--compression", "zstd", "--no-push"], "--compression zstd compresses the pushed layers"),
+    ],
+    ids=["unknown", "zstd-no-push"],
+)
+def test_bad_compression_is_one_line(args, message, fake: FakeGcp, bindir: Path, tmp_path: Path):
+    proc = run_script(script_env(fake, tmp_path, bindir), *args)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == error_lines(proc) and message in error_lines(proc)[0]
+    assert fake.requests == []
+
+
+def test_zstd_dry_run_shows_the_buildx_exporter_and_latest_last(
+    fake: FakeGcp,
+    bindir: Path,
+    checkout: Path,
+    tmp_path: Path,
+):
+    tag = f"dry-{uuid.uuid4().hex[:8]}"
+    host = "127.0.0.1:5999"
+    env = script_env(fake, tmp_path, bindir)
+    proc = run_script(env, "--dry-run", "--compression", "zstd", "--tag", tag, "--registry-host", host,
+                      *BUILD_FLAGS, root=checkout)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: --compression zstd" in proc.stderr, "this client cannot run it: said, not hidden"
+    commands = [shlex.split(line) for line in proc.stdout.splitlines() if not line.startswith("#")]
+    heads = [" ".join(c[:3]) for c in commands]
+    assert heads[2:] == ["gcloud auth configure-docker", "docker buildx build", "docker buildx imagetools"]
+    build = commands[3]
+    output = build[build.index("--output") + 1]
+    ref = f"{host}/{REPO_PATH}"
+    sha = output.split(f"{ref}:sha-")[1][:7]
+    assert output == (
+        f'type=image,"name={ref}:{tag},{ref}:sha-{sha}",push=true,compression=zstd,force-compression=true,'
+        "oci-mediatypes=true"
+    )
+    assert "--metadata-file" in build and "-t" not in build
+    assert commands[4][-3:] == ["--tag", f"{ref}:latest", f"{ref}@sha256:<digest>"], "latest moves last"
+    assert fake.requests == []
+
+
+# -- launch_training.sh: zstd on an old engine, unpigz ---------------------------------------------
+
+
+@dataclass
+class TinyImages:
+    registry: Registry
+    gzip: str
+    zstd: str
+
+
+def tiny_layer_image(tag: str) -> None:
+    """A one-layer image whose layer no engine holds yet (a file with a fresh nonce): a pull must
+    download and unpack it."""
+    data = f"nonce {uuid.uuid4().hex}\n".encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("nonce.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    subprocess.run([DOCKER, "import", "-", tag], input=buf.getvalue(), capture_output=True, check=True)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Iterator[TinyImages]:
+    registry = Registry().start()
+    repo = f"cold/tiny-{uuid.uuid4().hex[:6]}"
+    gzip_ref = f"{registry.host}/{repo}:gzip"
+    try:
+        tiny_layer_image(gzip_ref)
+        docker("push", gzip_ref)
+        docker("image", "rm", gzip_ref)
+        zstd_copy(registry, repo, "gzip", "zstd")
+        yield TinyImages(registry, gzip_ref, f"{registry.host}/{repo}:zstd")
+    finally:
+        for ref in (gzip_ref, f"{registry.host}/{repo}:zstd"):
+            docker("image", "rm", ref, check=False)
+        registry.stop()
+
+
+def test_zstd_copy_holds_zstd_layers_of_the_same_content(tiny: TinyImages):
+    repo = tiny.zstd.split("/", 1)[1].rsplit(":", 1)[0]
+    status, _, manifest = tiny.registry.get(f"{repo}/manifests/zstd")
+    assert status == 200
+    assert [layer["mediaType"] for layer in manifest["layers"]] == [
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    ]
+    gzip_digest = tiny.registry.digest(repo, "gzip")
+    zstd_digest = tiny.registry.digest(repo, "zstd")
+    assert tiny.registry.diff_ids(repo, zstd_digest) == tiny.registry.diff_ids(repo, gzip_digest)
+
+
+def test_zstd_image_on_an_engine_before_23_is_refused_in_one_line(
+    image,
+    workdir: Path,
+    tiny: TinyImages,
+):
+    vol = make_volume(workdir, "vol-zstd")
+    version = docker("version", "--format", "{{.Server.Version}}").stdout.strip()
+    proc = launch(workdir, "--image", tiny.zstd, "--volume", str(vol), "--gpus", "none")
+    if engine_major() >= 23:  # a newer engine reads zstd: the pull works (the tiny image runs nothing)
+        assert "zstd" not in proc.stderr, proc.stderr
+        return
+    line = one_error_line(proc)
+    assert f"cannot pull {tiny.zstd}" in line and "zstd-compressed layers" in line, line
+    assert "from 23.0 on" in line and f"this engine is {version}" in line, "both versions named"
+    assert (
+        "upgrade Docker on this machine (https://docs.docker.com/engine/install/), or push a gzip image"
+        " (build_and_push.sh --compression gzip, the default) and pass its reference" in line
+    ), "and the fix"
+    assert not image_exists(tiny.zstd)
+
+
+def shadow_path(folder: Path, hide: str) -> str:
+    """A PATH whose folders' programs are linked into one folder, less HIDE (rbenv-style)."""
+    bare = folder / f"no-{hide}"
+    if not bare.exists():
+        bare.mkdir()
+        (bare / "docker").symlink_to(folder / "bin" / "docker")
+        for where in ("/usr/local/bin", "/usr/bin", "/bin"):
+            for tool in Path(where).iterdir():
+                if tool.name != hide and not (bare / tool.name).exists():
+                    (bare / tool.name).symlink_to(tool)
+    return str(bare)
+
+
+@pytest.mark.parametrize("unpigz", [True, False], ids=["with-unpigz", "without-unpigz"])
+def test_a_pull_names_the_engine_and_notes_a_missing_unpigz(
+    unpigz: bool,
+    image,
+    workdir: Path,
+    tiny: TinyImages,
+):
+    vol = make_volume(workdir, "vol-unpigz")
+    env = {} if unpigz else {"PATH": shadow_path(workdir, "unpigz")}
+    proc = launch(workdir, "--dry-run", "--image", tiny.gzip, "--volume", str(vol), "--gpus", "none", env=env)
+    assert proc.returncode == 0, proc.stderr
+    version = docker("version", "--format", "{{.Server.Version}}").stdout.strip()
+    assert f"pulling {tiny.gzip} (Docker engine {version})" in proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if "unpigz is not on PATH" in line]
+    assert len(notes) == (0 if unpigz else 1), proc.stderr
+    if notes:
+        assert "apt-get install -y pigz" in notes[0]
+
+
+# -- baked VM images: bake_vm_image.sh, create_instance.sh's lookup, the startup script ------------
+
+BAKE = ROOT / "bake_vm_image.sh"
+STARTUP = ROOT / "deploy" / "vm-startup.sh"
+PROJECT_IMAGE = "us-east4-docker.pkg.dev/my-project/gpu-transformers/gpu_transformers"
+REPO = "projects/my-project/locations/us-east4/repositories/gpu-transformers"
+
+
+@pytest.fixture
+def compute() -> Iterator[FakeComputeImages]:
+    with FakeComputeImages() as f:
+        f.repositories[REPO] = {"name": REPO, "format": "DOCKER"}
+        yield f
+
+
+@pytest.fixture
+def local_ref(image) -> Iterator[str]:
+    """The session's image, tagged here as the project's registry image (build_and_push.sh leaves it so)."""
+    ref = f"{PROJECT_IMAGE}:cold-{uuid.uuid4().hex[:8]}"
+    docker("tag", image.tag, ref)
+    yield ref
+    docker("image", "rm", ref, check=False)
+
+
+def family_of(ref: str) -> str:
+    proc = subprocess.run(
+        ["bash", "-c", 'source lib/baked.sh && baked_family "$1"', "-", ref],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HFGPU_ROOT": str(ROOT)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def run(script: Path, fake: FakeGcp, tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    env = script_env(fake, tmp, tmp)
+    return subprocess.run(
+        [str(script), *args], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+
+
+def test_baked_family_covers_the_layers_up_to_the_final_sync(image):
+    """The family is named after the layers up to the `uv pip sync` step, not the code above it."""
+    proc = subprocess.run(["bash", "-c", "source lib/baked.sh && code_layer_count"], capture_output=True,
+                          text=True, cwd=ROOT, env={**os.environ, "HFGPU_ROOT": str(ROOT)})  # fmt: skip
+    above = int(proc.stdout)
+    layers = docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", image.tag).stdout.splitlines()
+    code = [by for by in layers if by.startswith(("COPY", "RUN"))]
+    newest = code[:above]
+    assert any("app/" in by for by in newest) and not any("uv pip" in by for by in newest)
+    assert "uv pip sync" in code[above], "the layer just below the code is the final sync's"
+
+
+def test_bake_makes_an_image_in_the_dependency_family_and_deletes_the_vm(
+    compute: FakeComputeImages, local_ref: str, tmp_path: Path
+):
+    family = family_of(local_ref)
+    proc = run(BAKE, compute, tmp_path, "--image", local_ref, "--poll-seconds", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == family and re.fullmatch(r"hfgpu-deps-[0-9a-f]{16}", family)
+    vm = f"hfgpu-bake-{family.removeprefix('hfgpu-deps-')}"
+    (insert,) = compute.calls("POST", r"/zones/us-east4-a/instances$")
+    body = insert.body
+    assert body["name"] == vm and body["machineType"].endswith("/machineTypes/e2-standard-4")
+    assert "guestAccelerators" not in body, "a CPU VM: it only pulls"
+    assert body["disks"][0]["initializeParams"]["sourceImage"].endswith(
+        "projects/deeplearning-platform-release/global/images/family/common-cu129-ubuntu-2204-nvidia-580"
+    )
+    items = {i["key"]: i["value"] for i in body["metadata"]["items"]}
+    script = items["startup-script"]
+    assert f"export HFGPU_BAKE_IMAGE={local_ref}\n" in script and STARTUP.read_text() in script
+    # The image is made from the VM's disk only once the VM powered itself off, then the VM goes.
+    order = [
+        (r.method, r.path.rsplit("/", 1)[-1])
+        for r in compute.requests
+        if r.method in ("POST", "DELETE", "GET")
+    ]
+    (image_insert,) = compute.calls("POST", r"/global/images$")
+    assert image_insert.body["family"] == family
+    assert image_insert.body["sourceDisk"].endswith(f"/zones/us-east4-a/disks/{vm}")
+    assert image_insert.status == 200, "refused while the disk was in use: the VM was not TERMINATED yet"
+    assert order.index(("POST", "images")) < order.index(("DELETE", vm))
+    assert compute.instances == {}, "the bake VM is deleted"
+    assert [i["family"] for i in compute.images["my-project"].values()] == [family]
+    assert compute.unhandled() == []
+    # A second run finds the family and changes nothing.
+    compute.clear()
+    again = run(BAKE, compute, tmp_path, "--image", local_ref)
+    assert again.returncode == 0 and again.stdout.strip() == family
+    assert compute.mutations() == [] and "nothing to bake" in again.stderr
+
+
+def test_bake_vm_that_never_powers_off_is_deleted_and_named(
+    compute: FakeComputeImages, local_ref: str, tmp_path: Path
+):
+    compute.gets_until_terminated = None  # its pull failed: the startup script leaves it up
+    proc = run(BAKE, compute, tmp_path, "--image", local_ref, "--poll-seconds", "1", "--timeout", "3")
+    assert proc.returncode == 1
+    (err,) = [line for line in proc.stderr.splitlines() if line.startswith("bake_vm_image.sh: error:")]
+    assert "did not power off within 3s" in err and "get-serial-port-output" in err
+    assert compute.calls("POST", r"/global/images$") == [], "no image of a half-baked disk"
+    assert compute.instances == {}, "the bake VM is deleted all the same"
+
+
+def test_bake_needs_the_image_on_this_machine(compute: FakeComputeImages, tmp_path: Path):
+    ref = f"{PROJECT_IMAGE}:not-here-{uuid.uuid4().hex[:6]}"
+    proc = run(BAKE, compute, tmp_path, "--image", ref)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"bake_vm_image.sh: error: image {ref} is not on this machine: the baked family is named after its"
+        f" layers; build it here (./build_and_push.sh) or docker pull {ref} first"
+    ]
+    assert compute.requests == []
+
+
+@pytest.mark.parametrize("baked", [True, False], ids=["baked", "not-baked"])
+def test_create_instance_boots_from_the_baked_family_when_it_exists(
+    baked: bool, compute: FakeComputeImages, local_ref: str, tmp_path: Path
+):
+    family = family_of(local_ref)
+    if baked:
+        compute.add_image("my-project", f"{family}-20260101000000", family)
+    proc = run(ROOT / "create_instance.sh", compute, tmp_path, "--image", local_ref)
+    assert proc.returncode == 0, proc.stderr
+    (insert,) = compute.calls("POST", r"/zones/us-east4-a/instances$")
+    source = insert.body["disks"][0]["initializeParams"]["sourceImage"]
+    items = {i["key"]: i["value"] for i in insert.body["metadata"]["items"]}
+    assert items["startup-script"] == STARTUP.read_text() and items["install-nvidia-driver"] == "True"
+    if baked:
+        assert source.endswith(f"projects/my-project/global/images/family/{family}")
+        assert f"boot disk: baked image {family}-20260101000000 (family {family})" in proc.stderr
+    else:
+        assert source.endswith("projects/deeplearning-platform-release/global/images/family/"
+                               "common-cu129-ubuntu-2204-nvidia-580")  # fmt: skip
+        assert f"no baked image for this image's dependency layers (family {family})" in proc.stderr
+    assert compute.unhandled() == []
+
+
+def test_startup_script_installs_pigz_pulls_and_stays_up_without_systemd(image, tiny: TinyImages):
+    """deploy/vm-startup.sh itself, as root in a Debian container with the host's Docker client and
+    socket and the host's network (the loopback registry): pigz from Debian's archive, the engine's
+    version, the bake pull of a tiny image; no systemd there, so it does not power off."""
+    version = docker("version", "--format", "{{.Server.Version}}").stdout.strip()
+    proc = docker(
+        "run", "--rm", "--network", "host",
+        "-v", "/var/run/docker.sock:/var/run/docker.sock",
+        "-v", f"{Path(DOCKER).resolve()}:/usr/bin/docker:ro",
+        "-v", f"{STARTUP}:/startup.sh:ro", "-e", f"HFGPU_BAKE_IMAGE={tiny.gzip}",
+        "hfgpu-test-base:bookworm", "bash", "/startup.sh",
+        check=False, timeout=600,
+    )  # fmt: skip
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("hfgpu-startup:")]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert lines == [
+        "hfgpu-startup: installed pigz: the first pull inflates gzip layers with unpigz",
+        f"hfgpu-startup: Docker engine {version} (zstd images need 23.0 or newer)",
+        f"hfgpu-startup: bake: pulling {tiny.gzip}",
+        f"hfgpu-startup: bake: done: 1 layers of {tiny.gzip} on this disk",
+        "hfgpu-startup: bake: not booted with systemd: not powering off",
+    ]
+    assert image_exists(tiny.gzip), "the layers are on the engine's disk"
+    docker("image", "rm", tiny.gzip)
