@@ -22,132 +22,32 @@
   {"name", "payload": {"data": BASE64, "dataCrc32c"}}; a wrong token 401 UNAUTHENTICATED, an
   unknown secret 404 NOT_FOUND. `latest` is the newest version.
 
-Every request is recorded (method, path, query, headers, JSON body); anything unknown answers 501
-and is marked `unhandled`, so a test can tell "gcloud asked for something new" from an outcome.
+Every request is recorded (method, path, query, headers, JSON body) by tests/fake_server.py's
+RecordingServer; anything unknown answers 501 and is marked `unhandled`.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import json
 import re
-import threading
 import zlib
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from fake_gcp import gcloud_offline_env
+from fake_server import Recorded, RecordingServer
 
 SUCCESS = ["JOB_STATE_QUEUED", "JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"]
 REQUIRED = "List of found errors:\t1.Field: {}; Message: Required field is not set.\t"
 FAILURE = ["JOB_STATE_QUEUED", "JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_FAILED"]
 
 
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: Any
-    status: int = 0
-    unhandled: bool = False
-
-
 def error(code: int, status: str, message: str) -> tuple[int, dict]:
     return code, {"error": {"code": code, "message": message, "status": status}}
 
 
-class _Server:
-    """A threaded HTTP server on 127.0.0.1 that records requests and routes them to `route`."""
-
-    def __init__(self) -> None:
-        self.requests: list[Recorded] = []
-        self.lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-
-    def route(self, rec: Recorded) -> tuple[int, dict] | None:
-        raise NotImplementedError
-
-    def start(self, host: str = "127.0.0.1"):
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                try:
-                    body = json.loads(raw) if raw else None
-                except ValueError:
-                    body = raw.decode(errors="replace")
-                url = urlsplit(self.path)
-                rec = Recorded(self.command, url.path, parse_qs(url.query), dict(self.headers), body)
-                with fake.lock:
-                    fake.requests.append(rec)
-                    result = fake.route(rec)
-                    if result is None:
-                        rec.unhandled = True
-                        result = error(501, "UNIMPLEMENTED", f"fake: no route for {rec.method} {rec.path}")
-                code, payload = result
-                rec.status = code
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json; charset=UTF-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _handle
-
-        self._server = ThreadingHTTPServer((host, 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def hostport(self) -> str:
-        assert self._server is not None, "start() first"
-        host, port = self._server.server_address[:2]
-        return f"{host}:{port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.hostport}"
-
-    def calls(self, method: str | None = None, pattern: str = "") -> list[Recorded]:
-        with self.lock:
-            return [
-                r
-                for r in self.requests
-                if (method is None or r.method == method) and re.search(pattern, r.path)
-            ]
-
-    def unhandled(self) -> list[Recorded]:
-        with self.lock:
-            return [r for r in self.requests if r.unhandled]
-
-
-class FakeVertex(_Server):
+class FakeVertex(RecordingServer):
     """Vertex AI v1 customJobs: create (POST .../customJobs) and get (GET /v1/NAME)."""
 
     def __init__(
@@ -265,7 +165,7 @@ class FakeVertex(_Server):
         return 200, job
 
 
-class FakeMetadata(_Server):
+class FakeMetadata(RecordingServer):
     """The metadata server's default service-account token."""
 
     TOKEN_PATH = "/computeMetadata/v1/instance/service-accounts/default/token"
@@ -282,7 +182,7 @@ class FakeMetadata(_Server):
         return 200, {"access_token": self.token, "expires_in": 3599, "token_type": "Bearer"}
 
 
-class FakeSecretManager(_Server):
+class FakeSecretManager(RecordingServer):
     """Secret Manager v1 versions.access, for secrets given as {"projects/P/secrets/S": [v1, v2...]}."""
 
     def __init__(self, secrets: dict[str, list[str]], token: str = "ya29.fake-metadata-token"):
