@@ -203,9 +203,12 @@ choose_offer() {
           "accelerator-optimized type (A2, A3, A4, G2) with --flex-start"
       ;;
     *)
-      machine_offers "$PROVISIONING" ||
-        die "$what is not offered as $PROVISIONING on Compute Engine (offered: $offered); pass one of those" \
-          "(--spot, --flex-start, --reservation NAME) or see docs/spot-and-zones.md"
+      if ! machine_offers "$PROVISIONING"; then
+        local flags=--${MF_GCE// / or --}
+        flags=${flags/--reservation/--reservation NAME}
+        die "$what is not offered as $PROVISIONING on Compute Engine (offered: $offered); pass $flags" \
+          "(docs/spot-and-zones.md)"
+      fi
       ;;
   esac
   if [[ -n $MAX_RUN_DURATION && $PROVISIONING != flex-start ]]; then
