@@ -385,6 +385,7 @@ class FakeGcp(RecordingServer):
     def _take_failure(self) -> tuple[int, dict] | None:
         if self.fail_create is None:
             return None
+        # Whatever Google answer the test names (code, status, message), in the error envelope.
         code, status, message = self.fail_create
         return _error(code, status, message)
 
@@ -456,6 +457,7 @@ class FakeGcp(RecordingServer):
             if self._raced("repository"):
                 self.repositories[name] = {**(rec.body or {}), "name": name}
             if name in self.repositories:
+                # repositories.create on an existing id: 409 ALREADY_EXISTS (AIP-133; wording unverified).
                 return _error(409, "ALREADY_EXISTS", f"the repository already exists: {name}")
             repo = {**(rec.body or {}), "name": name}
             repo.setdefault("createTime", "2026-01-01T00:00:00Z")
@@ -470,6 +472,7 @@ class FakeGcp(RecordingServer):
         if m and rec.method == "GET":
             op = self.operations.get(m.group(1))
             if op is None:
+                # operations.get on an unknown name: 404 NOT_FOUND (AIP-151/AIP-131; wording unverified).
                 return _error(404, "NOT_FOUND", f"Operation {m.group(1)} not found.")
             op["polls"] -= 1
             if op["polls"] > 0:
@@ -480,6 +483,8 @@ class FakeGcp(RecordingServer):
             return None
         name, verb = m.groups()
         if name not in self.repositories:
+            # repositories.get on a missing repository: 404 NOT_FOUND (AIP-131; the wording is the
+            # generic one Google's gRPC APIs send, seen in gcloud's output).
             return _error(404, "NOT_FOUND", f"Requested entity was not found. ({name})")
         if verb is None and rec.method == "GET":
             return 200, self.repositories[name]
@@ -513,6 +518,8 @@ class FakeGcp(RecordingServer):
         if m and rec.method == "GET":
             sa = self.service_accounts.get(m.group(2))
             if sa is None:
+                # serviceAccounts.get on a missing account: 404 NOT_FOUND (IAM REST reference; wording
+                # unverified, the scripts match the code).
                 return _error(404, "NOT_FOUND", f"Unknown service account {m.group(2)}")
             return 200, sa
         m = re.fullmatch(r"projects/([^/]+)/serviceAccounts", path)
@@ -533,6 +540,7 @@ class FakeGcp(RecordingServer):
             if self._raced("service_account"):
                 self.service_accounts[email] = sa
             if email in self.service_accounts:
+                # serviceAccounts.create on an existing account: 409 ALREADY_EXISTS (IAM REST reference).
                 return _error(
                     409,
                     "ALREADY_EXISTS",
@@ -589,6 +597,7 @@ class FakeGcp(RecordingServer):
             return None
         name, iam = m.groups()
         if name not in self.buckets:
+            # buckets.get on a missing bucket: 404 notFound (storage/docs/json_api/v1/status-codes).
             return _error(404, "NOT_FOUND", "The specified bucket does not exist.", reason="notFound")
         key = f"projects/_/buckets/{name}"
         if iam is None and rec.method == "GET":
@@ -664,6 +673,8 @@ class FakeGcp(RecordingServer):
             return 200, self._zone(project, zone)
         m = re.fullmatch(r"projects/([^/]+)/aggregated/instances", path)
         if m and rec.method == "GET":
+            # instances.aggregatedList: items keyed "zones/ZONE" (compute/docs/reference/rest/v1/
+            # instances/aggregatedList).
             items: dict[str, dict] = {}
             for key, inst in self.instances.items():
                 zone = key.split("/")[3]

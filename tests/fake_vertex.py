@@ -122,6 +122,7 @@ class FakeVertex(RecordingServer):
 
     def _create(self, project: str, location: str, body: Any) -> tuple[int, dict]:
         if self.fail_create is not None:
+            # Whatever Google answer the test names (code, status, message), in Google's error body.
             return error(*self.fail_create)
         # The reference marks displayName and jobSpec.workerPoolSpecs as required; Vertex answers a
         # missing one with 400 INVALID_ARGUMENT.
@@ -148,6 +149,7 @@ class FakeVertex(RecordingServer):
     def _get(self, name: str) -> tuple[int, dict]:
         job = self.jobs.get(name)
         if job is None:
+            # customJobs.get on an unknown job: 404 NOT_FOUND (AIP-131; wording unverified).
             return error(404, "NOT_FOUND", f'The CustomJob "{name}" does not exist.')
         self._gets[name] += 1
         state = self.progression[min(self._gets[name], len(self.progression) - 1)]
@@ -157,6 +159,8 @@ class FakeVertex(RecordingServer):
         if state in ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"):
             job["endTime"] = "2026-11-29T07:30:00.000000Z"
         if state == "JOB_STATE_FAILED":
+            # CustomJob.error is a google.rpc.Status (REST reference); the replica's message is the
+            # one Vertex shows in the console for a non-zero exit (wording unverified).
             job["error"] = {
                 "code": 3,
                 "message": "The replica workerpool0-0 exited with a non-zero status of 1. "
@@ -178,6 +182,8 @@ class FakeMetadata(RecordingServer):
         if rec.path != self.TOKEN_PATH or rec.method != "GET":
             return None
         if rec.headers.get("Metadata-Flavor") != "Google":
+            # The metadata server refuses a request without the header with 403 (compute/docs/metadata/
+            # querying-metadata, "Query metadata"; its body is plain text there, JSON here).
             return 403, {"error": "Missing Metadata-Flavor:Google header."}
         return 200, {"access_token": self.token, "expires_in": 3599, "token_type": "Bearer"}
 
@@ -195,10 +201,12 @@ class FakeSecretManager(RecordingServer):
         if not m or rec.method != "GET":
             return None
         if rec.headers.get("Authorization") != f"Bearer {self.token}":
+            # A wrong token: 401 UNAUTHENTICATED (cloud.google.com/apis/design/errors, "HTTP mapping").
             return error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
         secret, version = m.groups()
         versions = self.secrets.get(secret)
         if not versions:
+            # Unknown secret or version: 404 NOT_FOUND (Secret Manager REST reference; wording unverified).
             return error(404, "NOT_FOUND", f"Secret [{secret}] not found or has no versions.")
         number = len(versions) if version == "latest" else int(version) if version.isdigit() else 0
         if not 1 <= number <= len(versions):
