@@ -162,7 +162,7 @@ def test_defaults_are_one_h100_on_demand(fake: FakeVertex, tmp_path: Path):
     }
     assert pool["containerSpec"]["imageUri"] == IMAGE
     assert "scheduling" not in create.body["jobSpec"]
-    assert "Spot or Flex-start only" in proc.stderr
+    assert "a3-highgpu-1g is not offered on demand on Compute Engine (lib/machines.sh)" in proc.stderr
 
 
 def test_image_from_the_config_layer_and_flags_win(fake: FakeVertex, tmp_path: Path):
