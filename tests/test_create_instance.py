@@ -220,18 +220,24 @@ def test_flex_start_and_reservation(fake: FakeGcp, tmp_path: Path):
     assert disk["initializeParams"]["diskType"].endswith("/diskTypes/hyperdisk-balanced")
 
 
-def test_a_new_service_account_is_waited_for_then_granted(fake: FakeGcp, tmp_path: Path):
-    """IAM does not know a new account for its first policy writes (eventual consistency, injected)."""
+def test_a_new_account_and_a_new_bucket_are_waited_for_and_soft_delete_is_off(fake: FakeGcp, tmp_path: Path):
+    """Google's eventual consistency, injected: IAM does not know the new account for its first two
+    policy writes, and the new bucket's first policy write answers 412. The run completes."""
     fake.sa_unknown_writes = 2
-    proc = run_script(fake, tmp_path, "--machine-type", "g2-standard-8")
+    fake.new_bucket_policy_conflicts = 1
+    args = ["--checkpoint-bucket", "gs://my-ckpt", "--machine-type", "g2-standard-8"]
+    proc = run_script(fake, tmp_path, *args)
     assert proc.returncode == 0, proc.stderr
     assert f"IAM does not know {VM_SA} yet (a new service account can take a minute or more); waiting 1s" in (
         proc.stderr
     )
-    assert (
-        "granted roles/artifactregistry.reader on repository gpu-transformers after waiting 3s" in proc.stderr
-    )
+    granted = "granted roles/artifactregistry.reader on repository gpu-transformers after waiting 3s"
+    assert granted in proc.stderr
     assert [r.status for r in fake.calls("POST", ":setIamPolicy$")] == [400, 400, 200, 200]
+    assert [r.status for r in fake.calls("PUT", "^/storage/v1/b/my-ckpt/iam$")] == [412, 200]
+    (create,) = fake.calls("POST", "^/storage/v1/b$")
+    assert create.body["softDeletePolicy"] == {"retentionDurationSeconds": "0"}
+    assert "bucket: gs://my-ckpt created in us-east4, soft delete off" in proc.stderr
     assert len(inserts(fake)) == 1
 
 
@@ -242,18 +248,6 @@ def test_the_wait_for_a_new_service_account_is_bounded(fake: FakeGcp, tmp_path: 
     assert f"waited 3s for IAM to know {VM_SA}; run the script again in a few minutes" in err
     assert len(fake.calls("POST", ":setIamPolicy$")) == 3
     assert inserts(fake) == []
-
-
-def test_a_new_bucket_policy_conflict_is_retried_and_soft_delete_is_off(fake: FakeGcp, tmp_path: Path):
-    fake.new_bucket_policy_conflicts = 1
-    proc = run_script(
-        fake, tmp_path, "--checkpoint-bucket", "gs://my-ckpt", "--machine-type", "g2-standard-8"
-    )
-    assert proc.returncode == 0, proc.stderr
-    (create,) = fake.calls("POST", "^/storage/v1/b$")
-    assert create.body["softDeletePolicy"] == {"retentionDurationSeconds": "0"}
-    assert "bucket: gs://my-ckpt created in us-east4, soft delete off" in proc.stderr
-    assert [r.status for r in fake.calls("PUT", "^/storage/v1/b/my-ckpt/iam$")] == [412, 200]
 
 
 def test_an_existing_bucket_with_soft_delete_is_one_line_naming_the_fix(fake: FakeGcp, tmp_path: Path):
