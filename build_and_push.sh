@@ -2,8 +2,8 @@
 # Summary: build the training image with BuildKit and push it to Google Artifact Registry.
 # Usage: build_and_push.sh [--project ID] [--location REGION] [--repo NAME] [--image-name NAME]
 #                          [--tag TAG] [--base-image IMAGE] [--ca-bundle FILE]
-#                          [--registry-host HOST] [--compression gzip|zstd] [--no-push] [--dry-run]
-#                          [-h|--help]
+#                          [--registry-host HOST] [--compression gzip|zstd] [--keep N] [--no-push]
+#                          [--dry-run] [-h|--help]
 #
 #   --project ID          Google Cloud project (PROJECT; default: gcloud config)
 #   --location REGION     Artifact Registry region, e.g. us-east4 (LOCATION)
@@ -19,12 +19,16 @@
 #                         about 2.5x faster on the VM but needs Docker >= 23.0 there, and a client
 #                         with the buildx plugin here (BuildKit's image exporter writes it); without
 #                         one the script stops before it creates anything. See docs/cold-start.md
+#   --keep N              the repository's cleanup policy keeps the newest N
+#                         sha-* versions of each image (default 20; 0: no policy set); latest and
+#                         any other tag are never deleted; a repository with cleanup policies of
+#                         its own is left alone (said in one line)
 #   --no-push             build and tag locally only (IMAGE:TAG, IMAGE:sha-..., IMAGE:latest);
 #                         the last line on stdout is the local reference IMAGE:TAG
 #   --dry-run             print every command, quoted, and change nothing
 #
-# Steps: preflight, repository (before the build, as in cloudbuild.yaml: a disabled API or a
-# missing role shows at once), build, auth, push. Configuration: flags, then the
+# Steps: preflight, repository and its cleanup policy (before the build, as in cloudbuild.yaml: a
+# disabled API or a missing role shows at once), build, auth, push. Configuration: flags, then the
 # environment, then ./.env (or CONFIG_FILE), then defaults (names in parentheses).
 # Tags: TAG, sha-<commit>, latest (pushed in that order: latest moves only when the others
 # landed). A dirty checkout (build_image/, app/ or lib/kv.sh changed, or untracked files in
@@ -49,6 +53,9 @@ readonly CONTEXT_PATHS=(build_image app lib/kv.sh .dockerignore)
 NO_PUSH=0
 DIRTY=
 COMPRESSION=gzip
+KEEP=20
+REPO_POLICIES=
+REPO_WAITED=0
 
 # -- preflight ---------------------------------------------------------------------------
 
@@ -204,22 +211,99 @@ push_zstd() {
 
 ensure_repository() {
   GCP_DESCRIBE=(gcloud artifacts repositories describe "$REPO_NAME" --project "$PROJECT"
-    --location "$LOCATION" --format 'value(format)')
+    --location "$LOCATION" --format 'json(format,cleanupPolicies)')
   GCP_CREATE=(gcloud artifacts repositories create "$REPO_NAME" --project "$PROJECT"
     --location "$LOCATION" --repository-format docker
     --description "hfgpu training images" --quiet)
+  local start=$SECONDS
   gcp_describe_or_create repository "$REPO_NAME in $LOCATION" artifactregistry.googleapis.com \
     "roles/artifactregistry.admin (to create the repository; roles/artifactregistry.writer to push)"
+  # gcloud polls the create's long-running operation until it is done (AIP-151).
+  REPO_WAITED=$((SECONDS - start))
   case $GCP_STATE in
     exists)
       local fmt
-      fmt=$(tail -n1 <<<"$GCP_OUT")
+      fmt=$(sed -nE 's/^ *"format": "([A-Z_]+)".*/\1/p' <<<"$GCP_OUT" | head -n1)
       [[ $fmt == DOCKER || -z $fmt ]] ||
         die "repository: $REPO_NAME in $LOCATION exists but holds $fmt artifacts; choose another --repo"
       log "repository: $REPO_NAME exists; not created"
+      REPO_POLICIES=$GCP_OUT
       ;;
-    created) log "repository: $REPO_NAME created (Docker format, $LOCATION)" ;;
+    created)
+      log "repository: $REPO_NAME created (Docker format, $LOCATION); waited ${REPO_WAITED}s for Google's" \
+        "create operation to finish"
+      ;;
   esac
+}
+
+# The cleanup policy --keep sets (artifact-registry/docs/repositories/cleanup-policy: a JSON list
+# of {name, action: {type: Delete|Keep}, condition | mostRecentVersions}; a version that matches a
+# Delete policy is deleted unless it matches a Keep policy). sha-* versions are deleted, except the
+# newest KEEP versions of each image and any version that also has another tag (latest, a release
+# tag, a tag someone set): a Keep policy lists every tag prefix that is not "sha-", since a
+# condition cannot say "not".
+readonly CLEANUP_IDS=(hfgpu-delete-sha hfgpu-keep-newest hfgpu-keep-named)
+
+# not_sha_prefixes: the tag prefixes that match every tag not starting with "sha-" (docker tags:
+# first character [A-Za-z0-9_], then [A-Za-z0-9_.-]), as a JSON list.
+not_sha_prefixes() {
+  local first=({0..9} {A..Z} {a..z} _) rest=({0..9} {A..Z} {a..z} _ . -) c out=()
+  for c in "${first[@]}"; do [[ $c == s ]] || out+=("\"$c\""); done
+  for c in "${rest[@]}"; do [[ $c == h ]] || out+=("\"s$c\""); done
+  for c in "${rest[@]}"; do [[ $c == a ]] || out+=("\"sh$c\""); done
+  for c in "${rest[@]}"; do [[ $c == - ]] || out+=("\"sha$c\""); done
+  local IFS=,
+  printf '[%s]\n' "${out[*]}"
+}
+
+cleanup_policy_json() {
+  cat <<EOF
+[
+  {"name": "${CLEANUP_IDS[0]}", "action": {"type": "Delete"},
+   "condition": {"tagState": "TAGGED", "tagPrefixes": ["sha-"]}},
+  {"name": "${CLEANUP_IDS[1]}", "action": {"type": "Keep"}, "mostRecentVersions": {"keepCount": $KEEP}},
+  {"name": "${CLEANUP_IDS[2]}", "action": {"type": "Keep"},
+   "condition": {"tagState": "TAGGED", "tagPrefixes": $(not_sha_prefixes)}}
+]
+EOF
+}
+
+# ensure_cleanup_policy: the repository keeps the newest KEEP sha-* versions (--keep; 0: leave the
+# repository's policies alone). Set only when the repository's policies differ; a repository with
+# cleanup policies of its own is left alone (set-cleanup-policies replaces them all), in one line.
+# A refusal is a warning: pushing does not depend on it.
+ensure_cleanup_policy() {
+  ((KEEP > 0)) || return 0
+  local file ids ours out
+  ids=$(sed -nE 's/^ *"id": "([^"]+)".*/\1/p' <<<"$REPO_POLICIES" | sort | tr '\n' ' ')
+  ours=$(printf '%s\n' "${CLEANUP_IDS[@]}" | sort | tr '\n' ' ')
+  if [[ $DRY_RUN == 1 ]]; then
+    printf '# unless the repository has cleanup policies of its own, this cleanup policy file:\n'
+    cleanup_policy_json | sed 's/^/#   /'
+    printf '# is set with: %s\n' "$(quote_cmd gcloud artifacts repositories set-cleanup-policies "$REPO_NAME" \
+      --project "$PROJECT" --location "$LOCATION" --policy FILE --no-dry-run)"
+    return 0
+  fi
+  if [[ -n ${ids// /} && $ids != "$ours" ]]; then
+    warn "repository: $REPO_NAME has cleanup policies of its own (${ids% }); --keep $KEEP not applied" \
+      "(setting it would replace them): add a keep-newest-$KEEP rule yourself, or pass --keep 0"
+    return 0
+  fi
+  if [[ -n ${ids// /} ]] && grep -qE "\"keepCount\": \"?$KEEP\"?,?$" <<<"$REPO_POLICIES"; then
+    log "repository: the cleanup policy keeps the newest $KEEP sha-* versions (set already)"
+    return 0
+  fi
+  file=$(mktemp "${TMPDIR:-/tmp}/hfgpu-cleanup.XXXXXX")
+  cleanup_policy_json >"$file"
+  if out=$(gcloud artifacts repositories set-cleanup-policies "$REPO_NAME" --project "$PROJECT" \
+    --location "$LOCATION" --policy "$file" --no-dry-run --format none 2>&1); then
+    log "repository: cleanup policy set: the newest $KEEP sha-* versions are kept; latest and other tags" \
+      "are never deleted"
+  else
+    warn "repository: setting the cleanup policy failed: $(gcloud_error "$out"); old sha-* versions stay (and" \
+      "are billed): $(gcp_fix "$out" artifactregistry.googleapis.com roles/artifactregistry.admin)"
+  fi
+  rm -f "$file"
 }
 
 configure_docker() {
@@ -272,6 +356,7 @@ parse_args() {
         exit 0
         ;;
       --no-push) flag_switch && NO_PUSH=1 ;;
+      --keep) flag_value "$@" && to_int KEEP --keep "$VALUE" 0 10000 ;;
       --dry-run) flag_switch && DRY_RUN=1 ;;
       --project) flag_value "$@" && config_set_flag PROJECT "$FLAG" "$VALUE" ;;
       --location) flag_value "$@" && config_set_flag LOCATION "$FLAG" "$VALUE" ;;
@@ -351,7 +436,10 @@ main() {
     fi
   done
 
-  [[ $NO_PUSH == 1 ]] || ensure_repository
+  if [[ $NO_PUSH == 0 ]]; then
+    ensure_repository
+    ensure_cleanup_policy
+  fi
   if [[ $COMPRESSION == zstd ]]; then
     # The zstd build pushes as it exports: the registry's credentials come first.
     ZSTD_METADATA=$(mktemp)

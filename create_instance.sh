@@ -19,15 +19,20 @@
 #   --spot                  Spot VM: stopped (not deleted) when reclaimed, about 30 s notice;
 #                           launch_training.sh --restart-on-preemption resumes
 #   --flex-start            Flex-start (Dynamic Workload Scheduler): runs up to --max-run-duration
-#                           (default 7d, at most 7d), then is deleted; no preemption meanwhile
-#   --on-demand             a standard VM; refused for types Google offers only as Spot/Flex-start
-#   --reservation NAME      consume this specific reservation (needed for a3-ultragpu/megagpu, a4)
-#   --boot-disk-size SIZE   100GB to 64TB; default 200GB (the image is about 9 GB, caches grow)
+#                           (default 7d, at most 7d), then is deleted; no preemption meanwhile;
+#                           A2/A3/A4/G2 types only; needs gcloud's alpha component
+#   --on-demand             a standard VM; refused for types Google does not offer on demand
+#                           (a3-highgpu-1g/2g/4g, a3-megagpu-8g, a3-ultragpu-8g, a4-highgpu-8g)
+#   --reservation NAME      consume this specific reservation
+#   Without a choice: on demand where Google offers it, else Spot (said in one line).
+#   --boot-disk-size SIZE   100GB to 64TB; default 200GB (the image is about 9 GB, caches grow); the
+#                           disk type follows the series: hyperdisk-balanced for A3 Ultra and A4
+#                           (they take no Persistent Disk), else pd-balanced
 #   --service-account EMAIL the VM's identity (default: hfgpu-vm@PROJECT.iam.gserviceaccount.com,
 #                           created when missing); it gets roles/artifactregistry.reader on the
 #                           repository, roles/logging.logWriter, and object rights on the bucket
 #   --checkpoint-bucket gs://BUCKET/PATH   checkpoints that outlive the VM (env CHECKPOINT_BUCKET):
-#                           the bucket is created in the VM's region when missing
+#                           the bucket is created in the VM's region when missing, soft delete off
 #   --image-family FAMILY   Deep Learning VM family with the NVIDIA driver
 #                           (default common-cu129-ubuntu-2204-nvidia-580)
 #   --image REF             the training image to run there (env CONTAINER_NAME; default
@@ -39,11 +44,14 @@
 #   no '/' (--image-name), --grant-reader (the reader role is now always granted).
 #
 # Steps: preflight, repository check, service account, its roles, bucket, instance (found by name in
-# any zone; created when missing, moving to the next zone on a stockout). Ends with the ssh line
-# and the launch_training.sh command to run on the VM. Zones and offers: docs/spot-and-zones.md.
+# any zone; created when missing, moving to the next zone on a stockout or when a zone does not
+# offer the type). Ends with the ssh line and the launch_training.sh command to run on the VM.
+# Google's machine facts: lib/machines.sh. Zones and offers: docs/spot-and-zones.md.
 # The VM's startup script (deploy/vm-startup.sh) installs pigz and prints the Docker version; the
 # boot disk comes from the project's baked image (bake_vm_image.sh) when one holds this image's
 # dependency layers, so the first pull fetches only the code layers (docs/cold-start.md).
+# Environment: HFGPU_IAM_WAIT_SECONDS (default 120), how long to wait for IAM to know a new
+# service account before granting its roles fails.
 
 set -euo pipefail
 
@@ -55,6 +63,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/flags.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib/gcp.sh"
 # shellcheck source=lib/baked.sh disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/lib/baked.sh"
+# shellcheck source=lib/machines.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/lib/machines.sh"
 # shellcheck disable=SC2034 # read by lib/common.sh's log/warn/die
 PROG=create_instance.sh
 
@@ -81,35 +91,6 @@ ZONES=()
 SA_MEMBER=
 VM_ZONE=
 BUCKET=
-# Set by gpu_offer: how Google offers MACHINE_TYPE and the GPUs it comes with.
-OFFER="" BUILT_IN_GPU="" BUILT_IN_COUNT=""
-
-# gpu_offer TYPE: OFFER (on-demand | spot-or-flex | reservation | attach | other) and the
-# built-in GPUs. Source: Compute Engine "GPU machine types", table "consumption option
-# availability by machine type" (docs/spot-and-zones.md has the table and the date checked).
-gpu_offer() {
-  local n=${1##*-}
-  n=${n%g}
-  OFFER=on-demand BUILT_IN_GPU="" BUILT_IN_COUNT=""
-  case $1 in
-    a3-highgpu-[124]g) OFFER=spot-or-flex BUILT_IN_GPU=nvidia-h100-80gb BUILT_IN_COUNT=$n ;;
-    a3-highgpu-8g) BUILT_IN_GPU=nvidia-h100-80gb BUILT_IN_COUNT=8 ;;
-    a3-megagpu-8g) OFFER=reservation BUILT_IN_GPU=nvidia-h100-mega-80gb BUILT_IN_COUNT=8 ;;
-    a3-ultragpu-8g) OFFER=reservation BUILT_IN_GPU=nvidia-h200-141gb BUILT_IN_COUNT=8 ;;
-    a4-highgpu-8g) OFFER=reservation BUILT_IN_GPU=nvidia-b200 BUILT_IN_COUNT=8 ;;
-    a2-highgpu-[1248]g | a2-megagpu-16g) BUILT_IN_GPU=nvidia-tesla-a100 BUILT_IN_COUNT=$n ;;
-    a2-ultragpu-[1248]g) BUILT_IN_GPU=nvidia-a100-80gb BUILT_IN_COUNT=$n ;;
-    g2-standard-4 | g2-standard-8 | g2-standard-12 | g2-standard-16 | g2-standard-32)
-      BUILT_IN_GPU=nvidia-l4 BUILT_IN_COUNT=1
-      ;;
-    g2-standard-24) BUILT_IN_GPU=nvidia-l4 BUILT_IN_COUNT=2 ;;
-    g2-standard-48) BUILT_IN_GPU=nvidia-l4 BUILT_IN_COUNT=4 ;;
-    g2-standard-96) BUILT_IN_GPU=nvidia-l4 BUILT_IN_COUNT=8 ;;
-    n1-*) OFFER=attach ;;
-    *) OFFER=other ;;
-  esac
-}
-
 # parse_accelerator SPEC: sets ACC_TYPE and ACC_COUNT from TYPE[,count=N] (or type=TYPE,...).
 parse_accelerator() {
   local spec=$1 part parts
@@ -201,32 +182,40 @@ validate_inputs() {
   validate_project "$PROJECT" "$(config_origin PROJECT)"
 }
 
-# choose_offer: check MACHINE_TYPE, its GPUs and the provisioning model against how Google offers
-# the type, before any API call; default to Spot for a type that is not offered on demand.
+# choose_offer: check MACHINE_TYPE, its GPUs and the provisioning model against Google's machine
+# facts (lib/machines.sh), before any API call. Without a choice: on demand where Google offers it,
+# else Spot (said in one line).
 choose_offer() {
-  gpu_offer "$MACHINE_TYPE"
-  if [[ -n $BUILT_IN_GPU && -n $ACC_TYPE ]] &&
-    [[ $ACC_TYPE != "$BUILT_IN_GPU" || $ACC_COUNT != "$BUILT_IN_COUNT" ]]; then
-    die "$MACHINE_TYPE comes with $BUILT_IN_COUNT x $BUILT_IN_GPU attached; leave out --accelerator (or pick a" \
+  machine_facts "$MACHINE_TYPE" || true
+  if [[ -n $MF_GPU && $MF_GPU != attach && -n $ACC_TYPE ]] &&
+    [[ $ACC_TYPE != "$MF_GPU" || $ACC_COUNT != "$MF_COUNT" ]]; then
+    die "$MACHINE_TYPE comes with $MF_COUNT x $MF_GPU attached; leave out --accelerator (or pick a" \
       "machine type for $ACC_COUNT x $ACC_TYPE)"
   fi
-  if [[ -n $BUILT_IN_GPU ]]; then
-    ACC_TYPE=
-  fi
-  case $OFFER:$PROVISIONING in
-    spot-or-flex:on-demand)
-      die "$MACHINE_TYPE is not offered on demand (only Spot or Flex-start); drop --on-demand, or use --flex-start," \
-        "or an on-demand type such as a3-highgpu-8g or g2-standard-8"
+  [[ -n $MF_GPU && $MF_GPU != attach ]] && ACC_TYPE=
+  local offered=${MF_GCE// /, } what="$MACHINE_TYPE${MF_SERIES:+ ($MF_SERIES)}"
+  case $PROVISIONING in
+    '')
+      if machine_offers on-demand; then
+        PROVISIONING=on-demand
+      else
+        PROVISIONING=spot-default
+      fi
       ;;
-    spot-or-flex:) PROVISIONING=spot-default ;;
-    reservation:spot | reservation:flex-start | reservation:on-demand | reservation:)
-      die "$MACHINE_TYPE is offered only through reservations; pass --reservation NAME (see: gcloud compute" \
-        "reservations list), or use a3-highgpu-1g (Spot)"
+    reservation) ;;
+    flex-start)
+      machine_offers flex-start ||
+        die "Compute Engine does not offer $what as Flex-start (offered: $offered); use --spot, or an" \
+          "accelerator-optimized type (A2, A3, A4, G2) with --flex-start"
       ;;
-    other:flex-start)
-      die "--flex-start is for GPU machine types (A2, A3, A4, G2); $MACHINE_TYPE is not one"
+    *)
+      if ! machine_offers "$PROVISIONING"; then
+        local flags=--${MF_GCE// / or --}
+        flags=${flags/--reservation/--reservation NAME}
+        die "$what is not offered as $PROVISIONING on Compute Engine (offered: $offered); pass $flags" \
+          "(docs/spot-and-zones.md)"
+      fi
       ;;
-    *:) PROVISIONING=on-demand ;;
   esac
   if [[ -n $MAX_RUN_DURATION && $PROVISIONING != flex-start ]]; then
     die "--max-run-duration goes with --flex-start; add --flex-start, or leave out --max-run-duration"
@@ -240,9 +229,17 @@ choose_offer() {
   fi
   if [[ $PROVISIONING == spot-default ]]; then
     PROVISIONING=spot
-    log "$MACHINE_TYPE is offered only as Spot or Flex-start: creating a Spot VM (pass --flex-start for a" \
-      "fixed-length run)"
+    log "$what is not offered on demand (offered: $offered): creating a Spot VM (pass --flex-start for a" \
+      "fixed-length run, or --reservation NAME)"
   fi
+}
+
+# check_alpha: Flex-start VMs are created with gcloud's alpha track (SDK 528), a component of its own.
+check_alpha() {
+  [[ $DRY_RUN == 1 ]] && return 0
+  gcloud alpha compute instances create --help >/dev/null 2>&1 ||
+    die "preflight: --flex-start needs gcloud's alpha commands; install them: gcloud components install alpha" \
+      "(apt or dnf installs: install google-cloud-cli, which has them), or use --spot"
 }
 
 # set_provisioning MODEL: one of --spot, --flex-start, --on-demand, --reservation.
@@ -336,23 +333,34 @@ ensure_binding() {
   gcp_ensure_binding "$kind $target" "$SA_MEMBER" "$role" "$api" "$admin"
 }
 
-# ensure_bucket: the checkpoint bucket, created in the VM's region when missing.
+# ensure_bucket: the checkpoint bucket, created in the VM's region when missing, with soft delete
+# off: checkpoints are rewritten and rotated, and soft-deleted bytes are billed for the retention
+# time (default 7 days; cloud.google.com/storage/docs/soft-delete advises against it for such data).
+# An existing bucket's soft delete is reported in one line, with the command that turns it off.
 ensure_bucket() {
   [[ -z $BUCKET ]] && return 0
-  local region=${ZONE%-*} where
-  GCP_DESCRIBE=(gcloud storage buckets describe "gs://$BUCKET" --format 'value(location)')
+  local region=${ZONE%-*} where retention
+  GCP_DESCRIBE=(gcloud storage buckets describe "gs://$BUCKET"
+    --format 'value(location,soft_delete_policy.retentionDurationSeconds)')
   GCP_CREATE=(gcloud storage buckets create "gs://$BUCKET" --project "$PROJECT" --location "$region"
-    --uniform-bucket-level-access)
+    --uniform-bucket-level-access --soft-delete-duration 0)
   # A bucket name is global: 403 on it may mean it is someone else's; 409 on create that it is taken.
   gcp_describe_or_create bucket "gs://$BUCKET" storage.googleapis.com \
     "roles/storage.admin on the project (bucket names are global: if gs://$BUCKET is someone else's, choose another)"
+  [[ $GCP_STATE == created ]] && log "bucket: gs://$BUCKET created in $region, soft delete off"
   [[ $GCP_STATE == exists ]] || return 0
-  where=$(tail -n1 <<<"$GCP_OUT")
+  IFS=$'\t' read -r where retention <<<"$(tail -n1 <<<"$GCP_OUT")"
   where=${where,,}
   log "bucket: gs://$BUCKET exists ($where)"
   [[ $where == "$region" ]] ||
     warn "bucket: gs://$BUCKET is in $where, not in the VM's region $region: uploads cross regions (slower," \
       "egress charges)"
+  if [[ $retention =~ ^[0-9]+$ ]] && ((retention > 0)); then
+    warn "bucket: gs://$BUCKET keeps deleted objects $((retention / 86400)) days (soft delete), billed like" \
+      "live ones, and checkpoint rotation deletes many GB; to turn it off: gcloud storage buckets update" \
+      "gs://$BUCKET --clear-soft-delete"
+  fi
+  return 0
 }
 
 # find_instance: VM_ZONE and the status of a VM named VM_NAME in any zone (empty when none).
@@ -385,7 +393,7 @@ create_command() {
     --machine-type "$MACHINE_TYPE")
   [[ -n $ACC_TYPE ]] && CREATE+=(--accelerator "type=$ACC_TYPE,count=$ACC_COUNT")
   CREATE+=(--image-family "${BOOT_FAMILY:-$IMAGE_FAMILY}" --image-project "${BOOT_PROJECT:-$IMAGE_PROJECT}"
-    --boot-disk-size "${BOOT_DISK_GB}GB" --boot-disk-type pd-balanced
+    --boot-disk-size "${BOOT_DISK_GB}GB" --boot-disk-type "$MF_BOOT"
     --maintenance-policy TERMINATE
     --metadata install-nvidia-driver=True
     --metadata-from-file "startup-script=$HFGPU_ROOT/deploy/vm-startup.sh"
@@ -393,7 +401,7 @@ create_command() {
   case $PROVISIONING in
     spot) CREATE+=(--provisioning-model SPOT --instance-termination-action STOP) ;;
     flex-start)
-      # FLEX_START is in gcloud's alpha track only (SDK 528); the API is Compute v1.
+      # FLEX_START is in gcloud's alpha track only (SDK 528), which calls the compute/alpha API.
       CREATE=(gcloud alpha "${CREATE[@]:1}" --provisioning-model FLEX_START
         --max-run-duration "$MAX_RUN_DURATION" --instance-termination-action DELETE
         --reservation-affinity none)
@@ -428,6 +436,20 @@ region_zones() {
   grep -E "^$region-[a-z]\$" <<<"$out" | sort | grep -vFx "$ZONE" || true
 }
 
+# zone_lacks_type ZONE OUT: ZONE does not offer MACHINE_TYPE, after an insert there failed with OUT.
+# Google answers that case with 400 "invalid" (docs/test-environment.md has the wording); rather
+# than that text, the zone's own list decides: an empty machineTypes.list for the type. Only when
+# the list cannot be read does the message decide ("does not exist in zone", "was not found").
+zone_lacks_type() {
+  local zone=$1 out=$2 list
+  if list=$(gcloud compute machine-types list --project "$PROJECT" --zones "$zone" \
+    --filter "name=$MACHINE_TYPE" --format 'value(name)' 2>/dev/null); then
+    grep -qFx "$MACHINE_TYPE" <<<"$list" && return 1
+    return 0
+  fi
+  grep -qE "does not exist in zone|machineTypes/$MACHINE_TYPE'? was not found" <<<"$out"
+}
+
 # insert_error ZONE OUT: die with the one line for a refused insert in ZONE, naming the fix.
 insert_error() {
   local zone=$1 out=$2 why
@@ -436,8 +458,6 @@ insert_error() {
     die "$why; pick a current family: gcloud compute images list --project $IMAGE_PROJECT --no-standard-images"
   elif grep -qE "zones/$zone'? was not found" <<<"$out"; then
     die "$why; pick a zone from: gcloud compute zones list --filter region:${zone%-*}"
-  elif grep -qE "machineTypes/$MACHINE_TYPE'? was not found" <<<"$out"; then
-    die "$why; pick a type from: gcloud compute machine-types list --zones $zone"
   elif grep -qE 'acceleratorType|Accelerator type' <<<"$out"; then
     die "$why; A2/A3/A4/G2 types come with their GPUs (leave out --accelerator); N1 takes T4/V100/P100/P4: gcloud" \
       "compute accelerator-types list --filter zone:$zone"
@@ -449,7 +469,7 @@ insert_error() {
 
 # ensure_instance: create the VM unless it exists, trying the zones in order on a stockout.
 ensure_instance() {
-  local out zone tried=() i=0 region_listed=0
+  local out zone tried=() lacking=() i=0 region_listed=0
   if [[ $DRY_RUN == 1 ]]; then
     quote_cmd gcloud compute instances list --project "$PROJECT" --format 'value(name,zone.basename(),status)'
     create_command "$ZONE"
@@ -478,8 +498,16 @@ ensure_instance() {
       log "instance: $VM_NAME was created in $zone meanwhile; not recreated"
       return 0
     fi
+    local next=0
     if grep -qE 'ZONE_RESOURCE_POOL_EXHAUSTED|does not have enough resources' <<<"$out"; then
       log "instance: $zone has no $MACHINE_TYPE capacity now (stockout); trying the next zone"
+      next=1
+    elif [[ ! $out =~ Quota\ \'([A-Za-z0-9_]+)\'\ exceeded ]] && zone_lacks_type "$zone" "$out"; then
+      log "instance: $zone does not offer $MACHINE_TYPE; trying the next zone"
+      lacking+=("$zone")
+      next=1
+    fi
+    if ((next)); then
       if [[ -z $ZONES_FLAG && $region_listed == 0 ]]; then
         region_listed=1
         mapfile -t -O "${#ZONES[@]}" ZONES < <(region_zones)
@@ -491,13 +519,17 @@ ensure_instance() {
       local limit
       limit=$(grep -oE 'Limit: [^ ]+ in [a-z]+ ?[a-z0-9-]*' <<<"$out" | head -n1 || true)
       die "instance: quota $quota exceeded in $zone (${limit:-no limit given}); ask for more at" \
-        "https://console.cloud.google.com/iam-admin/quotas?project=$PROJECT (filter $quota, Edit quotas; Spot GPUs" \
-        "have their own PREEMPTIBLE_ quotas), or try another --machine-type"
+        "https://console.cloud.google.com/iam-admin/quotas?project=$PROJECT (filter $quota, Edit quotas; Spot VMs" \
+        "use it too unless PREEMPTIBLE_$quota is granted, which only keeps them off it), or try another --machine-type"
     fi
     insert_error "$zone" "$out"
   done
-  die "instance: no capacity for $MACHINE_TYPE in any zone tried (${tried[*]}); try later, --zones in another region," \
-    "or another --machine-type"
+  if ((${#lacking[@]} == ${#tried[@]})); then
+    die "instance: no zone tried offers $MACHINE_TYPE (${tried[*]}); find one with: gcloud compute machine-types" \
+      "list --filter name=$MACHINE_TYPE, then pass --zones, or pick another --machine-type"
+  fi
+  die "instance: no capacity for $MACHINE_TYPE in any zone tried (${tried[*]}${lacking[*]:+; ${lacking[*]} do not offer" \
+    "it}); try later, --zones in another region, or another --machine-type"
 }
 
 print_next_steps() {
@@ -580,6 +612,7 @@ main() {
   choose_offer
   log "preflight: checking gcloud"
   gcp_preflight
+  [[ $PROVISIONING != flex-start ]] || check_alpha
   check_repository
   check_zone_and_image
   ensure_service_account

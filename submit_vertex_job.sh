@@ -21,10 +21,11 @@
 #   --accelerator TYPE,count=N
 #                         GPUs of every node, by Vertex's name (NVIDIA_H100_80GB) or Compute
 #                         Engine's (nvidia-h100-80gb); default: the machine type's own GPUs
-#                         (a3-*, a2-*, a4-*, g2-*), none for other machine types
+#                         (a3-*, a2-*, a4-*, g2-*: lib/machines.sh), none for other machine types
 #   --nodes N             machines (default 1): pool 0 holds the chief, pool 1 the other N-1
 #   --spot                Spot capacity: cheaper, can be preempted
-#   --flex-start          Flex-start (Dynamic Workload Scheduler): waits for capacity
+#   --flex-start          Flex-start (Dynamic Workload Scheduler): waits for capacity; L4, A100,
+#                         H100, H200 and B200 GPUs only
 #   --max-wait DURATION   with --flex-start: longest wait for capacity (30m, 4h, 1d, 3600s;
 #                         0 = no limit; Vertex's default 24h)
 #   --output gs://BUCKET/PATH
@@ -55,6 +56,9 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 # shellcheck disable=SC1091
 source "$HFGPU_ROOT/lib/flags.sh"
+# Google's machine facts (GPUs per machine type, Vertex AI's GPU names, Flex-start's GPUs).
+# shellcheck disable=SC1091
+source "$HFGPU_ROOT/lib/machines.sh"
 
 # shellcheck disable=SC2034 # read by lib/common.sh's messages
 readonly PROG=submit_vertex_job.sh
@@ -66,24 +70,6 @@ readonly SECRET_NAMES=(HF_TOKEN HUGGING_FACE_HUB_TOKEN WANDB_API_KEY COMET_API_K
   NEPTUNE_API_TOKEN MLFLOW_TRACKING_TOKEN MLFLOW_TRACKING_PASSWORD)
 readonly TERMINAL_STATES=" JOB_STATE_SUCCEEDED JOB_STATE_FAILED JOB_STATE_CANCELLED JOB_STATE_EXPIRED
   JOB_STATE_PARTIALLY_SUCCEEDED "
-
-# Compute Engine accelerator names -> Vertex AI's, from the AcceleratorType enum of
-# https://cloud.google.com/vertex-ai/docs/reference/rest/v1/MachineSpec#AcceleratorType and the
-# Compute Engine names of https://cloud.google.com/compute/docs/gpus. (K80: end of life; TPUs:
-# not for this CUDA image.)
-declare -rA GCE_TO_VERTEX=(
-  [nvidia-tesla-p100]=NVIDIA_TESLA_P100
-  [nvidia-tesla-v100]=NVIDIA_TESLA_V100
-  [nvidia-tesla-p4]=NVIDIA_TESLA_P4
-  [nvidia-tesla-t4]=NVIDIA_TESLA_T4
-  [nvidia-tesla-a100]=NVIDIA_TESLA_A100
-  [nvidia-a100-80gb]=NVIDIA_A100_80GB
-  [nvidia-l4]=NVIDIA_L4
-  [nvidia-h100-80gb]=NVIDIA_H100_80GB
-  [nvidia-h100-mega-80gb]=NVIDIA_H100_MEGA_80GB
-  [nvidia-h200-141gb]=NVIDIA_H200_141GB
-  [nvidia-b200]=NVIDIA_B200
-)
 
 # Settings, filled by parse_args and the resolve_* functions.
 opt_image='' opt_machine='' opt_accelerator='' opt_nodes=1 opt_spot=0 opt_flex=0 opt_max_wait=''
@@ -256,50 +242,42 @@ resolve_machine() {
   fi
 }
 
-# parse_accelerator TEXT: [type=]TYPE,count=N in Vertex's or Compute Engine's spelling.
+# parse_accelerator TEXT: [type=]TYPE,count=N in Vertex's or Compute Engine's spelling
+# (lib/machines.sh's GPU_FACTS knows both).
 parse_accelerator() {
   local text=$1 type count
   [[ $text =~ ^(type=)?([A-Za-z0-9_-]+),count=([0-9]+)$ ]] ||
     die "--accelerator must be TYPE,count=N (e.g. NVIDIA_H100_80GB,count=8 or nvidia-l4,count=1); got '$text'"
   type=${BASH_REMATCH[2]} count=${BASH_REMATCH[3]}
   to_int acc_count "--accelerator count" "$count" 1 16
-  if [[ -n ${GCE_TO_VERTEX[$type]:-} ]]; then
-    acc_type=${GCE_TO_VERTEX[$type]}
-    return 0
-  fi
-  local known
-  for known in "${GCE_TO_VERTEX[@]}"; do
-    [[ $type == "$known" ]] && acc_type=$type && return 0
-  done
-  local -a names=("${GCE_TO_VERTEX[@]}")
-  mapfile -t names < <(printf '%s\n' "${names[@]}" | sort)
-  die "--accelerator type '$type' is not a Vertex AI GPU;" \
-    "use one of ${names[*]} (or its Compute Engine name, e.g. nvidia-h100-80gb)"
+  gpu_facts "$type" ||
+    die "--accelerator type '$type' is not a Vertex AI GPU;" \
+      "use one of $(gpu_names 2) (or its Compute Engine name, e.g. nvidia-h100-80gb)"
+  acc_type=$GF_VERTEX
 }
 
-# machine_gpus TYPE: the GPUs a GPU machine type comes with (A3, A2, A4, G2); none otherwise.
+# machine_gpus TYPE: the GPUs a GPU machine type comes with (A2, A3, A4, G2: lib/machines.sh);
+# none otherwise.
 machine_gpus() {
-  local type=$1
   acc_type='' acc_count=0
-  if [[ $type =~ ^(a3-highgpu|a3-megagpu|a3-ultragpu|a4-highgpu|a2-highgpu|a2-ultragpu|a2-megagpu)-([0-9]+)g$ ]]; then
-    acc_count=$((10#${BASH_REMATCH[2]}))
-    case ${BASH_REMATCH[1]} in
-      a3-highgpu) acc_type=NVIDIA_H100_80GB ;;
-      a3-megagpu) acc_type=NVIDIA_H100_MEGA_80GB ;;
-      a3-ultragpu) acc_type=NVIDIA_H200_141GB ;;
-      a4-highgpu) acc_type=NVIDIA_B200 ;;
-      a2-highgpu | a2-megagpu) acc_type=NVIDIA_TESLA_A100 ;;
-      a2-ultragpu) acc_type=NVIDIA_A100_80GB ;;
-    esac
-  elif [[ $type =~ ^g2-standard-([0-9]+)$ ]]; then
-    acc_type=NVIDIA_L4
-    case ${BASH_REMATCH[1]} in
-      24) acc_count=2 ;;
-      48) acc_count=4 ;;
-      96) acc_count=8 ;;
-      *) acc_count=1 ;;
-    esac
+  machine_facts "$1" || return 0
+  [[ -n $MF_GPU && $MF_GPU != attach ]] || return 0
+  gpu_facts "$MF_GPU" || return 0
+  acc_type=$GF_VERTEX acc_count=$MF_COUNT
+}
+
+# check_offer: what Vertex AI refuses, refused here first in one line. Flex-start takes L4,
+# A100, H100, H200 and B200 GPUs only (Vertex AI "Schedule training jobs with DWS"; GPU_FACTS).
+check_offer() {
+  ((opt_flex)) || return 0
+  if [[ -z $acc_type ]]; then
+    die "--flex-start on Vertex AI needs GPUs ($VERTEX_FLEX_GPUS); $machine has none: use a G2, A2, A3 or" \
+      "A4 machine type, or drop --flex-start"
   fi
+  gpu_facts "$acc_type"
+  [[ $GF_VERTEX_FLEX == yes ]] ||
+    die "--flex-start on Vertex AI is offered only for $VERTEX_FLEX_GPUS GPUs, not $acc_type; use --spot, or a" \
+      "G2, A2, A3 or A4 machine type"
 }
 
 # resolve_script: script_arg -> script_path inside the container (and a file to upload for gpt2).
@@ -526,13 +504,14 @@ main() {
   resolve_secrets
   resolve_image
   resolve_machine
+  check_offer
   resolve_script
   resolve_display_name
   if [[ -z $opt_output ]]; then
     warn "no --output: checkpoints and the model stay on the job's machines and are lost when it ends"
   fi
-  if ((opt_spot + opt_flex == 0)) && [[ $machine =~ ^a3-highgpu-[124]g$ ]]; then
-    warn "$machine is offered as Spot or Flex-start only in most regions;" \
+  if ((opt_spot + opt_flex == 0)) && machine_facts "$machine" && ! machine_offers on-demand; then
+    warn "$machine is not offered on demand on Compute Engine (lib/machines.sh);" \
       "add --spot or --flex-start if the job stays queued"
   fi
   build_spec

@@ -5,7 +5,8 @@
 # resource, and IAM bindings that survive concurrent policy changes.
 # Each validate_* function dies with one line naming the problem and the fix; its optional
 # second argument names where the value came from (`config_origin NAME`, or a flag).
-# Source it after lib/common.sh (it uses `die`, `log`, `need_cmd` and `quote_cmd`).
+# Source it after lib/common.sh and lib/flags.sh (it uses `die`, `log`, `need_cmd`, `quote_cmd`
+# and `to_int`).
 
 # _from ORIGIN: " (ORIGIN)" for an error line, or nothing.
 _from() { printf '%s' "${1:+ ($1)}"; }
@@ -76,10 +77,15 @@ gcp_preflight() {
 # Google's answers, recognised in gcloud's output. SERVICE_DISABLED: 403 for an API not enabled
 # (cloud.google.com/service-usage/docs/troubleshoot); IAM_PERMISSION_DENIED: 403 without the
 # permission; ABORTED / 409 on setIamPolicy: the etag is stale (cloud.google.com/iam/docs/
-# policies#etag); ALREADY_EXISTS: 409 from a create (Storage says "you already own it").
+# policies#etag); Cloud Storage says the same with 412 conditionNotMet, or 409, on a bucket's
+# policy (storage/docs/json_api/v1/status-codes); ALREADY_EXISTS: 409 from a create (Storage says
+# "you already own it"). GCP_UNKNOWN_MEMBER_RE: 400 INVALID_ARGUMENT for a policy naming a service
+# account IAM does not know yet (cloud.google.com/iam/docs/service-accounts-create: a new account
+# can take 60 s or more); the code first, the message ("does not exist") as a fallback.
 readonly GCP_DISABLED_RE='SERVICE_DISABLED|has not been used in project|is disabled|not enabled'
 readonly GCP_DENIED_RE='PERMISSION_DENIED|Permission .* denied|does not have .* access|HTTPError 403'
-readonly GCP_ABORTED_RE='ABORTED|concurrent policy changes|subject of a conflict'
+readonly GCP_ABORTED_RE='ABORTED|concurrent policy changes|subject of a conflict|HTTPError 412|HTTPError 409|conditionNotMet'
+readonly GCP_UNKNOWN_MEMBER_RE='INVALID_ARGUMENT|HTTPError 400|[Ss]ervice account .* does not exist'
 readonly GCP_NOT_FOUND_RE='NOT_FOUND|was not found|[Nn]ot found|does not exist|HTTPError 404'
 readonly GCP_EXISTS_RE='ALREADY_EXISTS|already exists|already own it'
 
@@ -146,11 +152,15 @@ gcp_describe_or_create() {
 # gcp_ensure_binding WHAT MEMBER ROLE API ADMIN: MEMBER holds ROLE on the resource WHAT, read and
 # changed by "${GCP_IAM[@]}" get-iam-policy / add-iam-policy-binding "${GCP_IAM_TARGET[@]}"
 # (e.g. GCP_IAM=(gcloud projects) GCP_IAM_TARGET=(my-project)). Reads the policy first and
-# changes it only when the binding is missing; a policy changed meanwhile (ABORTED: stale etag)
-# is read and written again, 3 times at most.
+# changes it only when the binding is missing. Google's eventual consistency is waited out:
+# - a policy changed meanwhile (ABORTED, 409 or 412: stale etag) is read and written again, 3 times;
+# - a service account IAM does not know yet (400 INVALID_ARGUMENT, e.g. one created a moment ago) is
+#   retried with exponential backoff (1 s, 2 s, 4 s ... at most 30 s apart), HFGPU_IAM_WAIT_SECONDS
+#   (default 120) in all, as Google advises; the log says how long it waited.
 # ADMIN is the role that lets the caller change the policy (named in the error line).
 gcp_ensure_binding() {
-  local what=$1 member=$2 role=$3 api=$4 admin=$5 out attempt
+  local what=$1 member=$2 role=$3 api=$4 admin=$5 out
+  local aborted=0 waited=0 delay=1 limit=${HFGPU_IAM_WAIT_SECONDS:-120}
   local add=("${GCP_IAM[@]}" add-iam-policy-binding "${GCP_IAM_TARGET[@]}" --member "$member" --role "$role"
     --format none)
   [[ ${GCP_IAM[1]} == projects ]] && add+=(--condition None)
@@ -158,6 +168,7 @@ gcp_ensure_binding() {
     quote_cmd "${add[@]}"
     return 0
   fi
+  to_int limit HFGPU_IAM_WAIT_SECONDS "$limit" 0 3600
   if ! out=$("${GCP_IAM[@]}" get-iam-policy "${GCP_IAM_TARGET[@]}" --flatten 'bindings[].members' \
     --format 'value(bindings.role,bindings.members)' 2>&1); then
     gcp_fail "roles: cannot read the IAM policy of $what" "$out" "$api" "$admin"
@@ -167,13 +178,25 @@ gcp_ensure_binding() {
     return 0
   fi
   log "roles: granting $role on $what to $member"
-  for attempt in 1 2 3; do
-    out=$("${add[@]}" 2>&1) && return 0
-    grep -qE "$GCP_ABORTED_RE" <<<"$out" || break
-    log "roles: the policy of $what changed meanwhile (attempt $attempt); reading it again"
-    sleep "$attempt"
+  while ! out=$("${add[@]}" 2>&1); do
+    if grep -qE "$GCP_ABORTED_RE" <<<"$out" && ((++aborted < 3)); then
+      log "roles: the policy of $what changed meanwhile (attempt $aborted); reading it again"
+      sleep "$aborted"
+    elif [[ $member == serviceAccount:* ]] && grep -qE "$GCP_UNKNOWN_MEMBER_RE" <<<"$out" && ((waited < limit)); then
+      ((delay <= limit - waited)) || delay=$((limit - waited))
+      log "roles: IAM does not know ${member#serviceAccount:} yet (a new service account can take a minute" \
+        "or more); waiting ${delay}s"
+      sleep "$delay"
+      waited=$((waited + delay)) delay=$((delay * 2 > 30 ? 30 : delay * 2))
+    else
+      local fix
+      fix=$(gcp_fix "$out" "$api" "$admin")
+      ((waited == 0)) || fix="waited ${waited}s for IAM to know ${member#serviceAccount:}; run the script again in a few minutes"
+      die "roles: granting $role on $what failed: $(gcloud_error "$out"); $fix"
+    fi
   done
-  gcp_fail "roles: granting $role on $what failed" "$out" "$api" "$admin"
+  ((waited == 0)) || log "roles: granted $role on $what after waiting ${waited}s for IAM to know the new service account"
+  return 0
 }
 
 # gcloud_error TEXT: gcloud's error from its output, as one line. gcloud prints an operation's

@@ -18,9 +18,9 @@ do not go together and for on-demand A3 High 1/2/4g, 404 for an unknown zone, im
 machine type or operation, 403 SERVICE_DISABLED and IAM_PERMISSION_DENIED, 409 ALREADY_EXISTS
 (a concurrent create) and 409 ABORTED (a stale IAM policy etag).
 
-Every request is recorded as a `Recorded` (method, path, query, JSON body) so tests can
-assert what gcloud sent. Anything the fake does not know answers 501 and is recorded with
-`unhandled=True`, so a test can tell "gcloud asked for something new" from a real outcome.
+Every request is recorded as a `Recorded` (method, path, query, JSON body) by
+tests/fake_server.py's RecordingServer, so tests can assert what gcloud sent. Anything the fake
+does not know answers 501 and is recorded with `unhandled=True`.
 
 Run it by hand to watch what gcloud sends:  python3 tests/fake_gcp.py  (prints the env).
 """
@@ -30,13 +30,11 @@ from __future__ import annotations
 import base64
 import json
 import re
-import threading
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
+
+from fake_server import Recorded, RecordingServer
 
 AR_PREFIX = "/v1/"
 COMPUTE_PREFIX = "/compute/v1/"
@@ -81,11 +79,30 @@ BUILT_IN_GPUS: dict[str, tuple[str, int]] = {
 }
 # N1 takes attached GPUs of these types only (same page, "N1 machine series").
 N1_GPUS = {"nvidia-tesla-t4", "nvidia-tesla-v100", "nvidia-tesla-p100", "nvidia-tesla-p4"}
-# Offered only as Spot or Flex-start, never on demand (same page, table "consumption option
-# availability by machine type"; gpuhunt src/gpuhunt/providers/gcp.py filters them the same way).
-SPOT_OR_FLEX_ONLY = {"a3-highgpu-1g", "a3-highgpu-2g", "a3-highgpu-4g"}
-# Offered through reservations (create-reservation-bound-vm page; see docs/gcp-facts.md).
-RESERVATION_ONLY = {"a3-ultragpu-8g", "a3-megagpu-8g", "a4-highgpu-8g"}
+# Not offered on demand (standard provisioning) without a reservation: A3 High 1/2/4g (Compute
+# Engine "GPU machine types", table "consumption option availability by machine type"; gpuhunt
+# src/gpuhunt/providers/gcp.py filters them the same way), and A4, A3 Ultra, A3 Mega, offered
+# through reservations, Flex-start or Spot (cloud.google.com/cluster-director/docs/
+# choose-consumption-option; cloud.google.com/ai-hypercomputer/docs/consumption-models: "Spot: any
+# GPU machine except A4X", "Flex-start: any GPU machine except A4X").
+NO_ON_DEMAND = {
+    "a3-highgpu-1g",
+    "a3-highgpu-2g",
+    "a3-highgpu-4g",
+    "a3-megagpu-8g",
+    "a3-ultragpu-8g",
+    "a4-highgpu-8g",
+}
+# Flex-start: "all accelerator-optimized machine types (except A4X and G4)", so not N1 nor
+# general-purpose types (cloud.google.com/compute/docs/instances/about-flex-start-vms).
+FLEX_START_SERIES = ("a2-", "a3-", "a4-", "g2-")
+# Boot disks on Hyperdisk only: A4 and A3 (H200) list Hyperdisk types and no Persistent Disk
+# (cloud.google.com/compute/docs/disks/hyperdisks, "Machine series support"); Hyperdisk Balanced is
+# the Hyperdisk type a boot disk can be (.../disks/hd-types/hyperdisk-balanced).
+HYPERDISK_ONLY = {"a3-ultragpu-8g", "a4-highgpu-8g"}
+# General-purpose types the fake knows besides the GPU ones (a few per series; Compute Engine
+# "machine families" pages), for machineTypes.list and inserts.
+OTHER_TYPES = {f"{series}-standard-{n}" for series in ("n1", "n2", "e2", "c3") for n in (4, 8, 16, 32)}
 API_HOSTS = {
     "artifactregistry": "artifactregistry.googleapis.com",
     "compute": "compute.googleapis.com",
@@ -119,16 +136,6 @@ def gcloud_offline_env(config_dir: Path, project: str | None, token: str | None,
     return env
 
 
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    body: Any
-    status: int = 0
-    unhandled: bool = False
-
-
 def _error(
     code: int, status: str, message: str, details: list | None = None, reason: str = ""
 ) -> tuple[int, dict]:
@@ -139,6 +146,13 @@ def _error(
     if details:
         body["details"] = details
     return code, {"error": body}
+
+
+def _storage_error(code: int, reason: str, message: str) -> tuple[int, dict]:
+    """Cloud Storage JSON API's error body: code, message and errors[] with a reason, no `status`
+    (cloud.google.com/storage/docs/json_api/v1/status-codes)."""
+    legacy = [{"message": message, "domain": "global", "reason": reason}]
+    return code, {"error": {"code": code, "message": message, "errors": legacy}}
 
 
 def _error_info(reason: str, domain: str, **metadata: str) -> dict:
@@ -174,12 +188,91 @@ def permission_denied(api: str, permission: str, resource: str) -> tuple[int, di
     return _error(403, "PERMISSION_DENIED", message, [info], reason="forbidden")
 
 
+# Cleanup policies: the REST reference (artifact-registry/docs/reference/rest/v1/
+# projects.locations.repositories#CleanupPolicy) and the page artifact-registry/docs/repositories/
+# cleanup-policy(-overview). A policy has an id, an action (DELETE or KEEP; gcloud passes the policy
+# file's "Delete"/"Keep" through, as seen) and either a condition or mostRecentVersions, which "may
+# only be specified with a Keep action"; at most 10 policies per repository. A version matching a
+# delete policy is deleted unless it matches a keep policy ("the artifact is kept").
+CLEANUP_MAX_POLICIES = 10
+TAG_STATES = {"TAGGED", "UNTAGGED", "ANY"}
+
+
+def cleanup_policy_problem(policies: dict) -> str:
+    """Why Artifact Registry would refuse the cleanupPolicies map, or "" when it is valid."""
+    if len(policies) > CLEANUP_MAX_POLICIES:
+        return f"at most {CLEANUP_MAX_POLICIES} cleanup policies per repository"
+    for key, policy in policies.items():
+        action = str(policy.get("action", "")).upper()
+        if policy.get("id") != key:
+            return f"policy {key!r}: id must equal its key"
+        if action not in ("DELETE", "KEEP"):
+            return f"policy {key!r}: action must be DELETE or KEEP"
+        has_condition, has_recent = "condition" in policy, "mostRecentVersions" in policy
+        if has_condition == has_recent:
+            return f"policy {key!r}: give exactly one of condition and mostRecentVersions"
+        if has_recent:
+            keep = policy["mostRecentVersions"]
+            if action != "KEEP":
+                return f"policy {key!r}: mostRecentVersions may only be specified with a Keep action"
+            if not isinstance(keep.get("keepCount"), int) or keep["keepCount"] < 0:
+                return f"policy {key!r}: keepCount must be a non-negative integer"
+        else:
+            condition = policy["condition"]
+            state = str(condition.get("tagState", "ANY")).upper()
+            if state not in TAG_STATES:
+                return f"policy {key!r}: tagState must be one of {sorted(TAG_STATES)}"
+            if condition.get("tagPrefixes") and state != "TAGGED":
+                return f"policy {key!r}: tagPrefixes apply to tagState TAGGED only"
+    return ""
+
+
+def cleanup_survivors(policies: dict, versions: list[dict]) -> list[dict]:
+    """The versions ({"package", "tags", "createTime"}) that Artifact Registry's cleanup job keeps."""
+
+    def matches(condition: dict, version: dict) -> bool:
+        state = str(condition.get("tagState", "ANY")).upper()
+        tags = version["tags"]
+        if (state == "TAGGED" and not tags) or (state == "UNTAGGED" and tags):
+            return False
+        prefixes = condition.get("tagPrefixes") or []
+        if prefixes and not any(t.startswith(p) for t in tags for p in prefixes):
+            return False
+        packages = condition.get("packageNamePrefixes") or []
+        return not packages or version["package"].startswith(tuple(packages))
+
+    kept_recent: set[int] = set()
+    for policy in policies.values():
+        recent = policy.get("mostRecentVersions")
+        if recent is None:
+            continue
+        prefixes = tuple(recent.get("packageNamePrefixes") or [""])
+        by_package: dict[str, list[int]] = {}
+        for i, version in enumerate(versions):
+            if version["package"].startswith(prefixes):
+                by_package.setdefault(version["package"], []).append(i)
+        for indices in by_package.values():
+            newest = sorted(indices, key=lambda i: versions[i]["createTime"], reverse=True)
+            kept_recent.update(newest[: recent["keepCount"]])
+    survivors = []
+    for i, version in enumerate(versions):
+        conditions = {str(p["action"]).upper(): [] for p in policies.values()}
+        for policy in policies.values():
+            if "condition" in policy:
+                conditions[str(policy["action"]).upper()].append(policy["condition"])
+        deleted = any(matches(c, version) for c in conditions.get("DELETE", []))
+        kept = i in kept_recent or any(matches(c, version) for c in conditions.get("KEEP", []))
+        if kept or not deleted:
+            survivors.append(version)
+    return survivors
+
+
 def _etag() -> str:
     return base64.b64encode(uuid.uuid4().bytes[:6]).decode()
 
 
 @dataclass
-class FakeGcp:
+class FakeGcp(RecordingServer):
     """The fake's state, its knobs for error tests, and its HTTP server.
 
     Use as a context manager or call start()/stop().
@@ -191,7 +284,6 @@ class FakeGcp:
     operations: dict[str, dict] = field(default_factory=dict)
     service_accounts: dict[str, dict] = field(default_factory=dict)
     buckets: dict[str, dict] = field(default_factory=dict)
-    requests: list[Recorded] = field(default_factory=list)
     # Make every create call fail with this (code, status, message), for error tests.
     fail_create: tuple[int, str, str] | None = None
     # Zones whose inserts end in a ZONE_RESOURCE_POOL_EXHAUSTED operation error (a stockout).
@@ -207,68 +299,31 @@ class FakeGcp:
     race_create: set[str] = field(default_factory=set)
     # Number of setIamPolicy calls that find the policy changed since it was read (409 ABORTED).
     stale_etags: int = 0
-    # Polls before an Artifact Registry create operation is done (Google's takes seconds).
+    # Polls before an Artifact Registry create operation is done: the create answers an
+    # unfinished google.longrunning.Operation (AIP-151), which gcloud polls.
     ar_create_polls: int = 2
+    # Zone -> machine types it does not offer: an insert answers 400 (see _no_machine_type).
+    zones_without: dict[str, set[str]] = field(default_factory=dict)
+    # Another wording for that 400 (format fields: project, zone, machine), e.g. a translated one.
+    machine_type_message: str = ""
+    # Eventual consistency: IAM does not know a service account this fake created for its first N
+    # policy writes naming it (400 INVALID_ARGUMENT; cloud.google.com/iam/docs/service-accounts-create:
+    # a new account "might" take 60 s or more to be usable, retry with exponential backoff).
+    sa_unknown_writes: int = 0
+    # Eventual consistency: the first N IAM policy writes on a bucket this fake created answer 412
+    # (Cloud Storage's "conditionNotMet": storage/docs/json_api/v1/status-codes#412).
+    new_bucket_policy_conflicts: int = 0
 
     def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        RecordingServer.__init__(self)
+        self._new_accounts: set[str] = set()  # created through this fake: eventually consistent
+        self._new_buckets: set[str] = set()
 
-    # -- lifecycle -----------------------------------------------------------------
     def start(self) -> FakeGcp:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                try:
-                    body = json.loads(raw) if raw else None
-                except ValueError:
-                    body = raw.decode(errors="replace")
-                url = urlsplit(self.path)
-                rec = Recorded(self.command, url.path, parse_qs(url.query), body)
-                with fake._lock:
-                    fake.requests.append(rec)
-                    code, payload = fake._route(rec)
-                rec.status = code
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json; charset=UTF-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _handle
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        return super().start()
 
     def __enter__(self) -> FakeGcp:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "start() first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
 
     def gcloud_env(self, config_dir: Path, project: str | None, token: str | None = "fake-token") -> dict:
         """Environment that points the real gcloud at this fake, with no Google account."""
@@ -296,18 +351,9 @@ class FakeGcp:
                                         "projectId": project, "uniqueId": "1"}  # fmt: skip
 
     # -- queries for tests -----------------------------------------------------------
-    def calls(self, method: str | None = None, pattern: str = "") -> list[Recorded]:
-        """Recorded requests whose method matches and whose path matches the regex PATTERN."""
-        with self._lock:
-            return [
-                r
-                for r in self.requests
-                if (method is None or r.method == method) and re.search(pattern, r.path)
-            ]
-
     def mutations(self) -> list[Recorded]:
         """Requests that would change something at Google (creates, IAM changes)."""
-        with self._lock:
+        with self.lock:
             return [
                 r
                 for r in self.requests
@@ -315,16 +361,8 @@ class FakeGcp:
                 and not re.search(r"(:getIamPolicy|/operations/[^/]+(/wait)?)$", r.path)
             ]
 
-    def unhandled(self) -> list[Recorded]:
-        with self._lock:
-            return [r for r in self.requests if r.unhandled]
-
-    def clear(self) -> None:
-        with self._lock:
-            self.requests.clear()
-
     # -- routing ---------------------------------------------------------------------
-    def _route(self, rec: Recorded) -> tuple[int, dict]:
+    def route(self, rec: Recorded) -> tuple[int, dict] | None:
         routes = [
             (COMPUTE_PREFIX, "compute", self._compute),
             (IAM_PREFIX, "iam", self._iam),
@@ -342,14 +380,12 @@ class FakeGcp:
                     return permission_denied(api, f"{api}.resource.call", path)
                 result = handler(rec, path)
                 break
-        if result is None:
-            rec.unhandled = True
-            return _error(501, "UNIMPLEMENTED", f"fake_gcp: no route for {rec.method} {rec.path}")
         return result
 
     def _take_failure(self) -> tuple[int, dict] | None:
         if self.fail_create is None:
             return None
+        # Whatever Google answer the test names (code, status, message), in the error envelope.
         code, status, message = self.fail_create
         return _error(code, status, message)
 
@@ -363,6 +399,13 @@ class FakeGcp:
         """setIamPolicy with etag concurrency control: a policy whose etag is not the current one
         is refused with 409 ABORTED (cloud.google.com/iam/docs/policies#etag, "Using etags to
         avoid race conditions": "...returns a 409 error code, and you must retry")."""
+        unknown = self._unknown_account(policy)
+        if unknown:
+            # IAM's answer for a member it does not know (yet), as gcloud showed it on a real project
+            # (docs/test-environment.md, "gcloud's wording of two Google errors"): 400 INVALID_ARGUMENT.
+            return _error(
+                400, "INVALID_ARGUMENT", f"Service account {unknown} does not exist.", reason="badRequest"
+            )
         current = self._policy(key)
         if self.stale_etags > 0:
             self.stale_etags -= 1
@@ -385,6 +428,18 @@ class FakeGcp:
         self.iam_policies[key] = policy
         return 200, policy
 
+    def _unknown_account(self, policy: dict) -> str:
+        """A new service account the policy names, while IAM still does not know it."""
+        if self.sa_unknown_writes <= 0:
+            return ""
+        for binding in policy.get("bindings") or []:
+            for member in binding.get("members") or []:
+                email = member.removeprefix("serviceAccount:")
+                if email in self._new_accounts:
+                    self.sa_unknown_writes -= 1
+                    return email
+        return ""
+
     def _policy(self, key: str) -> dict:
         """The resource's IAM policy (version 1, no bindings, an etag until someone sets one)."""
         return self.iam_policies.setdefault(key, {"version": 1, "etag": "BwXhqDtQjSw="})
@@ -402,6 +457,7 @@ class FakeGcp:
             if self._raced("repository"):
                 self.repositories[name] = {**(rec.body or {}), "name": name}
             if name in self.repositories:
+                # repositories.create on an existing id: 409 ALREADY_EXISTS (AIP-133; wording unverified).
                 return _error(409, "ALREADY_EXISTS", f"the repository already exists: {name}")
             repo = {**(rec.body or {}), "name": name}
             repo.setdefault("createTime", "2026-01-01T00:00:00Z")
@@ -416,6 +472,7 @@ class FakeGcp:
         if m and rec.method == "GET":
             op = self.operations.get(m.group(1))
             if op is None:
+                # operations.get on an unknown name: 404 NOT_FOUND (AIP-151/AIP-131; wording unverified).
                 return _error(404, "NOT_FOUND", f"Operation {m.group(1)} not found.")
             op["polls"] -= 1
             if op["polls"] > 0:
@@ -426,14 +483,34 @@ class FakeGcp:
             return None
         name, verb = m.groups()
         if name not in self.repositories:
+            # repositories.get on a missing repository: 404 NOT_FOUND (AIP-131; the wording is the
+            # generic one Google's gRPC APIs send, seen in gcloud's output).
             return _error(404, "NOT_FOUND", f"Requested entity was not found. ({name})")
         if verb is None and rec.method == "GET":
             return 200, self.repositories[name]
+        if verb is None and rec.method == "PATCH":
+            return self._patch_repository(name, rec)
         if verb == ":getIamPolicy":
             return 200, self._policy(name)
         if verb == ":setIamPolicy" and rec.method == "POST":
             return self._set_policy(name, dict((rec.body or {}).get("policy") or {}))
         return None
+
+    def _patch_repository(self, name: str, rec: Recorded) -> tuple[int, dict]:
+        """repositories.patch with an updateMask (artifact-registry/docs/reference/rest/v1/
+        projects.locations.repositories/patch): only the masked fields change. cleanupPolicies is a map
+        of id -> CleanupPolicy, checked as the reference and the cleanup-policy page say (below)."""
+        body = dict(rec.body or {})
+        mask = [f for f in ",".join(rec.query.get("updateMask") or []).split(",") if f]
+        if "cleanupPolicies" in mask:
+            problem = cleanup_policy_problem(body.get("cleanupPolicies") or {})
+            if problem:
+                return _error(400, "INVALID_ARGUMENT", f"Invalid cleanup policy: {problem}")
+        repo = self.repositories[name]
+        for key in mask:
+            if key in body:
+                repo[key] = body[key]
+        return 200, repo
 
     # IAM: service accounts (cloud.google.com/iam/docs/reference/rest/v1/projects.serviceAccounts) ----------
     def _iam(self, rec: Recorded, path: str) -> tuple[int, dict] | None:
@@ -441,6 +518,8 @@ class FakeGcp:
         if m and rec.method == "GET":
             sa = self.service_accounts.get(m.group(2))
             if sa is None:
+                # serviceAccounts.get on a missing account: 404 NOT_FOUND (IAM REST reference; wording
+                # unverified, the scripts match the code).
                 return _error(404, "NOT_FOUND", f"Unknown service account {m.group(2)}")
             return 200, sa
         m = re.fullmatch(r"projects/([^/]+)/serviceAccounts", path)
@@ -461,12 +540,14 @@ class FakeGcp:
             if self._raced("service_account"):
                 self.service_accounts[email] = sa
             if email in self.service_accounts:
+                # serviceAccounts.create on an existing account: 409 ALREADY_EXISTS (IAM REST reference).
                 return _error(
                     409,
                     "ALREADY_EXISTS",
                     f"Service account {account} already exists within project projects/{project}.",
                 )
             self.service_accounts[email] = sa
+            self._new_accounts.add(email)
             return 200, sa
         return None
 
@@ -503,15 +584,20 @@ class FakeGcp:
                 "location": str(body.get("location", "US")).upper(),
                 "storageClass": "STANDARD",
                 "iamConfiguration": body.get("iamConfiguration", {}),
+                # Soft delete is on by default, 7 days (cloud.google.com/storage/docs/soft-delete);
+                # gcloud's --soft-delete-duration=0 sends retentionDurationSeconds "0" (seen).
+                "softDeletePolicy": body.get("softDeletePolicy") or {"retentionDurationSeconds": "604800"},
                 "etag": "CAE=",
             }
             self.buckets[name] = bucket
+            self._new_buckets.add(name)
             return 200, bucket
         m = re.fullmatch(r"b/([^/]+)(/iam)?", path)
         if not m:
             return None
         name, iam = m.groups()
         if name not in self.buckets:
+            # buckets.get on a missing bucket: 404 notFound (storage/docs/json_api/v1/status-codes).
             return _error(404, "NOT_FOUND", "The specified bucket does not exist.", reason="notFound")
         key = f"projects/_/buckets/{name}"
         if iam is None and rec.method == "GET":
@@ -519,7 +605,17 @@ class FakeGcp:
         if iam and rec.method == "GET":
             policy = self._policy(key)
             return 200, {"kind": "storage#policy", "resourceId": key, **policy}
+        if iam and rec.method == "PUT" and name in self._new_buckets and self.new_bucket_policy_conflicts > 0:
+            self.new_bucket_policy_conflicts -= 1
+            # 412 conditionNotMet (storage/docs/json_api/v1/status-codes#412_Precondition_Failed).
+            return _storage_error(
+                412, "conditionNotMet", "At least one of the pre-conditions you specified did not hold."
+            )
         if iam and rec.method == "PUT":
+            unknown = self._unknown_account(dict(rec.body or {}))
+            if unknown:
+                # As for the other APIs (see _set_policy), in the Storage error shape.
+                return _storage_error(400, "badRequest", f"Service account {unknown} does not exist.")
             body = {k: v for k, v in dict(rec.body or {}).items() if k not in ("kind", "resourceId")}
             code, policy = self._set_policy(key, body)
             return code, ({"kind": "storage#policy", "resourceId": key, **policy} if code == 200 else policy)
@@ -556,6 +652,19 @@ class FakeGcp:
             # zones.list; gcloud sends its --filter as a server-side `filter` and filters again itself.
             items = [self._zone(m.group(1), z) for zones in ZONES.values() for z in zones]
             return 200, {"kind": "compute#zoneList", "items": items, "selfLink": f"{base}{path}"}
+        m = re.fullmatch(r"projects/([^/]+)/zones/([^/]+)/machineTypes", path)
+        if m and rec.method == "GET":
+            # machineTypes.list (compute/docs/reference/rest/v1/machineTypes/list). gcloud sends its
+            # --filter as `filter` and filters again itself, so answering all of the zone's is safe.
+            project, zone = m.groups()
+            if not self._known_zone(zone):
+                return self._not_found(f"projects/{project}/zones/{zone}")
+            items = [
+                {"kind": "compute#machineType", "name": t, "zone": zone,
+                 "selfLink": f"{base}projects/{project}/zones/{zone}/machineTypes/{t}"}
+                for t in sorted(self._zone_types(zone))
+            ]  # fmt: skip
+            return 200, {"kind": "compute#machineTypeList", "items": items, "selfLink": f"{base}{path}"}
         m = re.fullmatch(r"projects/([^/]+)/zones/([^/]+)", path)
         if m and rec.method == "GET":
             project, zone = m.groups()
@@ -564,6 +673,8 @@ class FakeGcp:
             return 200, self._zone(project, zone)
         m = re.fullmatch(r"projects/([^/]+)/aggregated/instances", path)
         if m and rec.method == "GET":
+            # instances.aggregatedList: items keyed "zones/ZONE" (compute/docs/reference/rest/v1/
+            # instances/aggregatedList).
             items: dict[str, dict] = {}
             for key, inst in self.instances.items():
                 zone = key.split("/")[3]
@@ -689,38 +800,67 @@ class FakeGcp:
             )
             if fam and fam.group(2) not in IMAGE_FAMILIES.get(fam.group(1), set()):
                 return self._not_found(f"projects/{fam.group(1)}/global/images/family/{fam.group(2)}")
+        if machine not in self._zone_types(zone):
+            return self._no_machine_type(project, zone, machine)
         if machine in BUILT_IN_GPUS:
             want = BUILT_IN_GPUS[machine]
             if accels and accels != [want]:
                 got = ", ".join(f"{n} x {t}" for t, n in accels)
+                # Wording unverified (Compute's 400 "invalid" for a field it refuses).
                 return self._invalid(
                     f"Invalid value for field 'resource.guestAccelerators[0].acceleratorType': machine type "
                     f"{machine} comes with {want[1]} x {want[0]} attached; got {got}."
                 )
-        elif accels:
-            if not machine.startswith("n1-") or any(t not in N1_GPUS for t, _ in accels):
-                t = accels[0][0]
-                return self._invalid(
-                    f"Invalid value for field 'resource.guestAccelerators[0].acceleratorType': "
-                    f"'projects/{project}/zones/{zone}/acceleratorTypes/{t}'. Accelerator type {t} cannot be "
-                    f"attached to machine type {machine}."
-                )
-        elif not re.fullmatch(r"(n1|n2|e2|c3)-[a-z]+-\d+", machine):
-            return self._not_found(f"projects/{project}/zones/{zone}/machineTypes/{machine}")
+        elif accels and (not machine.startswith("n1-") or any(t not in N1_GPUS for t, _ in accels)):
+            t = accels[0][0]
+            # Wording unverified (Compute's 400 "invalid"; N1's GPUs: compute/docs/gpus).
+            return self._invalid(
+                f"Invalid value for field 'resource.guestAccelerators[0].acceleratorType': "
+                f"'projects/{project}/zones/{zone}/acceleratorTypes/{t}'. Accelerator type {t} cannot be "
+                f"attached to machine type {machine}."
+            )
         reserved = (body.get("reservationAffinity") or {}).get(
             "consumeReservationType"
         ) == "SPECIFIC_RESERVATION"
-        # The exact wording of these two refusals is not published; the rule is (see the tables above).
-        if machine in SPOT_OR_FLEX_ONLY and model not in ("SPOT", "FLEX_START") and not reserved:
+        # The wording of the refusals below is not published; the rules are (see the tables above),
+        # so the scripts check them before sending and never read these texts.
+        if machine in NO_ON_DEMAND and model not in ("SPOT", "FLEX_START") and not reserved:
             return self._invalid(
                 f"Invalid value for field 'resource.scheduling.provisioningModel': '{model}'. Machine type "
-                f"{machine} is not available on demand; use SPOT or FLEX_START."
+                f"{machine} is not available on demand; use SPOT, FLEX_START or a reservation."
             )
-        if machine in RESERVATION_ONLY and not reserved:
-            return self._invalid(f"Machine type {machine} can only be used with a specific reservation.")
+        if model == "FLEX_START" and not machine.startswith(FLEX_START_SERIES):
+            return self._invalid(
+                "Invalid value for field 'resource.scheduling.provisioningModel': 'FLEX_START'. "
+                f"Machine type {machine} does not support Flex-start."
+            )
         if model == "FLEX_START" and not sched.get("maxRunDuration"):
             return self._invalid("Flex-start VMs require scheduling.maxRunDuration.")
+        for disk in body.get("disks") or []:
+            disk_type = (disk.get("initializeParams") or {}).get("diskType", "").rsplit("/", 1)[-1]
+            if machine in HYPERDISK_ONLY and disk_type and not disk_type.startswith("hyperdisk-"):
+                return self._invalid(
+                    f"Invalid value for field 'resource.disks[0].initializeParams.diskType': '{disk_type}'. "
+                    f"Machine type {machine} does not support disk type {disk_type}."
+                )
         return None
+
+    def _zone_types(self, zone: str) -> set[str]:
+        """The machine types ZONE offers: all the fake knows, less those in `zones_without`."""
+        return (set(BUILT_IN_GPUS) | OTHER_TYPES) - self.zones_without.get(zone, set())
+
+    def _no_machine_type(self, project: str, zone: str, machine: str) -> tuple[int, dict]:
+        """400 "invalid" for a machine type the zone does not offer, in Google's wording as gcloud
+        showed it (docs/test-environment.md, "gcloud's wording of two Google errors", seen on a real
+        project). `machine_type_message` replaces the text, for tests that the scripts do not read it."""
+        message = (
+            self.machine_type_message
+            or (
+                "Invalid value for field 'resource.machineType': 'projects/{project}/zones/{zone}/"
+                "machineTypes/{machine}'. Machine type with name '{machine}' does not exist in zone '{zone}'."
+            )
+        ).format(project=project, zone=zone, machine=machine)
+        return self._invalid(message)
 
     def _poll(self, name: str) -> tuple[int, dict]:
         """zoneOperations.get / .wait: each answer moves PENDING -> RUNNING -> DONE. `wait` returns

@@ -22,132 +22,32 @@
   {"name", "payload": {"data": BASE64, "dataCrc32c"}}; a wrong token 401 UNAUTHENTICATED, an
   unknown secret 404 NOT_FOUND. `latest` is the newest version.
 
-Every request is recorded (method, path, query, headers, JSON body); anything unknown answers 501
-and is marked `unhandled`, so a test can tell "gcloud asked for something new" from an outcome.
+Every request is recorded (method, path, query, headers, JSON body) by tests/fake_server.py's
+RecordingServer; anything unknown answers 501 and is marked `unhandled`.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import json
 import re
-import threading
 import zlib
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from fake_gcp import gcloud_offline_env
+from fake_server import Recorded, RecordingServer
 
 SUCCESS = ["JOB_STATE_QUEUED", "JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"]
 REQUIRED = "List of found errors:\t1.Field: {}; Message: Required field is not set.\t"
 FAILURE = ["JOB_STATE_QUEUED", "JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_FAILED"]
 
 
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: Any
-    status: int = 0
-    unhandled: bool = False
-
-
 def error(code: int, status: str, message: str) -> tuple[int, dict]:
     return code, {"error": {"code": code, "message": message, "status": status}}
 
 
-class _Server:
-    """A threaded HTTP server on 127.0.0.1 that records requests and routes them to `route`."""
-
-    def __init__(self) -> None:
-        self.requests: list[Recorded] = []
-        self.lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-
-    def route(self, rec: Recorded) -> tuple[int, dict] | None:
-        raise NotImplementedError
-
-    def start(self, host: str = "127.0.0.1"):
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                try:
-                    body = json.loads(raw) if raw else None
-                except ValueError:
-                    body = raw.decode(errors="replace")
-                url = urlsplit(self.path)
-                rec = Recorded(self.command, url.path, parse_qs(url.query), dict(self.headers), body)
-                with fake.lock:
-                    fake.requests.append(rec)
-                    result = fake.route(rec)
-                    if result is None:
-                        rec.unhandled = True
-                        result = error(501, "UNIMPLEMENTED", f"fake: no route for {rec.method} {rec.path}")
-                code, payload = result
-                rec.status = code
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json; charset=UTF-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _handle
-
-        self._server = ThreadingHTTPServer((host, 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def hostport(self) -> str:
-        assert self._server is not None, "start() first"
-        host, port = self._server.server_address[:2]
-        return f"{host}:{port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.hostport}"
-
-    def calls(self, method: str | None = None, pattern: str = "") -> list[Recorded]:
-        with self.lock:
-            return [
-                r
-                for r in self.requests
-                if (method is None or r.method == method) and re.search(pattern, r.path)
-            ]
-
-    def unhandled(self) -> list[Recorded]:
-        with self.lock:
-            return [r for r in self.requests if r.unhandled]
-
-
-class FakeVertex(_Server):
+class FakeVertex(RecordingServer):
     """Vertex AI v1 customJobs: create (POST .../customJobs) and get (GET /v1/NAME)."""
 
     def __init__(
@@ -222,6 +122,7 @@ class FakeVertex(_Server):
 
     def _create(self, project: str, location: str, body: Any) -> tuple[int, dict]:
         if self.fail_create is not None:
+            # Whatever Google answer the test names (code, status, message), in Google's error body.
             return error(*self.fail_create)
         # The reference marks displayName and jobSpec.workerPoolSpecs as required; Vertex answers a
         # missing one with 400 INVALID_ARGUMENT.
@@ -248,6 +149,7 @@ class FakeVertex(_Server):
     def _get(self, name: str) -> tuple[int, dict]:
         job = self.jobs.get(name)
         if job is None:
+            # customJobs.get on an unknown job: 404 NOT_FOUND (AIP-131; wording unverified).
             return error(404, "NOT_FOUND", f'The CustomJob "{name}" does not exist.')
         self._gets[name] += 1
         state = self.progression[min(self._gets[name], len(self.progression) - 1)]
@@ -257,6 +159,8 @@ class FakeVertex(_Server):
         if state in ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"):
             job["endTime"] = "2026-11-29T07:30:00.000000Z"
         if state == "JOB_STATE_FAILED":
+            # CustomJob.error is a google.rpc.Status (REST reference); the replica's message is the
+            # one Vertex shows in the console for a non-zero exit (wording unverified).
             job["error"] = {
                 "code": 3,
                 "message": "The replica workerpool0-0 exited with a non-zero status of 1. "
@@ -265,7 +169,7 @@ class FakeVertex(_Server):
         return 200, job
 
 
-class FakeMetadata(_Server):
+class FakeMetadata(RecordingServer):
     """The metadata server's default service-account token."""
 
     TOKEN_PATH = "/computeMetadata/v1/instance/service-accounts/default/token"
@@ -278,11 +182,13 @@ class FakeMetadata(_Server):
         if rec.path != self.TOKEN_PATH or rec.method != "GET":
             return None
         if rec.headers.get("Metadata-Flavor") != "Google":
+            # The metadata server refuses a request without the header with 403 (compute/docs/metadata/
+            # querying-metadata, "Query metadata"; its body is plain text there, JSON here).
             return 403, {"error": "Missing Metadata-Flavor:Google header."}
         return 200, {"access_token": self.token, "expires_in": 3599, "token_type": "Bearer"}
 
 
-class FakeSecretManager(_Server):
+class FakeSecretManager(RecordingServer):
     """Secret Manager v1 versions.access, for secrets given as {"projects/P/secrets/S": [v1, v2...]}."""
 
     def __init__(self, secrets: dict[str, list[str]], token: str = "ya29.fake-metadata-token"):
@@ -295,10 +201,12 @@ class FakeSecretManager(_Server):
         if not m or rec.method != "GET":
             return None
         if rec.headers.get("Authorization") != f"Bearer {self.token}":
+            # A wrong token: 401 UNAUTHENTICATED (cloud.google.com/apis/design/errors, "HTTP mapping").
             return error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
         secret, version = m.groups()
         versions = self.secrets.get(secret)
         if not versions:
+            # Unknown secret or version: 404 NOT_FOUND (Secret Manager REST reference; wording unverified).
             return error(404, "NOT_FOUND", f"Secret [{secret}] not found or has no versions.")
         number = len(versions) if version == "latest" else int(version) if version.isdigit() else 0
         if not 1 <= number <= len(versions):

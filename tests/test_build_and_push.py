@@ -30,7 +30,7 @@ import pytest
 import yaml
 from conftest import DOCKER as DOCKER_BIN
 from conftest import ROOT, docker, tool_path_dir
-from fake_gcp import FakeGcp, Recorded
+from fake_gcp import FakeGcp, Recorded, cleanup_survivors
 from gcp_env import Registry, script_env
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -378,6 +378,7 @@ BAD_INPUTS = [
     (["--no-push=yes"], {}, "--no-push is an on/off flag and takes no value"),
     (["--frobnicate"], {}, "unknown option --frobnicate"),
     (["stray"], {}, "unexpected argument 'stray': build_and_push.sh takes options only"),
+    (["--keep", "many"], {}, "--keep must be a whole number from 0 to 10000; got 'many'"),
 ]
 
 
@@ -817,3 +818,62 @@ def test_flow_picture_is_rendered_from_its_source(tmp_path: Path):
         [dot, "-Tsvg", str(ROOT / "images/flow.dot"), "-o", str(tmp_path / "flow.svg")], check=True
     )
     assert (tmp_path / "flow.svg").read_text() == (ROOT / "images/flow.svg").read_text()
+
+
+# -- the repository's cleanup policy (--keep) and Google's create operation --------------------------
+# The build fails at once (its base image is on a port where nothing listens): these tests are about
+# the repository step, which comes before it.
+NO_BUILD = ["--registry-host", "127.0.0.1:5994", "--base-image", "127.0.0.1:1/hfgpu-none:0"]
+REPO_NAME = "projects/my-project/locations/us-east4/repositories/gpu-transformers"
+
+
+def version(n: int, *tags: str) -> dict:
+    return {"package": "gpu_transformers", "tags": list(tags), "createTime": n}
+
+
+def test_keep_sets_a_cleanup_policy_that_keeps_the_newest_and_every_named_tag(
+    fake: FakeGcp, bindir: Path, tmp_path: Path
+):
+    fake.ar_create_polls = 3  # the create is still an unfinished operation when first read
+    env = script_env(fake, tmp_path, bindir)
+    proc = run_script(env, "--keep", "3", *NO_BUILD)
+    assert "build: docker build failed" in proc.stderr, proc.stderr
+    waited = r"gpu-transformers created \(Docker format, us-east4\); waited \d+s for Google's create"
+    assert re.search(waited, proc.stderr)
+    polls = [r for r in fake.calls("GET", "/operations/") if r.status == 200]
+    assert len(polls) == 3, "gcloud read the operation until it was done"
+    (patch,) = fake.calls("PATCH", f"^/v1/{REPO_NAME}$")
+    assert patch.status == 200 and patch.query["updateMask"] == ["cleanupPolicies,cleanupPolicyDryRun"]
+    policies = patch.body["cleanupPolicies"]
+    assert sorted(policies) == ["hfgpu-delete-sha", "hfgpu-keep-named", "hfgpu-keep-newest"]
+    assert patch.body["cleanupPolicyDryRun"] is False
+    assert "cleanup policy set: the newest 3 sha-* versions are kept" in proc.stderr
+    # What Artifact Registry's cleanup then keeps, by its documented rules (fake_gcp.cleanup_survivors):
+    # the newest 3, latest and every tag that is not sha-*; an old sha-only version goes.
+    versions = [version(n, f"sha-{n:07x}") for n in range(25)]
+    versions[24]["tags"] += ["0.2.0", "latest"]
+    versions[5]["tags"] += ["0.1.0"]
+    versions[2]["tags"] += ["sharp-experiment"]  # starts with "sha", not "sha-"
+    versions[1]["tags"] = ["shaky"]  # and one that is not sha- at all
+    kept = sorted(v["createTime"] for v in cleanup_survivors(policies, versions))
+    assert kept == [1, 2, 5, 22, 23, 24]
+
+    # The next run finds the policy and changes nothing.
+    fake.clear()
+    proc = run_script(env, "--keep", "3", *NO_BUILD)
+    assert "repository: the cleanup policy keeps the newest 3 sha-* versions (set already)" in proc.stderr
+    assert fake.mutations() == []
+
+
+@pytest.mark.parametrize("case", ["own-policy", "keep-0"])
+def test_keep_leaves_a_repository_with_its_own_policies_alone(
+    case: str, fake: FakeGcp, bindir: Path, tmp_path: Path
+):
+    own = {"mine": {"id": "mine", "action": "DELETE", "condition": {"tagState": "UNTAGGED"}}}
+    fake.repositories[REPO_NAME] = {"name": REPO_NAME, "format": "DOCKER", "cleanupPolicies": own}
+    args = ["--keep", "0"] if case == "keep-0" else []
+    proc = run_script(script_env(fake, tmp_path, bindir), *args, *NO_BUILD)
+    assert "build: docker build failed" in proc.stderr, proc.stderr
+    assert fake.calls("PATCH") == []
+    warning = "repository: gpu-transformers has cleanup policies of its own (mine); --keep 20 not applied"
+    assert (warning in proc.stderr) == (case == "own-policy")

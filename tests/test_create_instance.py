@@ -68,7 +68,10 @@ def test_default_vm_is_a_spot_h100_run_as_its_own_service_account(fake: FakeGcp,
     proc = run_script(fake, tmp_path)
     assert proc.returncode == 0, proc.stderr
     # a3-highgpu-1g is not offered on demand: Spot, and the user is told.
-    assert "a3-highgpu-1g is offered only as Spot or Flex-start: creating a Spot VM" in proc.stderr
+    assert (
+        "a3-highgpu-1g (A3 High) is not offered on demand (offered: spot, flex-start): creating a Spot VM"
+        in (proc.stderr)
+    )
     (insert,) = inserts(fake)
     body = insert.body
     assert body["name"] == "hfgpu-vm"
@@ -80,6 +83,7 @@ def test_default_vm_is_a_spot_h100_run_as_its_own_service_account(fake: FakeGcp,
     (disk,) = body["disks"]
     assert disk["boot"] and disk["initializeParams"]["sourceImage"].endswith(FAMILY)
     assert disk["initializeParams"]["diskSizeGb"] == "200"
+    assert disk["initializeParams"]["diskType"].endswith("/diskTypes/pd-balanced")
     assert {"key": "install-nvidia-driver", "value": "True"} in body["metadata"]["items"]
     # Least privilege: a dedicated service account, not the project's default one.
     (sa,) = body["serviceAccounts"]
@@ -148,6 +152,8 @@ def test_quota_error_names_the_quota_and_how_to_ask(fake: FakeGcp, tmp_path: Pat
     err = one_error(run_script(fake, tmp_path, "--machine-type", "g2-standard-8", "--on-demand"))
     assert "quota NVIDIA_L4_GPUS exceeded in us-east4-a (Limit: 0.0 in region us-east4)" in err
     assert "console.cloud.google.com/iam-admin/quotas" in err
+    # Spot VMs use the standard quota unless PREEMPTIBLE_ quota is granted (create-use-spot page).
+    assert "Spot VMs use it too unless PREEMPTIBLE_NVIDIA_L4_GPUS is granted" in err
 
 
 def test_bucket_created_in_the_region_and_bound_to_the_vm_only(fake: FakeGcp, tmp_path: Path):
@@ -209,6 +215,89 @@ def test_flex_start_and_reservation(fake: FakeGcp, tmp_path: Path):
     affinity = inserts(fake)[0].body["reservationAffinity"]
     assert affinity["consumeReservationType"] == "SPECIFIC_RESERVATION"
     assert affinity["values"] == ["my-h200s"]
+    # A3 Ultra takes no Persistent Disk (the fake refuses one, as Google's table says).
+    (disk,) = inserts(fake)[0].body["disks"]
+    assert disk["initializeParams"]["diskType"].endswith("/diskTypes/hyperdisk-balanced")
+
+
+def test_a_new_account_and_a_new_bucket_are_waited_for_and_soft_delete_is_off(fake: FakeGcp, tmp_path: Path):
+    """Google's eventual consistency, injected: IAM does not know the new account for its first two
+    policy writes, and the new bucket's first policy write answers 412. The run completes."""
+    fake.sa_unknown_writes = 2
+    fake.new_bucket_policy_conflicts = 1
+    args = ["--checkpoint-bucket", "gs://my-ckpt", "--machine-type", "g2-standard-8"]
+    proc = run_script(fake, tmp_path, *args)
+    assert proc.returncode == 0, proc.stderr
+    assert f"IAM does not know {VM_SA} yet (a new service account can take a minute or more); waiting 1s" in (
+        proc.stderr
+    )
+    granted = "granted roles/artifactregistry.reader on repository gpu-transformers after waiting 3s"
+    assert granted in proc.stderr
+    assert [r.status for r in fake.calls("POST", ":setIamPolicy$")] == [400, 400, 200, 200]
+    assert [r.status for r in fake.calls("PUT", "^/storage/v1/b/my-ckpt/iam$")] == [412, 200]
+    (create,) = fake.calls("POST", "^/storage/v1/b$")
+    assert create.body["softDeletePolicy"] == {"retentionDurationSeconds": "0"}
+    assert "bucket: gs://my-ckpt created in us-east4, soft delete off" in proc.stderr
+    assert len(inserts(fake)) == 1
+
+
+def test_the_wait_for_a_new_service_account_is_bounded(fake: FakeGcp, tmp_path: Path):
+    fake.sa_unknown_writes = 100
+    err = one_error(run_script(fake, tmp_path, "--machine-type", "g2-standard-8", HFGPU_IAM_WAIT_SECONDS="3"))
+    assert f"INVALID_ARGUMENT: Service account {VM_SA} does not exist." in err
+    assert f"waited 3s for IAM to know {VM_SA}; run the script again in a few minutes" in err
+    assert len(fake.calls("POST", ":setIamPolicy$")) == 3
+    assert inserts(fake) == []
+
+
+def test_an_existing_bucket_with_soft_delete_is_one_line_naming_the_fix(fake: FakeGcp, tmp_path: Path):
+    # Google's default for a bucket made elsewhere: 7 days (storage/docs/soft-delete).
+    fake.buckets["old-ckpt"] = {"name": "old-ckpt", "location": "US-EAST4",
+                                "softDeletePolicy": {"retentionDurationSeconds": "604800"}}  # fmt: skip
+    proc = run_script(
+        fake, tmp_path, "--checkpoint-bucket", "gs://old-ckpt", "--machine-type", "n2-standard-8"
+    )
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if "soft delete" in x]
+    assert "gs://old-ckpt keeps deleted objects 7 days (soft delete)" in line
+    assert line.endswith("to turn it off: gcloud storage buckets update gs://old-ckpt --clear-soft-delete")
+    assert fake.calls("POST", "^/storage/v1/b$") == []
+
+
+# Google's wording, as gcloud showed it, and another text: the script reads the zone's list, not the text.
+@pytest.mark.parametrize(
+    "message", ["", "Le type de machine {machine} est absent de {zone}."], ids=["google", "other"]
+)
+def test_a_zone_without_the_machine_type_is_skipped_like_a_stockout(message, fake: FakeGcp, tmp_path: Path):
+    fake.zones_without = {"us-east4-a": {"g2-standard-8"}}
+    fake.machine_type_message = message
+    proc = run_script(fake, tmp_path, "--machine-type", "g2-standard-8")
+    assert proc.returncode == 0, proc.stderr
+    assert [r.status for r in inserts(fake, "us-east4-a")] == [400]
+    assert "instance: us-east4-a does not offer g2-standard-8; trying the next zone" in proc.stderr
+    assert "instance: hfgpu-vm created in us-east4-b" in proc.stderr
+
+
+def test_no_zone_offering_the_machine_type_is_one_line(fake: FakeGcp, tmp_path: Path):
+    fake.zones_without = {z: {"g2-standard-8"} for z in ("us-east4-a", "us-east4-b", "us-east4-c")}
+    err = one_error(run_script(fake, tmp_path, "--machine-type", "g2-standard-8"))
+    assert "no zone tried offers g2-standard-8 (us-east4-a us-east4-b us-east4-c)" in err
+    assert "gcloud compute machine-types list --filter name=g2-standard-8" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "model"),
+    [(["--machine-type", "a4-highgpu-8g", "--spot"], "SPOT"),
+     (["--machine-type", "a3-megagpu-8g", "--flex-start"], "FLEX_START"),
+     (["--machine-type", "a3-ultragpu-8g"], "SPOT")],
+    ids=["a4-spot", "a3-mega-flex-start", "a3-ultra-default-spot"],
+)  # fmt: skip
+def test_offers_google_makes_are_accepted(args, model, fake: FakeGcp, tmp_path: Path):
+    """Spot and Flex-start for A3 Mega/Ultra and A4 (ai-hypercomputer consumption options)."""
+    proc = run_script(fake, tmp_path, *args)
+    assert proc.returncode == 0, proc.stderr
+    (insert,) = inserts(fake)
+    assert insert.body["scheduling"]["provisioningModel"] == model
 
 
 def test_existing_vm_in_another_zone_is_found_not_duplicated(fake: FakeGcp, tmp_path: Path):
@@ -273,7 +362,9 @@ def test_the_fake_refuses_what_google_refuses(fake: FakeGcp, tmp_path: Path):
         (["--machine-type", "a3-highgpu-1g"], "a3-highgpu-1g is not available on demand"),
         (["--machine-type", "g2-standard-8", "--accelerator", "type=nvidia-tesla-t4,count=1"],
          "comes with 1 x nvidia-l4 attached"),
-        (["--machine-type", "a3-ultragpu-8g", "--provisioning-model", "SPOT"], "specific reservation"),
+        (["--machine-type", "a3-ultragpu-8g", "--provisioning-model", "SPOT",
+          "--boot-disk-type", "pd-balanced"], "does not support disk type pd-balanced"),
+        (["--machine-type", "a4-highgpu-8g"], "a4-highgpu-8g is not available on demand"),
     ]:  # fmt: skip
         proc = subprocess.run([*base, *extra], env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 1 and message in proc.stderr, proc.stderr
@@ -314,8 +405,11 @@ BAD_INPUTS = [
     (["--boot-disk-size", "090GB"], {}, "boot disk 090GB is too small"),
     (["--boot-disk-size", "99TB"], {}, "boot disk 99TB is too large"),
     (["--boot-disk-size", "lots"], {}, "invalid boot disk size 'lots'"),
-    (["--on-demand"], {}, "a3-highgpu-1g is not offered on demand (only Spot or Flex-start)"),
-    (["--machine-type", "a3-ultragpu-8g"], {}, "offered only through reservations; pass --reservation NAME"),
+    (["--on-demand"], {}, "a3-highgpu-1g (A3 High) is not offered as on-demand on Compute Engine (offered:"),
+    (["--machine-type", "a4-highgpu-8g", "--on-demand"], {}, "a4-highgpu-8g (A4) is not offered as on-"),
+    (["--machine-type", "n1-standard-8", "--flex-start"], {},
+     "Compute Engine does not offer n1-standard-8 (N1) as Flex-start (offered: on-demand, spot, reservation"),
+    (["--machine-type", "n2-standard-8", "--flex-start"], {}, "Compute Engine does not offer n2-standard-8"),
     (["--machine-type", "g2-standard-8", "--accelerator", "nvidia-tesla-t4"], {},
      "g2-standard-8 comes with 1 x nvidia-l4 attached; leave out --accelerator"),
     (["--spot", "--flex-start"], {}, "--flex-start conflicts with --spot"),

@@ -162,7 +162,7 @@ def test_defaults_are_one_h100_on_demand(fake: FakeVertex, tmp_path: Path):
     }
     assert pool["containerSpec"]["imageUri"] == IMAGE
     assert "scheduling" not in create.body["jobSpec"]
-    assert "Spot or Flex-start only" in proc.stderr
+    assert "a3-highgpu-1g is not offered on demand on Compute Engine (lib/machines.sh)" in proc.stderr
 
 
 def test_image_from_the_config_layer_and_flags_win(fake: FakeVertex, tmp_path: Path):
@@ -256,6 +256,12 @@ BAD_INPUTS = [
     ("--accelerator NVIDIA_L4", "--accelerator must be TYPE,count=N"),
     ("--accelerator NVIDIA_L4,count=0", "--accelerator count must be from 1 to 16"),
     ("--spot --flex-start", "--spot and --flex-start exclude each other"),
+    # Vertex AI's Flex-start takes L4, A100, H100, H200 and B200 only (lib/machines.sh, vertexdws).
+    (
+        "--flex-start --machine-type n1-standard-8 --accelerator nvidia-tesla-t4,count=1",
+        "offered only for L4, A100, H100, H200 and B200 GPUs, not NVIDIA_TESLA_T4; use --spot",
+    ),
+    ("--flex-start --machine-type n2-standard-8", "--flex-start on Vertex AI needs GPUs"),
     ("--max-wait 2h", "--max-wait applies to --flex-start only"),
     ("--flex-start --max-wait soon", "--max-wait must be a duration"),
     ("--output /tmp/out", "--output must be gs://BUCKET"),

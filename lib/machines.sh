@@ -1,0 +1,118 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034 # the MF_* variables are read by the scripts that source this
+# Summary: Google's machine facts in one table, read by create_instance.sh and
+# submit_vertex_job.sh: machine series -> built-in GPUs, boot disk type, how Compute Engine
+# offers the type, and how Vertex AI schedules it. Each row names its sources (legend below).
+#
+# MACHINE_FACTS, one row per group of machine types, ';'-separated:
+#   TYPES      extended regex, anchored, of the machine types of the row
+#   SERIES     the series' name, as Google's pages write it
+#   GPU        Compute Engine accelerator type built in; "attach" for N1 (GPUs given with
+#              --accelerator, GPU_FACTS says which)
+#   COUNT      GPUs per machine: a number, or N (the number before the type's final 'g')
+#   BOOT       boot disk type to create (Hyperdisk Balanced where Persistent Disk is not offered)
+#   GCE        provisioning models Compute Engine offers: on-demand spot flex-start reservation
+#   SOURCES    keys of the legend
+# A machine type no row matches (n2-standard-8 ...) has no GPU: on-demand, Spot and
+# reservations, pd-balanced, no Flex-start.
+#
+# GPU_FACTS, one row per GPU, ';'-separated: Compute Engine name; Vertex AI name; Vertex
+# Flex-start (yes/no); attachable to N1 (yes/no); SOURCES.
+#
+# Legend (checked 2026-12-06):
+#   gpus      cloud.google.com/compute/docs/gpus ("GPU machine types": the GPUs of each type;
+#             N1 takes T4, V100, P100, P4) and .../compute/docs/accelerator-optimized-machines
+#   consume   cloud.google.com/ai-hypercomputer/docs/consumption-models ("Flex-start: any GPU
+#             machine except A4X", "Spot: any GPU machine except A4X"; reservations for all)
+#   director  cloud.google.com/cluster-director/docs/choose-consumption-option (A4, A3 Ultra and
+#             A3 Mega: reservations, Flex-start or Spot; on demand is not among their options)
+#   a3high    Compute Engine "GPU machine types", table "consumption option availability by
+#             machine type": a3-highgpu-1g/2g/4g only as Spot or Flex-start; gpuhunt
+#             (src/gpuhunt/providers/gcp.py) filters their on-demand offers the same way
+#   flex      cloud.google.com/compute/docs/instances/about-flex-start-vms ("all
+#             accelerator-optimized machine types (except A4X and G4)": not N1)
+#   hyperdisk cloud.google.com/compute/docs/disks/hyperdisks, "Machine series support" (A4 and
+#             A3 (H200) list Hyperdisk types only; A2, G2, N1 none) and .../hd-types/hyperdisk-balanced
+#             ("Hyperdisk Balanced ... the only supported Hyperdisk types" for boot disks); Vertex
+#             AI's DiskSpec (vertex-ai/docs/reference/rest/v1/DiskSpec) defaults A3 Ultra to
+#             hyperdisk-balanced
+#   vertexdws Vertex AI "Schedule training jobs with DWS" (Flex-start: L4, A100, H100, H200, B200)
+#   vertexacc vertex-ai/docs/reference/rest/v1/MachineSpec#AcceleratorType (Vertex's GPU names)
+
+readonly MACHINE_FACTS=(
+  'a4-highgpu-8g;A4;nvidia-b200;8;hyperdisk-balanced;spot flex-start reservation;gpus director consume hyperdisk'
+  'a3-ultragpu-8g;A3 Ultra;nvidia-h200-141gb;8;hyperdisk-balanced;spot flex-start reservation;gpus director consume hyperdisk'
+  'a3-megagpu-8g;A3 Mega;nvidia-h100-mega-80gb;8;pd-balanced;spot flex-start reservation;gpus director consume hyperdisk'
+  'a3-highgpu-8g;A3 High;nvidia-h100-80gb;8;pd-balanced;on-demand spot flex-start reservation;gpus consume a3high'
+  'a3-highgpu-[124]g;A3 High;nvidia-h100-80gb;N;pd-balanced;spot flex-start;gpus a3high'
+  'a2-highgpu-[1248]g;A2 Standard;nvidia-tesla-a100;N;pd-balanced;on-demand spot flex-start reservation;gpus consume flex hyperdisk'
+  'a2-megagpu-16g;A2 Standard;nvidia-tesla-a100;16;pd-balanced;on-demand spot flex-start reservation;gpus consume flex hyperdisk'
+  'a2-ultragpu-[1248]g;A2 Ultra;nvidia-a100-80gb;N;pd-balanced;on-demand spot flex-start reservation;gpus consume flex hyperdisk'
+  'g2-standard-(4|8|12|16|32);G2;nvidia-l4;1;pd-balanced;on-demand spot flex-start reservation;gpus consume flex hyperdisk'
+  'g2-standard-24;G2;nvidia-l4;2;pd-balanced;on-demand spot flex-start reservation;gpus consume flex hyperdisk'
+  'g2-standard-48;G2;nvidia-l4;4;pd-balanced;on-demand spot flex-start reservation;gpus consume flex hyperdisk'
+  'g2-standard-96;G2;nvidia-l4;8;pd-balanced;on-demand spot flex-start reservation;gpus consume flex hyperdisk'
+  'n1-[a-z]+-[0-9]+;N1;attach;0;pd-balanced;on-demand spot reservation;gpus consume flex hyperdisk'
+)
+
+readonly GPU_FACTS=(
+  'nvidia-b200;NVIDIA_B200;yes;no;vertexacc vertexdws'
+  'nvidia-h200-141gb;NVIDIA_H200_141GB;yes;no;vertexacc vertexdws'
+  'nvidia-h100-mega-80gb;NVIDIA_H100_MEGA_80GB;yes;no;vertexacc vertexdws'
+  'nvidia-h100-80gb;NVIDIA_H100_80GB;yes;no;vertexacc vertexdws'
+  'nvidia-a100-80gb;NVIDIA_A100_80GB;yes;no;vertexacc vertexdws'
+  'nvidia-tesla-a100;NVIDIA_TESLA_A100;yes;no;vertexacc vertexdws'
+  'nvidia-l4;NVIDIA_L4;yes;no;vertexacc vertexdws'
+  'nvidia-tesla-t4;NVIDIA_TESLA_T4;no;yes;vertexacc vertexdws gpus'
+  'nvidia-tesla-v100;NVIDIA_TESLA_V100;no;yes;vertexacc vertexdws gpus'
+  'nvidia-tesla-p100;NVIDIA_TESLA_P100;no;yes;vertexacc vertexdws gpus'
+  'nvidia-tesla-p4;NVIDIA_TESLA_P4;no;yes;vertexacc vertexdws gpus'
+)
+
+# The GPUs Vertex AI's Flex-start takes, for messages (from GPU_FACTS).
+readonly VERTEX_FLEX_GPUS="L4, A100, H100, H200 and B200"
+
+# machine_facts TYPE: the row of TYPE as MF_SERIES, MF_GPU, MF_COUNT, MF_BOOT, MF_GCE and
+# MF_SOURCES. Returns 1 (with the defaults of a type without GPUs) when no row matches.
+machine_facts() {
+  local row types series gpu count boot gce sources
+  MF_SERIES='' MF_GPU='' MF_COUNT=0 MF_BOOT=pd-balanced MF_GCE='on-demand spot reservation' MF_SOURCES=''
+  for row in "${MACHINE_FACTS[@]}"; do
+    IFS=';' read -r types series gpu count boot gce sources <<<"$row"
+    [[ $1 =~ ^($types)$ ]] || continue
+    if [[ $count == N ]]; then
+      count=${1##*-}
+      count=${count%g}
+    fi
+    MF_SERIES=$series MF_GPU=$gpu MF_COUNT=$count MF_BOOT=$boot MF_GCE=$gce MF_SOURCES=$sources
+    return 0
+  done
+  return 1
+}
+
+# machine_offers MODEL: the type last read by machine_facts is offered as MODEL on Compute Engine.
+machine_offers() {
+  [[ " $MF_GCE " == *" $1 "* ]]
+}
+
+# gpu_facts NAME: the row of a GPU given by its Compute Engine or Vertex AI name, as GF_GCE,
+# GF_VERTEX, GF_VERTEX_FLEX (yes/no) and GF_N1 (yes/no). Returns 1 when no row matches.
+gpu_facts() {
+  local row gce vertex flex n1 sources
+  GF_GCE='' GF_VERTEX='' GF_VERTEX_FLEX=no GF_N1=no
+  for row in "${GPU_FACTS[@]}"; do
+    IFS=';' read -r gce vertex flex n1 sources <<<"$row"
+    [[ $1 == "$gce" || $1 == "$vertex" ]] || continue
+    GF_GCE=$gce GF_VERTEX=$vertex GF_VERTEX_FLEX=$flex GF_N1=$n1
+    return 0
+  done
+  return 1
+}
+
+# gpu_names FIELD: every GPU's name (FIELD 1: Compute Engine's, 2: Vertex AI's), sorted, one line.
+gpu_names() {
+  local row
+  for row in "${GPU_FACTS[@]}"; do
+    cut -d';' -f"$1" <<<"$row"
+  done | sort | tr '\n' ' ' | sed 's/ $//'
+}
