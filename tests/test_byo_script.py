@@ -103,10 +103,11 @@ def lib(func: str, *args: str, env: dict[str, str] | None = None) -> subprocess.
     )
 
 
-def resume_plan(src: Path, volume: Path, *args: str) -> tuple[str, list[str], str]:
-    """script_resume_plan's three results: mode, extra arguments, note."""
+def resume_plan(src: Path, volume: Path, *args: str, facts: str = "") -> tuple[str, list[str], str]:
+    """script_resume_plan's three results: mode, extra arguments, note (FACTS: hf_script_args.py lines)."""
     script = (
-        'set -euo pipefail; source lib/common.sh; source lib/script_support.sh; script_resume_plan "$@"; '
+        'set -euo pipefail; source lib/common.sh; source lib/script_support.sh; script_facts_read "$FACTS"; '
+        'script_resume_plan "$@"; '
         'printf "%s\\n" "$SCRIPT_RESUME_MODE" "$SCRIPT_RESUME_NOTE" "${SCRIPT_RESUME_ARGS[@]}"'
     )
     proc = subprocess.run(
@@ -116,6 +117,7 @@ def resume_plan(src: Path, volume: Path, *args: str) -> tuple[str, list[str], st
         text=True,
         timeout=60,
         check=True,
+        env={**os.environ, "FACTS": facts},
     )
     mode, note, *extra = proc.stdout.splitlines()
     return mode, extra, note
@@ -126,6 +128,8 @@ def test_output_paths_outside_the_volume_are_refused_or_warned():
         ["--output_dir", "/tmp/out"],
         ["--output_dir=/app/out"],
         ["--logging_dir", "/volume/../tmp/x"],
+        ["--output-dir", "/tmp/out"],  # HfArgumentParser's dash spelling
+        ["--output-dir=/tmp/out"],
     ):
         proc = lib("script_check_output_paths", "refuse", "--do_train", *args)
         assert proc.returncode == 1, args
@@ -154,7 +158,9 @@ def test_stop_note_depends_on_what_the_script_does(tmp_path):
     off = lib("script_stop_note", str(byo), "--enable_jit_checkpoint=false").stdout.strip()
     assert off.startswith("not known to save on a stop: the steps since its last checkpoint are lost")
     plain = lib("script_stop_note", str(ROOT / "tests" / "assets" / "byo_extra.py")).stdout.strip()
-    assert plain == "not known to save a checkpoint on a stop: its progress is lost"
+    assert plain == "not known to save a checkpoint on a stop: its progress is lost unless it saves by itself"
+    dashed = lib("script_stop_note", str(byo), "--enable-jit-checkpoint", "--output-dir", "x").stdout.strip()
+    assert dashed == "saves a checkpoint first: --enable_jit_checkpoint"
 
 
 def fake_checkpoint(folder: Path, step: int, max_steps: int, complete: bool = True) -> None:
@@ -171,6 +177,16 @@ def test_resume_plan_says_resume_or_start_over(tmp_path):
     mode, extra, note = resume_plan(byo, tmp_path, *args)
     assert (mode, extra) == ("restart", []) and "FROM STEP 0: no complete checkpoint" in note
     fake_checkpoint(out / "checkpoint-4", 4, 8)
+    # Dash spellings (HfArgumentParser accepts them): found, and answered in the same spelling.
+    _, extra, _ = resume_plan(byo, tmp_path, "--output-dir", "/volume/out", "--do-train")
+    assert extra == ["--resume_from_checkpoint", "/volume/out/checkpoint-4"]  # (the fallback's spelling)
+    facts = "form=command-line\noutput_dir=/volume/out\nspelling=dash\nequals=true\n"
+    _, extra, _ = resume_plan(byo, tmp_path, "--output-dir=/volume/out", facts=facts)
+    assert extra == ["--resume-from-checkpoint=/volume/out/checkpoint-4"]
+    facts = "form=json\nconfig=/volume/args.json\noutput_dir=out\nspelling=underscore\n"
+    mode, extra, note = resume_plan(byo, tmp_path, "/volume/args.json", facts=facts)
+    assert (mode, extra) == ("resume", []), note  # a copy of the config instead of a flag
+    assert "a copy of /volume/args.json with resume_from_checkpoint: /volume/out/checkpoint-4" in note
     fake_checkpoint(out / "checkpoint-6", 6, 8, complete=False)  # killed mid-save: skipped
     mode, extra, note = resume_plan(byo, tmp_path, *args)
     assert mode == "resume" and extra == ["--resume_from_checkpoint", "/volume/out/checkpoint-4"], note
@@ -539,3 +555,126 @@ def test_launcher_restart_without_a_checkpoint_says_it_starts_over(image, vol):
     )
     assert text.count("byo: train begins at step 0 of 8") == 2
     assert "finished: step 8 of 8" in text.strip().splitlines()[-1]
+
+
+# ------------------------------------------------------------------ issue 21: arguments as HF reads them
+
+HELPER_CASES = """
+import json, sys
+sys.path.insert(0, "/app")
+import hf_script_args as h
+cases = [
+    ["--output-dir", "/volume/d", "--save-steps", "5", "--model_name_or_path", "m", "--do_train"],
+    ["--output_dir=/volume/u", "--save_strategy=no", "--enable_jit_checkpoint"],
+    ["--my_own_flag", "x", "--resume-from-checkpoint", "/volume/u/checkpoint-2"],
+    ["/volume/args.json"],
+    ["args.yaml"],
+    ["both.yaml"],
+    ["--save_strategy", "bogus"],
+]
+for args in cases:
+    print(json.dumps(h.describe(args)))
+"""
+
+
+def test_the_image_reads_arguments_as_hf_argument_parser_does(image, tmp_path):
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "args.json").write_text(
+        json.dumps({"output_dir": "/tmp/j", "save_steps": 3, "model_name_or_path": "m"})
+    )
+    (vol / "args.yaml").write_text("output_dir: y\nsave_total_limit: 2\ntrain_file: t.csv\n")
+    (vol / "both.yaml").write_text("output_dir: a\noutput-dir: /tmp/b\n")
+    open_up(vol)
+    proc = run_in_image(image.tag, "python3", "-c", HELPER_CASES, user=USER, volume=vol, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dash, under, extra, js, yml, both, bogus = (json.loads(line) for line in proc.stdout.splitlines())
+    assert (dash["output_dir"], dash["save_steps"], dash["spelling"], dash["equals"]) == (
+        "/volume/d",
+        5,
+        "dash",
+        False,
+    )
+    assert (under["output_dir"], under["save_strategy"], under["enable_jit_checkpoint"]) == (
+        "/volume/u",
+        "no",
+        True,
+    )
+    assert under["equals"] is True and under["spelling"] == "underscore"
+    assert (
+        extra["resume_from_checkpoint"] == "/volume/u/checkpoint-2"
+        and extra["output_dir"] == "trainer_output"
+    )
+    assert (js["form"], js["output_dir"], js["save_steps"], js["problem"]) == ("json", "/tmp/j", 3, None)
+    assert (yml["form"], yml["output_dir"], yml["save_total_limit"]) == ("yaml", "y", 2)
+    assert "key 'output-dir' is not read by HfArgumentParser" in both["problem"]
+    assert "invalid choice: 'bogus'" in bogus["problem"]
+
+
+def steps_run(text: str) -> list[int]:
+    return [int(line.split()[-1]) for line in text.splitlines() if line.startswith("byo: step ")]
+
+
+def form_args(vol: Path, form: str, out: str) -> list[str]:
+    """The same run in FORM: dash flags, one JSON file or one YAML file (upstream's three forms)."""
+    args = [*classify_args(out, "--save_steps=2", "--logging_steps=1")]
+    if form == "dash-flags":
+        return [a.replace("_", "-") if a.startswith("--") else a for a in args]
+    values = {}
+    for arg in args:
+        key, _, value = arg[2:].partition("=")
+        values[key] = True if not value else int(value) if value.isdigit() else value
+    if form == "json":
+        (vol / f"{out.rsplit('/', 1)[1]}.json").write_text(json.dumps(values))
+        return [f"{out.rsplit('/', 1)[1]}.json"]
+    text = "".join(f"{k}: {json.dumps(v)}\n" for k, v in values.items())
+    (vol / f"{out.rsplit('/', 1)[1]}.yaml").write_text(text)
+    return [f"/volume/{out.rsplit('/', 1)[1]}.yaml"]
+
+
+@pytest.mark.parametrize("form", ["dash-flags", "json", "yaml"])
+def test_launcher_restart_resumes_each_form_at_its_checkpoint(image, vol, form):
+    """A stop after a checkpoint, --restart-on-preemption: the run resumes at that checkpoint in the
+    script's own form (a private config copy for JSON/YAML, the dash spelling for dash flags), ends
+    at step 8 of 8, and no step up to the checkpoint runs twice."""
+    out = f"/volume/form-{form}"
+    args = form_args(vol, form, out)
+    open_up(vol)
+    has_checkpoint = lambda _log: bool(list((vol / out[8:]).glob("checkpoint-*/trainer_state.json")))  # noqa: E731
+    restart = ["--restart-on-preemption", "--env", "BYO_STEP_DELAY=1.5", "byo_classify.py", "--", *args]
+    code, text = launch_then_stop(image, vol, has_checkpoint, *restart)
+    assert code == 0, text[-3000:]
+    note = next(line for line in text.splitlines() if "exited 143; starting it again" in line)
+    step = int(note.split("to resume from step ")[1].split()[0])
+    if form == "dash-flags":
+        assert f"(--resume-from-checkpoint {out}/checkpoint-{step})" in note, note
+    else:
+        assert f"a copy of {args[0]} with resume_from_checkpoint: {out}/checkpoint-{step}" in note, note
+        copies = list((vol / ".hfgpu" / "resume").glob(f"*.{form}"))
+        assert copies and all(p.stat().st_mode & 0o777 == 0o600 for p in copies)
+    assert f"byo: train begins at step {step} of 8" in text, text[-3000:]
+    ran = steps_run(text)
+    assert ran[-1] == 8 and sorted(set(ran)) == list(range(1, 9)), ran
+    assert all(ran.count(s) == 1 for s in range(1, step + 1)), ran  # nothing up to the checkpoint twice
+    last = text.strip().splitlines()[-1]
+    assert f"finished: step 8 of 8; outputs in {vol}/form-{form}," in last, last
+
+
+def test_launcher_refuses_what_the_script_would_lose_or_stop_on(image, vol):
+    (vol / "out-tmp.json").write_text(json.dumps({"output_dir": "/tmp/lost", "do_train": True}))
+    (vol / "both.yaml").write_text("output_dir: kept\noutput-dir: /volume/other\n")
+    open_up(vol)
+    cases = [
+        (["byo_classify.py", "--", "out-tmp.json"], "output_dir /tmp/lost (in out-tmp.json) is outside"),
+        (["byo_classify.py", "--", "both.yaml"], "key 'output-dir' is not read by HfArgumentParser"),
+        (["byo_classify.py", "--", "--output-dir=/tmp/x", "--do_train"], "--output-dir /tmp/x is outside"),
+        (
+            ["--checkpoint-bucket", "gs://hfgpu-test/x", "byo_extra.py"],
+            "byo_extra.py does not train with a transformers Trainer, so nothing would reach gs://hfgpu-test/x",
+        ),
+    ]
+    for args, says in cases:
+        proc = launch(image, vol, *args)
+        lines = proc.stderr.splitlines()
+        assert proc.returncode == 1 and proc.stdout == "", (args, proc.stderr)
+        assert len(lines) == 1 and "error: " in lines[0] and says in lines[0], (args, lines)
