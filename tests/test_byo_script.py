@@ -16,7 +16,9 @@ import json
 import os
 import random
 import shutil
+import socket
 import subprocess
+import sys
 import time
 import uuid
 import zipfile
@@ -678,3 +680,79 @@ def test_launcher_refuses_what_the_script_would_lose_or_stop_on(image, vol):
         lines = proc.stderr.splitlines()
         assert proc.returncode == 1 and proc.stdout == "", (args, proc.stderr)
         assert len(lines) == 1 and "error: " in lines[0] and says in lines[0], (args, lines)
+
+
+# ------------------------------------------------ issue 21: any Trainer script's checkpoints in a bucket
+
+BUCKET = "hfgpu-byo-checkpoints"
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    """gcp-storage-emulator on loopback with one bucket (as tests/test_bucket.py starts it)."""
+    storage = pytest.importorskip("google.cloud.storage", reason="pip install -r tests/requirements.txt")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).parent / "gcp-storage-emulator"
+    cmd = [str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    host = f"http://127.0.0.1:{port}"
+    saved = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = host
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, (
+                    "gcp-storage-emulator did not start"
+                )
+                time.sleep(0.2)
+        client = storage.Client()
+        client.create_bucket(BUCKET)
+        yield host, client
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if saved is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = saved
+
+
+def test_a_plain_trainer_script_checkpoints_to_the_bucket_and_resumes_from_it(image, vol, emulator):
+    """byo_classify.py imports nothing of ours: with --checkpoint-bucket the image's hook mirrors its
+    checkpoints (marker last); stopped, its output folder deleted, it resumes from the bucket to 8 of 8."""
+    host, client = emulator
+    prefix = f"byo-{uuid.uuid4().hex[:8]}"
+    args = classify_args("/volume/bk", "--save_steps=2")
+    common = ["--network", "host", "--env", f"STORAGE_EMULATOR_HOST={host}",
+              "--checkpoint-bucket", f"gs://{BUCKET}/{prefix}"]  # fmt: skip
+
+    def complete_in_bucket(_log: str = "") -> list[int]:
+        names = [b.name for b in client.list_blobs(BUCKET, prefix=f"{prefix}/checkpoint-")]
+        return sorted(
+            int(n.split("/")[1].split("-")[1]) for n in names if n.endswith("/checkpoint-complete.json")
+        )
+
+    slow = [*common, "--env", "BYO_STEP_DELAY=1.5", "byo_classify.py", "--", *args]
+    code, text = launch_then_stop(image, vol, complete_in_bucket, *slow)
+    assert code == 143, text[-3000:]
+    assert "checkpoint bucket: the image mirrors the checkpoints of every transformers Trainer" in text
+    assert f"hfgpu bucket hook: mirroring the checkpoints of /volume/bk to gs://{BUCKET}/{prefix}" in text
+    saved = complete_in_bucket()
+    assert saved and all(s % 2 == 0 for s in saved), saved
+    shutil.rmtree(vol / "bk")  # the VM (and its disk) is gone
+
+    again = launch(image, vol, *common, "byo_classify.py", "--", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    step = max(saved)
+    out = again.stdout + again.stderr
+    assert f"resuming from checkpoint-{step}, downloaded from gs://{BUCKET}/{prefix}" in out, out[-3000:]
+    assert f"byo: train begins at step {step} of 8" in out
+    assert "finished: step 8 of 8" in again.stderr.strip().splitlines()[-1]
+    finals = {b.name.split("/", 1)[1] for b in client.list_blobs(BUCKET, prefix=f"{prefix}/")}
+    assert {"all_results.json", "model.safetensors"} <= finals, sorted(finals)
