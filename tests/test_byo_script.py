@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -756,3 +757,38 @@ def test_a_plain_trainer_script_checkpoints_to_the_bucket_and_resumes_from_it(im
     assert "finished: step 8 of 8" in again.stderr.strip().splitlines()[-1]
     finals = {b.name.split("/", 1)[1] for b in client.list_blobs(BUCKET, prefix=f"{prefix}/")}
     assert {"all_results.json", "model.safetensors"} <= finals, sorted(finals)
+
+
+def test_dry_run_prints_the_command_that_runs_on_the_same_engine(image, vol, tmp_path):
+    """--dry-run's output, pasted into a shell, starts the same container on the same engine; memlock
+    is decided before printing (probed once per engine, then cached): the printed command never
+    carries a --ulimit memlock=-1 that this engine refuses."""
+    name = f"hfgpu-byo-{uuid.uuid4().hex[:8]}"
+    cache = tmp_path / "cache"
+    engine_id = docker("info", "--format", "{{.ID}}").stdout.strip()
+    env = {**launcher_env(), "XDG_CACHE_HOME": str(cache), "DOCKER_HOST": "unix:///var/run/docker.sock"}
+    cmd = [*launcher_cmd(image, vol, name, "--dry-run", "byo_extra.py")]
+    cmd[cmd.index("--network") + 1] = "none"
+    (vol / "byo_extra_ok.py").write_text("print('byo-dry: ran', flush=True)\n")
+    open_up(vol)
+    cmd[-1] = "byo_extra_ok.py"
+    dry = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert dry.returncode == 0, dry.stderr
+    probe = ["run", "--rm", "--network", "none", "--ulimit", "memlock=-1", "--entrypoint", "true", image.tag]
+    granted = docker(*probe, check=False).returncode == 0  # this test machine's engine refuses it
+    cached = cache / "hfgpu" / f"memlock-{re.sub('[^A-Za-z0-9]', '_', engine_id)}"
+    assert cached.read_text().strip() == str(int(granted))  # probed once, kept per engine
+    printed = dry.stdout.strip().splitlines()[-1]
+    assert printed.startswith("docker --host unix:///var/run/docker.sock run --detach --name " + name)
+    assert ("--ulimit memlock=-1" in printed) == granted, printed
+    try:
+        pasted = subprocess.run(["bash", "-c", dry.stdout], capture_output=True, text=True, timeout=120)
+        assert pasted.returncode == 0, pasted.stderr
+        assert int(docker("wait", name).stdout.strip()) == 0
+        assert "byo-dry: ran" in docker("logs", name).stdout
+    finally:
+        docker("rm", "-f", name, check=False)
+    # The cached answer is used as it is (no second probe): flipped, the printed command follows it.
+    cached.write_text(f"{int(not granted)}\n")
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert again.returncode == 0 and ("memlock=-1" in again.stdout) != granted, again.stdout
