@@ -792,3 +792,29 @@ def test_dry_run_prints_the_command_that_runs_on_the_same_engine(image, vol, tmp
     cached.write_text(f"{int(not granted)}\n")
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert again.returncode == 0 and ("memlock=-1" in again.stdout) != granted, again.stdout
+
+
+def test_runtime_pip_trusts_the_ca_bundle_the_launcher_was_given(image, tmp_path):
+    """This machine reaches PyPI through a TLS-intercepting proxy (docs/test-environment): the image's
+    own roots do not trust it. --ca-bundle (the host's bundle, which does) is mounted read-only and
+    HFGPU_PIP_REQUIREMENTS installs with it (PIP_CERT); the bundle is in no image layer."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "requirements.txt").write_text("pyjokes==0.8.3\n")
+    (vol / "uses_pyjokes.py").write_text("import pyjokes\nprint('byo-ca:', pyjokes.__name__, flush=True)\n")
+    open_up(vol)
+    bundle = "/etc/ssl/certs/ca-certificates.crt"
+    args = [
+        "--network",
+        "bridge",
+        "--ca-bundle",
+        bundle,
+        "--env",
+        "HFGPU_PIP_REQUIREMENTS=/volume/requirements.txt",
+    ]
+    dry = launch(image, vol, "--dry-run", *args, "uses_pyjokes.py")
+    assert "target=/run/hfgpu-ca-bundle.pem" in dry.stdout, dry.stdout
+    assert "--env HFGPU_CA_BUNDLE=/run/hfgpu-ca-bundle.pem" in dry.stdout
+    proc = launch(image, vol, *args, "uses_pyjokes.py", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "byo-ca: pyjokes" in proc.stdout
