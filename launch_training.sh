@@ -757,8 +757,8 @@ memlock_cache_file() {
 }
 
 # resolve_memlock: sets memlock before the command is printed, so the printed command is the one
-# that runs: 1 when this engine grants --ulimit memlock=-1, 0 when it refuses. Probed once with a
-# throw-away container of the image, then cached per engine (memlock_cache_file).
+# that runs: 1 when this engine grants --ulimit memlock=-1, 0 when it refuses. Probed with a
+# throw-away container of the image; a real launch caches the answer per engine (memlock_cache_file).
 resolve_memlock() {
   local cache err
   cache=$(memlock_cache_file) || return 0
@@ -774,6 +774,7 @@ resolve_memlock() {
   else
     return 0 # another failure: decide nothing, cache nothing
   fi
+  [[ $DRY_RUN == 1 ]] && return 0 # a dry run writes nothing
   mkdir -p -- "${cache%/*}" 2>/dev/null && printf '%s\n' "$memlock" >"$cache" 2>/dev/null || true
 }
 

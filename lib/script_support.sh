@@ -166,6 +166,9 @@ script_output_dir() {
   shift
   dir=$(script_fact output_dir "$@") || dir=$SCRIPT_HF_DEFAULT_OUTPUT
   [[ -n $dir ]] || return 1
+  dir=$(script_container_path "$dir")
+  [[ $dir != "$SCRIPT_VOLUME_MOUNT" ]] || { printf '%s\n' "$volume"; return 0; }
+  [[ $dir == "$SCRIPT_VOLUME_MOUNT"/* ]] || return 1
   script_host_path "$dir" "$volume"
 }
 
@@ -298,6 +301,14 @@ script_output_option() {
   [[ $1 =~ (^|_)(output|save|logging|log|checkpoint)(_|$) && $1 =~ (dir|path|file|output)$ ]]
 }
 
+# script_container_path PATH: PATH as the container resolves it (relative to the workdir /volume),
+# normalised: ../tmp/out is /tmp/out.
+script_container_path() {
+  local path=$1
+  [[ $path == /* ]] || path=$SCRIPT_VOLUME_MOUNT/$path
+  realpath -m -- "$path"
+}
+
 # script_check_output_paths MODE ARGS...: an absolute output path outside /volume among ARGS
 # (--output_dir /tmp/out, --logging_dir=/app/logs): MODE refuse prints one error line and
 # returns 1; MODE warn prints a warning and returns 0.
@@ -315,8 +326,8 @@ script_check_output_paths() {
       value=${args[i + 1]}
     fi
     script_output_option "$name" || continue
-    [[ $value == /* ]] || continue
-    norm=$(realpath -m -- "$value")
+    [[ -n $value && $value != --* ]] || continue
+    norm=$(script_container_path "$value")
     [[ $norm == "$SCRIPT_VOLUME_MOUNT" || $norm == "$SCRIPT_VOLUME_MOUNT"/* ]] && continue
     if [[ $mode == warn ]]; then
       warn "--$name $value is outside $SCRIPT_VOLUME_MOUNT: it is lost with the container"
@@ -344,8 +355,7 @@ script_check_facts() {
     fi
   fi
   dir=${SCRIPT_FACTS[output_dir]}
-  [[ $dir == /* ]] || return 0
-  norm=$(realpath -m -- "$dir")
+  norm=$(script_container_path "$dir")
   [[ $norm == "$SCRIPT_VOLUME_MOUNT" || $norm == "$SCRIPT_VOLUME_MOUNT"/* ]] && return 0
   where="output_dir $dir"
   [[ -z ${SCRIPT_FACTS[config]:-} ]] || where+=" (in ${SCRIPT_FACTS[config]})"

@@ -133,6 +133,7 @@ def test_output_paths_outside_the_volume_are_refused_or_warned():
         ["--logging_dir", "/volume/../tmp/x"],
         ["--output-dir", "/tmp/out"],  # HfArgumentParser's dash spelling
         ["--output-dir=/tmp/out"],
+        ["--output_dir", "../tmp/out"],  # relative to the workdir /volume, yet outside it
     ):
         proc = lib("script_check_output_paths", "refuse", "--do_train", *args)
         assert proc.returncode == 1, args
@@ -150,6 +151,14 @@ def test_output_paths_outside_the_volume_are_refused_or_warned():
     ):
         proc = lib("script_check_output_paths", "refuse", *args)
         assert proc.returncode == 0 and proc.stderr == "", (args, proc.stderr)
+
+
+def test_the_last_line_names_where_the_outputs_went():
+    where = lambda *args: lib("script_outputs_where", "/V", *args).stdout.strip()  # noqa: E731
+    assert where("--output-dir=/volume/out/./run") == "/V/out/run"
+    assert where() == "/V/trainer_output"  # TrainingArguments' default, relative to /volume
+    for args in (["--output_dir", "/tmp/o"], ["--output_dir=/app/o"], ["--output_dir", "../o"]):
+        assert where(*args).endswith(" inside the container (outside /volume: lost with it)"), args
 
 
 def test_stop_note_depends_on_what_the_script_does(tmp_path):
@@ -777,7 +786,7 @@ def test_dry_run_prints_the_command_that_runs_on_the_same_engine(image, vol, tmp
     probe = ["run", "--rm", "--network", "none", "--ulimit", "memlock=-1", "--entrypoint", "true", image.tag]
     granted = docker(*probe, check=False).returncode == 0  # this test machine's engine refuses it
     cached = cache / "hfgpu" / f"memlock-{re.sub('[^A-Za-z0-9]', '_', engine_id)}"
-    assert cached.read_text().strip() == str(int(granted))  # probed once, kept per engine
+    assert not cached.exists()  # probed, but a dry run writes nothing
     printed = dry.stdout.strip().splitlines()[-1]
     assert printed.startswith("docker --host unix:///var/run/docker.sock run --detach --name " + name)
     assert ("--ulimit memlock=-1" in printed) == granted, printed
@@ -788,7 +797,13 @@ def test_dry_run_prints_the_command_that_runs_on_the_same_engine(image, vol, tmp
         assert "byo-dry: ran" in docker("logs", name).stdout
     finally:
         docker("rm", "-f", name, check=False)
-    # The cached answer is used as it is (no second probe): flipped, the printed command follows it.
+    # A real launch keeps the answer per engine; a kept answer is used as it is (no second probe).
+    run = [*cmd]
+    run.remove("--dry-run")
+    run[run.index("--container-name") + 1] = name + "-real"
+    real = subprocess.run(run, capture_output=True, text=True, timeout=120, env=env)
+    assert real.returncode == 0 and "byo-dry: ran" in real.stdout, real.stderr[-2000:]
+    assert cached.read_text().strip() == str(int(granted))
     cached.write_text(f"{int(not granted)}\n")
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert again.returncode == 0 and ("memlock=-1" in again.stdout) != granted, again.stdout
