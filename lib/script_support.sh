@@ -274,8 +274,7 @@ script_resume_plan() {
   fi
   dir=$(script_output_dir "$volume" "$@") || dir=''
   if [[ -z $dir ]] || ! ckpt=$(script_newest_checkpoint "$dir"); then
-    SCRIPT_RESUME_NOTE="starting it again FROM STEP 0: no complete checkpoint in its output folder"
-    SCRIPT_RESUME_NOTE+=" ${dir:-(outside the volume)} yet"
+    SCRIPT_RESUME_NOTE="starting it again FROM STEP 0: no complete checkpoint in its output folder yet"
     return 0
   fi
   SCRIPT_RESUME_MODE=resume

@@ -107,11 +107,13 @@ def lib(func: str, *args: str, env: dict[str, str] | None = None) -> subprocess.
 
 
 def resume_plan(src: Path, volume: Path, *args: str, facts: str = "") -> tuple[str, list[str], str]:
-    """script_resume_plan's three results: mode, extra arguments, note (FACTS: hf_script_args.py lines)."""
+    """script_resume_plan's results: mode, extra arguments (and "config-copy-names=CHECKPOINT" for a
+    config-file run), note. FACTS: what hf_script_args.py would have said (its KEY=VALUE lines)."""
     script = (
         'set -euo pipefail; source lib/common.sh; source lib/script_support.sh; script_facts_read "$FACTS"; '
         'script_resume_plan "$@"; '
-        'printf "%s\\n" "$SCRIPT_RESUME_MODE" "$SCRIPT_RESUME_NOTE" "${SCRIPT_RESUME_ARGS[@]}"'
+        'printf "%s\\n" "$SCRIPT_RESUME_MODE" "$SCRIPT_RESUME_NOTE" "${SCRIPT_RESUME_ARGS[@]}" '
+        '${SCRIPT_RESUME_CONFIG:+"config-copy-names=$SCRIPT_RESUME_CONFIG"}'
     )
     proc = subprocess.run(
         ["bash", "-c", script, "bash", str(src), str(volume), *args],
@@ -197,7 +199,7 @@ def test_resume_plan_says_resume_or_start_over(tmp_path):
     assert extra == ["--resume-from-checkpoint=/volume/out/checkpoint-4"]
     facts = "form=json\nconfig=/volume/args.json\noutput_dir=out\nspelling=underscore\n"
     mode, extra, note = resume_plan(byo, tmp_path, "/volume/args.json", facts=facts)
-    assert (mode, extra) == ("resume", []), note  # a copy of the config instead of a flag
+    assert (mode, extra) == ("resume", ["config-copy-names=/volume/out/checkpoint-4"]), note  # no flag
     assert "a copy of /volume/args.json with resume_from_checkpoint: /volume/out/checkpoint-4" in note
     fake_checkpoint(out / "checkpoint-6", 6, 8, complete=False)  # killed mid-save: skipped
     mode, extra, note = resume_plan(byo, tmp_path, *args)
