@@ -119,7 +119,7 @@ def read_command_line(args: list[str]) -> tuple[dict[str, Any], str | None, dict
     """TrainingArguments values on the command line (parse_known_args), a problem, and the style used."""
     from transformers import HfArgumentParser, TrainingArguments
 
-    parser = HfArgumentParser(TrainingArguments)
+    parser = HfArgumentParser(TrainingArguments, add_help=False)  # the script's --help is not ours
 
     def error(message: str):
         raise ParseError(message)

@@ -585,6 +585,7 @@ cases = [
     ["args.yaml"],
     ["both.yaml"],
     ["--save_strategy", "bogus"],
+    ["--help", "--output-dir", "/volume/h"],  # the script's own --help is not the reader's
 ]
 for args in cases:
     print(json.dumps(h.describe(args)))
@@ -602,7 +603,8 @@ def test_the_image_reads_arguments_as_hf_argument_parser_does(image, tmp_path):
     open_up(vol)
     proc = run_in_image(image.tag, "python3", "-c", HELPER_CASES, user=USER, volume=vol, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    dash, under, extra, js, yml, both, bogus = (json.loads(line) for line in proc.stdout.splitlines())
+    dash, under, extra, js, yml, both, bogus, helped = (json.loads(line) for line in proc.stdout.splitlines())
+    assert helped["output_dir"] == "/volume/h"
     assert (dash["output_dir"], dash["save_steps"], dash["spelling"], dash["equals"]) == (
         "/volume/d",
         5,
