@@ -825,7 +825,7 @@ resolve_bucket_hook() {
   if ! script_uses_trainer "$script_src"; then
     die "--checkpoint-bucket: ${script_src##*/} does not train with a transformers Trainer, so nothing" \
       "would reach $CHECKPOINT_BUCKET; drop the flag, or from your own loop call bucket_checkpoints" \
-      "(docs/checkpoints-in-a-bucket.md: Bucket.upload_tree each checkpoint, marker last)"
+      "(docs/bring-your-own-script.md: upload each checkpoint folder, its marker last)"
   fi
   bucket_hook=1
   log "checkpoint bucket: the image mirrors the checkpoints of every transformers Trainer in" \
