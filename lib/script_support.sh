@@ -35,6 +35,11 @@
 #      SCRIPT_RESUME_MODE is "resume" (trainkit programs; HF Trainer scripts that handle
 #      --resume_from_checkpoint, given the newest complete checkpoint) or "restart" (the
 #      script starts over at step 0: say so, it may overwrite its checkpoints).
+#   5. For a script that uses HfArgumentParser, before all of the above (issue 21): the image's
+#      app/hf_script_args.py reads the arguments as HfArgumentParser does (a JSON/YAML config file,
+#      dash spellings, --flag=value) and `script_facts_read` keeps its KEY=VALUE lines in
+#      SCRIPT_FACTS; `script_check_facts MODE` then refuses what the script would lose or stop on.
+#      Every function here prefers SCRIPT_FACTS when set, else reads ARGS itself (the fallback).
 # `train` in the image makes the exit codes comparable: 75 saved-and-stopped, 143 (130)
 # stopped by a signal, with one process and with torchrun alike.
 

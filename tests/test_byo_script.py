@@ -657,7 +657,7 @@ def test_launcher_restart_resumes_each_form_at_its_checkpoint(image, vol, form):
     args = form_args(vol, form, out)
     open_up(vol)
     has_checkpoint = lambda _log: bool(list((vol / out[8:]).glob("checkpoint-*/trainer_state.json")))  # noqa: E731
-    restart = ["--restart-on-preemption", "--env", "BYO_STEP_DELAY=1.5", "byo_classify.py", "--", *args]
+    restart = ["--restart-on-preemption", "--env", "BYO_STEP_DELAY=0.8", "byo_classify.py", "--", *args]
     code, text = launch_then_stop(image, vol, has_checkpoint, *restart)
     assert code == 0, text[-3000:]
     note = next(line for line in text.splitlines() if "exited 143; starting it again" in line)
@@ -752,7 +752,7 @@ def test_a_plain_trainer_script_checkpoints_to_the_bucket_and_resumes_from_it(im
             int(n.split("/")[1].split("-")[1]) for n in names if n.endswith("/checkpoint-complete.json")
         )
 
-    slow = [*common, "--env", "BYO_STEP_DELAY=1.5", "byo_classify.py", "--", *args]
+    slow = [*common, "--env", "BYO_STEP_DELAY=1.0", "byo_classify.py", "--", *args]
     code, text = launch_then_stop(image, vol, complete_in_bucket, *slow)
     assert code == 143, text[-3000:]
     assert "checkpoint bucket: the image mirrors the checkpoints of every transformers Trainer" in text
