@@ -753,7 +753,7 @@ memlock_cache_file() {
   id=$(docker info --format '{{.ID}}' 2>/dev/null) || return 1
   id=${id//[^A-Za-z0-9]/_}
   [[ -n $id ]] || return 1
-  printf '%s/hfgpu/memlock-%s\n' "${XDG_CACHE_HOME:-${HOME:?HOME is not set}/.cache}" "$id"
+  printf '%s/hfgpu-engines/memlock-%s\n' "${XDG_CACHE_HOME:-${HOME:?HOME is not set}/.cache}" "$id"
 }
 
 # resolve_memlock: sets memlock before the command is printed, so the printed command is the one
@@ -1052,8 +1052,12 @@ report_outcome() {
     fi
     return 0
   fi
+  local where=$volume # trainkit's default output folder is VOLUME/<model name>
+  if script_arg_value output_dir "${script_args[@]}" >/dev/null; then
+    where=$(script_outputs_where "$volume" "${script_args[@]}")
+  fi
   case $code in
-    0) note "$name finished; outputs in $volume, log in $log_file" ;;
+    0) note "$name finished; outputs in $where, log in $log_file" ;;
     "$PREEMPTED_EXIT") note "$name stopped after saving a checkpoint (exit 75); run the same command again to resume" ;;
     *) note "$name failed with exit code $code; see $log_file" ;;
   esac

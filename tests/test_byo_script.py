@@ -789,7 +789,7 @@ def test_dry_run_prints_the_command_that_runs_on_the_same_engine(image, vol, tmp
     assert dry.returncode == 0, dry.stderr
     probe = ["run", "--rm", "--network", "none", "--ulimit", "memlock=-1", "--entrypoint", "true", image.tag]
     granted = docker(*probe, check=False).returncode == 0  # this test machine's engine refuses it
-    cached = cache / "hfgpu" / f"memlock-{re.sub('[^A-Za-z0-9]', '_', engine_id)}"
+    cached = cache / "hfgpu-engines" / f"memlock-{re.sub('[^A-Za-z0-9]', '_', engine_id)}"
     assert not cached.exists()  # probed, but a dry run writes nothing
     printed = dry.stdout.strip().splitlines()[-1]
     assert printed.startswith("docker --host unix:///var/run/docker.sock run --detach --name " + name)
