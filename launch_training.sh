@@ -41,7 +41,11 @@
 #                       when it uses that flag; any other starts over at step 0
 #   --max-restarts N    bound for --restart-on-preemption (0-1000, default 10)
 #   --checkpoint-bucket gs://BUCKET/PATH
-#                       where checkpoints outlive the VM (env CHECKPOINT_BUCKET)
+#                       where checkpoints outlive the VM (env CHECKPOINT_BUCKET): our programs,
+#                       and any script that trains a transformers Trainer (the image hooks it);
+#                       refused for a script that does not (it would upload nothing)
+#   --ca-bundle FILE    extra CA bundle (PEM) for a TLS-intercepting proxy (env CA_BUNDLE): local
+#                       builds use it, and runtime installs (HFGPU_PIP_REQUIREMENTS) trust it
 #   --env NAME[=VALUE]  a plain variable for the program (repeatable; NAME alone takes
 #                       yours); secrets go through --secret instead
 #   --env-file FILE     NAME=VALUE lines for the program, passed privately like secrets
@@ -81,6 +85,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/script_support.sh"
 readonly PROG=launch_training.sh
 readonly PREEMPTED_EXIT=75
 readonly SECRETS_MOUNT=/run/hfgpu-secrets
+readonly CA_MOUNT=/run/hfgpu-ca-bundle.pem
+# The image's reader of Trainer arguments (app/hf_script_args.py) and where a restart's
+# private copy of a JSON/YAML config goes (in the volume, 0600).
+readonly HF_ARGS_HELPER=/app/hf_script_args.py
+readonly CONFIG_COPY_DIR=.hfgpu/resume
 readonly DEFAULT_SECRET_NAMES=(HF_TOKEN HUGGING_FACE_HUB_TOKEN WANDB_API_KEY COMET_API_KEY
   NEPTUNE_API_TOKEN MLFLOW_TRACKING_TOKEN MLFLOW_TRACKING_PASSWORD)
 # The image's minimum driver: the new label, the old one, then the image's ENV.
@@ -92,7 +101,7 @@ readonly OWNER_LABEL=hfgpu.owner
 opt_image='' opt_build=0 opt_volume='' opt_gpus='' opt_nproc='' opt_nnodes=1 opt_node_rank=0
 opt_master_addr='' opt_master_port='' opt_rdzv='' opt_network='' opt_name='' opt_detach=0
 opt_restart=0 opt_max_restarts=10 opt_bucket='' opt_env_file='' opt_share=0 opt_stop_timeout=120
-opt_outside_volume=0
+opt_outside_volume=0 opt_ca_bundle=''
 script_arg=bert script_given=0
 script_args=() docker_extra=() extra_secret_names=() env_specs=()
 volume=''          # resolve_volume: the host folder (absolute, symlinks resolved)
@@ -115,6 +124,8 @@ container_id=''    # start_container: the running container
 stopping=0 memlock=1 docker_runtimes='' run_cmd=()
 engine_version=''  # check_docker: the Docker engine's version (zstd images need 23.0 or newer)
 resume_args=()     # supervise: what a restart adds to script_args (script_resume_plan)
+config_copy=''     # supervise: a restart's private copy of the script's JSON/YAML config (replaces script_args)
+bucket_hook=0      # resolve_bucket_hook: the image's hook mirrors a plain Trainer script's checkpoints
 run_start=0        # start_container: when the latest container started (epoch seconds)
 
 # ---------------------------------------------------------------- helpers
@@ -198,6 +209,7 @@ parse_args() {
       --restart-on-preemption) flag_switch; opt_restart=1 ;;
       --max-restarts) flag_value "$@"; to_int opt_max_restarts --max-restarts "$VALUE" 0 1000 ;;
       --checkpoint-bucket) flag_value "$@"; opt_bucket=$VALUE ;;
+      --ca-bundle) flag_value "$@"; opt_ca_bundle=$VALUE ;;
       --env) flag_value "$@"; env_specs+=("$VALUE") ;;
       --env-file) flag_value "$@"; opt_env_file=$VALUE ;;
       --secret) flag_value "$@"; extra_secret_names+=("$VALUE") ;;
@@ -223,6 +235,7 @@ apply_flags() {
   [[ -z $opt_image ]] || config_set_flag CONTAINER_NAME --image "$opt_image"
   [[ -z $opt_volume ]] || config_set_flag VOLUME --volume "$opt_volume"
   [[ -z $opt_bucket ]] || config_set_flag CHECKPOINT_BUCKET --checkpoint-bucket "$opt_bucket"
+  [[ -z $opt_ca_bundle ]] || config_set_flag CA_BUNDLE --ca-bundle "$opt_ca_bundle"
   return 0
 }
 
@@ -300,6 +313,15 @@ resolve_env() {
     [[ ${env_pairs[-1]} != *$'\n'* ]] || die "--env $n: the value contains a newline; give one line"
   done
   return 0
+}
+
+# resolve_ca_bundle: CA_BUNDLE (any source), when set, is a readable file; made absolute for the mount.
+resolve_ca_bundle() {
+  [[ -n $CA_BUNDLE ]] || return 0
+  if [[ ! -f $CA_BUNDLE || ! -r $CA_BUNDLE || $CA_BUNDLE == *,* || $CA_BUNDLE == *$'\n'* ]]; then
+    die "$(config_origin CA_BUNDLE) '$CA_BUNDLE' is not a readable regular file without commas; fix it or unset it"
+  fi
+  CA_BUNDLE=$(realpath -e -- "$CA_BUNDLE")
 }
 
 # resolve_bucket: sets nothing; checks CHECKPOINT_BUCKET (any source), naming where a bad one came from.
@@ -488,9 +510,6 @@ build_locally() {
     die "image $image is not on this machine, and this copy of the launcher has no build_image/ to build it;" \
       "pass --image with a pushed reference (HOST/PROJECT/REPO/IMAGE@sha256:...), or run from a full checkout"
   [[ $image != *@* ]] || die "cannot build $image: a digest names a pushed image; pull it, or pass --image NAME:TAG"
-  if [[ -n $CA_BUNDLE ]] && [[ ! -f $CA_BUNDLE || ! -r $CA_BUNDLE || $CA_BUNDLE == *,* ]]; then
-    die "$(config_origin CA_BUNDLE) '$CA_BUNDLE' is not a readable regular file without commas; fix it or unset it"
-  fi
   if [[ -n $BASE_IMAGE ]] && ! is_image_ref "$BASE_IMAGE"; then
     die "$(config_origin BASE_IMAGE) '$BASE_IMAGE' is not an image reference; fix it or unset it"
   fi
@@ -762,6 +781,107 @@ fetch_app_source() {
   fi
 }
 
+# memlock_cache_file: where this engine's answer to --ulimit memlock=-1 is kept (one per engine ID).
+memlock_cache_file() {
+  local id
+  id=$(docker info --format '{{.ID}}' 2>/dev/null) || return 1
+  id=${id//[^A-Za-z0-9]/_}
+  [[ -n $id ]] || return 1
+  printf '%s/hfgpu-engines/memlock-%s\n' "${XDG_CACHE_HOME:-${HOME:?HOME is not set}/.cache}" "$id"
+}
+
+# resolve_memlock: sets memlock before the command is printed, so the printed command is the one
+# that runs: 1 when this engine grants --ulimit memlock=-1, 0 when it refuses. Probed with a
+# throw-away container of the image; a real launch caches the answer per engine (memlock_cache_file).
+resolve_memlock() {
+  local cache err
+  cache=$(memlock_cache_file) || return 0
+  if [[ -f $cache ]]; then
+    [[ $(<"$cache") == 0 ]] && memlock=0
+    return 0
+  fi
+  image_exists "$image" || return 0 # (a dry run without the image: unknown, assumed granted)
+  if err=$(docker run --rm --network none --ulimit memlock=-1 --entrypoint true "$image" 2>&1 >/dev/null); then
+    memlock=1
+  elif [[ $err == *"error setting rlimit"* ]]; then
+    memlock=0
+  else
+    return 0 # another failure: decide nothing, cache nothing
+  fi
+  [[ $DRY_RUN == 1 ]] && return 0 # a dry run writes nothing
+  mkdir -p -- "${cache%/*}" 2>/dev/null && printf '%s\n' "$memlock" >"$cache" 2>/dev/null || true
+}
+
+# forget_memlock: the engine refused memlock after all (its settings changed): cache the refusal.
+forget_memlock() {
+  local cache
+  cache=$(memlock_cache_file) || return 0
+  mkdir -p -- "${cache%/*}" 2>/dev/null && printf '0\n' >"$cache" 2>/dev/null || true
+}
+
+# docker_engine_args: the client options that name this engine (DOCKER_HOST, DOCKER_CONTEXT), so
+# that the printed command, pasted in another shell, talks to the same engine.
+docker_engine_args() {
+  if [[ -n ${DOCKER_HOST:-} ]]; then
+    printf '%s\n' --host "$DOCKER_HOST"
+  elif [[ -n ${DOCKER_CONTEXT:-} ]]; then
+    printf '%s\n' --context "$DOCKER_CONTEXT"
+  fi
+}
+
+# read_script_args: SCRIPT_FACTS (lib/script_support.sh) for a Trainer-style script: the image's
+# hf_script_args.py reads its arguments as HfArgumentParser does (config file, dash spellings,
+# --flag=value), in a throw-away container that sees the volume read-only. Then the output folder
+# is checked as check_args checked the command line. Our programs, scripts that do not use
+# HfArgumentParser, and images without the helper keep the launcher's own reading.
+read_script_args() {
+  script_uses_trainkit "$script_src" && return 0
+  script_reads_hf_args "$script_src" || return 0
+  image_exists "$image" || return 0
+  local out mode=refuse
+  local -a cmd=(docker run --rm --network none --user "$(id -u):$(id -g)" --entrypoint python3)
+  [[ -d $volume ]] && cmd+=(--mount "type=bind,$(docker_mount_source "$volume"),target=/volume,readonly")
+  cmd+=("$image" "$HF_ARGS_HELPER" --format lines -- "${script_args[@]}")
+  out=$("${cmd[@]}" 2>/dev/null) || return 0
+  script_facts_read "$out"
+  ((opt_outside_volume)) && mode=warn
+  script_check_facts "$mode" || exit 1
+}
+
+# resolve_bucket_hook: with CHECKPOINT_BUCKET, how a script that is not ours gets its checkpoints
+# there: the image's hook (HFGPU_TRAINER_BUCKET=1: every transformers Trainer in the process) for a
+# script that trains with a Trainer; a refusal for any other, which would upload nothing.
+resolve_bucket_hook() {
+  bucket_hook=0
+  [[ -n $CHECKPOINT_BUCKET ]] || return 0
+  script_uses_trainkit "$script_src" && return 0
+  [[ -f $script_src ]] && grep -qE '(import|from) bucket_checkpoints' "$script_src" && return 0
+  if ! script_uses_trainer "$script_src"; then
+    die "--checkpoint-bucket: ${script_src##*/} does not train with a transformers Trainer, so nothing" \
+      "would reach $CHECKPOINT_BUCKET; drop the flag, or from your own loop call bucket_checkpoints" \
+      "(docs/bring-your-own-script.md: upload each checkpoint folder, its marker last)"
+  fi
+  bucket_hook=1
+  log "checkpoint bucket: the image mirrors the checkpoints of every transformers Trainer in" \
+    "${script_src##*/} to $CHECKPOINT_BUCKET (and restores the newest into an empty output folder)"
+}
+
+# write_config_copy CHECKPOINT: sets config_copy: a private copy (0600, VOLUME/.hfgpu/resume/) of the
+# script's JSON/YAML config that adds resume_from_checkpoint CHECKPOINT, written by the image's helper.
+write_config_copy() {
+  local source=${SCRIPT_FACTS[config]} ext copy err
+  ext=${source##*.}
+  copy=/volume/$CONFIG_COPY_DIR/$name.$ext
+  if ! err=$(docker run --rm --network none --user "$(id -u):$(id -g)" --entrypoint python3 \
+    --mount "type=bind,$(docker_mount_source "$volume"),target=/volume" \
+    "$image" "$HF_ARGS_HELPER" --resume-config "$copy" --checkpoint "$1" -- "$source" 2>&1); then
+    note "cannot write a resume copy of $source (${err##*$'\n'}); starting it again with its own config"
+    config_copy=''
+    return 0
+  fi
+  config_copy=$copy
+}
+
 # docker_mount_source PATH: PATH as a quoted CSV field of --mount (',' and '"' survive).
 docker_mount_source() {
   printf '"source=%s"' "${1//\"/\"\"}"
@@ -770,7 +890,9 @@ docker_mount_source() {
 # build_run_cmd: sets run_cmd, the docker run command: the script's own arguments, then
 # resume_args (a restart's --resume_from_checkpoint, never added twice).
 build_run_cmd() {
-  run_cmd=(docker run --detach --name "$name"
+  local -a engine=()
+  mapfile -t engine < <(docker_engine_args)
+  run_cmd=(docker "${engine[@]}" run --detach --name "$name"
     --label "$OWNER_LABEL=$owner"
     --user "$(id -u):$(id -g)"
     --ipc host
@@ -795,6 +917,12 @@ build_run_cmd() {
   # Without a network the Hugging Face libraries must not wait on the hub.
   [[ $network == none ]] && run_cmd+=(--env HF_HUB_OFFLINE=1 --env HF_DATASETS_OFFLINE=1)
   [[ -z $CHECKPOINT_BUCKET ]] || run_cmd+=(--env "CHECKPOINT_BUCKET=$CHECKPOINT_BUCKET")
+  ((bucket_hook)) && run_cmd+=(--env HFGPU_TRAINER_BUCKET=1)
+  # Runtime installs (HFGPU_PIP_REQUIREMENTS) behind a TLS-intercepting proxy trust the same bundle.
+  if [[ -n $CA_BUNDLE ]]; then
+    run_cmd+=(--mount "type=bind,$(docker_mount_source "$CA_BUNDLE"),target=$CA_MOUNT,readonly"
+      --env "HFGPU_CA_BUNDLE=$CA_MOUNT")
+  fi
   for pair in "${env_pairs[@]}"; do
     run_cmd+=(--env "$pair")
   done
@@ -802,7 +930,11 @@ build_run_cmd() {
     run_cmd+=(--mount "type=bind,$(docker_mount_source "$secrets_dir"),target=$SECRETS_MOUNT,readonly"
       --env "HFGPU_SECRETS_FILE=$SECRETS_MOUNT/env")
   fi
-  run_cmd+=("${docker_extra[@]}" "$image" train "$script_path" "${script_args[@]}" "${resume_args[@]}")
+  if [[ -n $config_copy ]]; then
+    run_cmd+=("${docker_extra[@]}" "$image" train "$script_path" "$config_copy")
+  else
+    run_cmd+=("${docker_extra[@]}" "$image" train "$script_path" "${script_args[@]}" "${resume_args[@]}")
+  fi
 }
 
 docker_gpus_value() {
@@ -862,6 +994,7 @@ start_container() {
       warn "this Docker engine cannot raise the locked-memory limit (memlock=-1); running with its default" \
         "(multi-node NCCL over RDMA may be slower)"
       memlock=0
+      forget_memlock
       build_run_cmd
       start_container
       return 0
@@ -926,7 +1059,8 @@ supervise() {
       if ((restarts < opt_max_restarts)); then
         restarts=$((restarts + 1))
         script_resume_plan "$script_src" "$volume" "${script_args[@]}"
-        resume_args=("${SCRIPT_RESUME_ARGS[@]}")
+        resume_args=("${SCRIPT_RESUME_ARGS[@]}") config_copy=''
+        [[ -z $SCRIPT_RESUME_CONFIG ]] || write_config_copy "$SCRIPT_RESUME_CONFIG"
         note "$name exited $code; $SCRIPT_RESUME_NOTE ($restarts/$opt_max_restarts)"
         build_run_cmd
         start_container
@@ -946,14 +1080,18 @@ report_outcome() {
   local code=$1 outcome
   if ! script_uses_trainkit "$script_src"; then
     if outcome=$(script_run_outcome "$volume" "$code" "$run_start" "${script_args[@]}"); then
-      note "$name $outcome; outputs in $volume, log in $log_file"
+      note "$name $outcome; outputs in $(script_outputs_where "$volume" "${script_args[@]}"), log in $log_file"
     else
       note "$name $outcome; see $log_file"
     fi
     return 0
   fi
+  local where=$volume # trainkit's default output folder is VOLUME/<model name>
+  if script_arg_value output_dir "${script_args[@]}" >/dev/null; then
+    where=$(script_outputs_where "$volume" "${script_args[@]}")
+  fi
   case $code in
-    0) note "$name finished; outputs in $volume, log in $log_file" ;;
+    0) note "$name finished; outputs in $where, log in $log_file" ;;
     "$PREEMPTED_EXIT") note "$name stopped after saving a checkpoint (exit 75); run the same command again to resume" ;;
     *) note "$name failed with exit code $code; see $log_file" ;;
   esac
@@ -968,12 +1106,14 @@ main() {
   resolve_sharing
   resolve_env
   resolve_bucket
+  resolve_ca_bundle
   quietly resolve_secrets
   check_docker
   resolve_volume
   resolve_image
   resolve_script
   script_src=$(script_host_path "$script_path" "$volume") || script_src=''
+  resolve_bucket_hook
   resolve_gpus
   resolve_name
   check_name_free
@@ -981,11 +1121,13 @@ main() {
   ensure_image
   check_app_script
   check_driver
+  read_script_args
   prepare_volume
   remove_own_stale
   trap cleanup EXIT
   fetch_app_source
   quietly write_secrets
+  resolve_memlock
   build_run_cmd
   if [[ $DRY_RUN == 1 ]]; then
     quote_cmd "${run_cmd[@]}"

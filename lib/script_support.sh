@@ -35,6 +35,11 @@
 #      SCRIPT_RESUME_MODE is "resume" (trainkit programs; HF Trainer scripts that handle
 #      --resume_from_checkpoint, given the newest complete checkpoint) or "restart" (the
 #      script starts over at step 0: say so, it may overwrite its checkpoints).
+#   5. For a script that uses HfArgumentParser, before all of the above (issue 21): the image's
+#      app/hf_script_args.py reads the arguments as HfArgumentParser does (a JSON/YAML config file,
+#      dash spellings, --flag=value) and `script_facts_read` keeps its KEY=VALUE lines in
+#      SCRIPT_FACTS; `script_check_facts MODE` then refuses what the script would lose or stop on.
+#      Every function here prefers SCRIPT_FACTS when set, else reads ARGS itself (the fallback).
 # `train` in the image makes the exit codes comparable: 75 saved-and-stopped, 143 (130)
 # stopped by a signal, with one process and with torchrun alike.
 
@@ -46,6 +51,47 @@ readonly SCRIPT_TRAINKIT_MARKER=checkpoint-complete.json
 readonly SCRIPT_HF_DEFAULT_OUTPUT=trainer_output
 
 SCRIPT_SUPPORT_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# What HfArgumentParser makes of the script's arguments, as the image's app/hf_script_args.py
+# reads them (script_facts_read); empty when unknown: the functions below then read the
+# command line themselves (the cheap fallback, for scripts that are not Trainer scripts).
+declare -gA SCRIPT_FACTS=()
+
+# script_facts_read LINES: SCRIPT_FACTS from `hf_script_args.py --format lines` (KEY=VALUE lines).
+script_facts_read() {
+  local line
+  SCRIPT_FACTS=()
+  while IFS= read -r line; do
+    [[ $line =~ ^[a-z_]+= ]] || continue
+    SCRIPT_FACTS[${line%%=*}]=${line#*=}
+  done <<<"$1"
+  [[ -n ${SCRIPT_FACTS[output_dir]:-} ]] || SCRIPT_FACTS=()
+}
+
+# script_fact NAME ARGS...: the value the script reads for TrainingArguments' NAME: SCRIPT_FACTS
+# when known (status 1 when empty: not given), else the last --NAME in ARGS (script_arg_value).
+script_fact() {
+  local name=$1
+  shift
+  if ((${#SCRIPT_FACTS[@]})); then
+    [[ -n ${SCRIPT_FACTS[$name]:-} ]] || return 1
+    printf '%s\n' "${SCRIPT_FACTS[$name]}"
+    return 0
+  fi
+  script_arg_value "$name" "$@"
+}
+
+# script_reads_hf_args SRC: the script reads its arguments with HfArgumentParser/TrainingArguments
+# (worth asking the image how), or its source is unknown.
+script_reads_hf_args() {
+  [[ ! -f $1 ]] || grep -qE 'HfArgumentParser|TrainingArguments' "$1"
+}
+
+# script_uses_trainer SRC: the script (or its source unknown) may build a transformers Trainer
+# (Trainer, Seq2SeqTrainer, trl's SFTTrainer...): the image's bucket hook can mirror its checkpoints.
+script_uses_trainer() {
+  [[ ! -f $1 ]] || grep -qE '[A-Za-z0-9_]*Trainer\b' "$1"
+}
 
 # script_host_path SCRIPT VOLUME: the host file behind container path SCRIPT (/volume/X ->
 # VOLUME/X, /app/X -> the repository's app/X). Status 1 when it has none.
@@ -59,16 +105,17 @@ script_host_path() {
   esac
 }
 
-# script_arg_value NAME ARGS...: the value of the last --NAME VALUE / --NAME=VALUE in ARGS;
-# empty for a bare --NAME (an on/off flag); status 1 when ARGS lack --NAME.
+# script_arg_value NAME ARGS...: the value of the last --NAME VALUE / --NAME=VALUE in ARGS, NAME
+# in either spelling HfArgumentParser accepts (--output_dir, --output-dir); empty for a bare --NAME
+# (an on/off flag); status 1 when ARGS lack --NAME.
 script_arg_value() {
-  local name=$1 found=1 value='' i
+  local name=$1 dashed=${1//_/-} found=1 value='' i
   shift
   local -a args=("$@")
   for ((i = 0; i < ${#args[@]}; i++)); do
     case ${args[i]} in
-      "--$name="*) found=0 value=${args[i]#*=} ;;
-      "--$name")
+      "--$name="* | "--$dashed="*) found=0 value=${args[i]#*=} ;;
+      "--$name" | "--$dashed")
         found=0 value=''
         if ((i + 1 < ${#args[@]})) && [[ ${args[i + 1]} != --* ]]; then
           value=${args[i + 1]}
@@ -84,7 +131,7 @@ script_arg_value() {
 # script_flag_on NAME ARGS...: --NAME is given and not false (bare, true, True, 1, yes).
 script_flag_on() {
   local value
-  value=$(script_arg_value "$@") || return 1
+  value=$(script_fact "$@") || return 1
   [[ ${value,,} == '' || ${value,,} == true || ${value,,} == 1 || ${value,,} == yes ]]
 }
 
@@ -109,11 +156,11 @@ script_stop_note() {
     echo "saves a checkpoint first"
   elif script_flag_on enable_jit_checkpoint "$@"; then
     echo "saves a checkpoint first: --enable_jit_checkpoint"
-  elif [[ $(script_arg_value save_strategy "$@" || echo steps) != no ]] && script_handles_resume "$src"; then
+  elif [[ $(script_fact save_strategy "$@" || echo steps) != no ]] && script_handles_resume "$src"; then
     echo "not known to save on a stop: the steps since its last checkpoint are lost;" \
       "add --enable_jit_checkpoint to save first"
   else
-    echo "not known to save a checkpoint on a stop: its progress is lost"
+    echo "not known to save a checkpoint on a stop: its progress is lost unless it saves by itself"
   fi
 }
 
@@ -122,9 +169,25 @@ script_stop_note() {
 script_output_dir() {
   local volume=$1 dir
   shift
-  dir=$(script_arg_value output_dir "$@") || dir=$SCRIPT_HF_DEFAULT_OUTPUT
+  dir=$(script_fact output_dir "$@") || dir=$SCRIPT_HF_DEFAULT_OUTPUT
   [[ -n $dir ]] || return 1
+  dir=$(script_container_path "$dir")
+  [[ $dir != "$SCRIPT_VOLUME_MOUNT" ]] || { printf '%s\n' "$volume"; return 0; }
+  [[ $dir == "$SCRIPT_VOLUME_MOUNT"/* ]] || return 1
   script_host_path "$dir" "$volume"
+}
+
+# script_outputs_where VOLUME ARGS...: where the script's outputs went, for the last line: its
+# output folder on this machine, or the container path that was lost with the container.
+script_outputs_where() {
+  local volume=$1 dir
+  shift
+  if dir=$(script_output_dir "$volume" "$@"); then
+    printf '%s\n' "$dir"
+  else
+    dir=$(script_fact output_dir "$@") || dir=''
+    printf '%s\n' "${dir:-an unknown folder} inside the container (outside /volume: lost with it)"
+  fi
 }
 
 # script_newest_checkpoint DIR: the newest complete checkpoint-N folder in host folder DIR.
@@ -188,11 +251,16 @@ script_run_outcome() {
 #   SCRIPT_RESUME_MODE  resume | restart
 #   SCRIPT_RESUME_ARGS  arguments to append to ARGS (an array; maybe empty)
 #   SCRIPT_RESUME_NOTE  one line to print ("resuming from ...", "starting over ...")
-# shellcheck disable=SC2034 # SCRIPT_RESUME_MODE is for the caller
+#   SCRIPT_RESUME_CONFIG  for a run from one JSON/YAML config file: the checkpoint (container
+#                       path) that a private copy of the config must name in resume_from_checkpoint;
+#                       the copy then replaces ARGS (SCRIPT_RESUME_ARGS stays empty)
+# With SCRIPT_FACTS known, the flag is spelt as the script's own flags are (--resume-from-checkpoint
+# after --output-dir; --flag=value after --flag=value).
+# shellcheck disable=SC2034 # SCRIPT_RESUME_MODE and SCRIPT_RESUME_CONFIG are for the caller
 script_resume_plan() {
-  local src=$1 volume=$2 dir ckpt
+  local src=$1 volume=$2 dir ckpt flag=--resume_from_checkpoint form=${SCRIPT_FACTS[form]:-command-line}
   shift 2
-  SCRIPT_RESUME_MODE=restart SCRIPT_RESUME_ARGS=() SCRIPT_RESUME_NOTE=''
+  SCRIPT_RESUME_MODE=restart SCRIPT_RESUME_ARGS=() SCRIPT_RESUME_NOTE='' SCRIPT_RESUME_CONFIG=''
   if script_uses_trainkit "$src"; then
     SCRIPT_RESUME_MODE=resume
     SCRIPT_RESUME_NOTE="starting it again: it resumes from its newest complete checkpoint by itself"
@@ -204,9 +272,9 @@ script_resume_plan() {
     SCRIPT_RESUME_NOTE+=" it may overwrite its checkpoints"
     return 0
   fi
-  if script_arg_value resume_from_checkpoint "$@" >/dev/null; then
+  if script_fact resume_from_checkpoint "$@" >/dev/null; then
     SCRIPT_RESUME_MODE=resume
-    SCRIPT_RESUME_NOTE="starting it again with the --resume_from_checkpoint it was given"
+    SCRIPT_RESUME_NOTE="starting it again with the resume_from_checkpoint it was given"
     return 0
   fi
   dir=$(script_output_dir "$volume" "$@") || dir=''
@@ -215,14 +283,34 @@ script_resume_plan() {
     return 0
   fi
   SCRIPT_RESUME_MODE=resume
-  SCRIPT_RESUME_ARGS=(--resume_from_checkpoint "$SCRIPT_VOLUME_MOUNT/${ckpt#"$volume"/}")
+  ckpt=$SCRIPT_VOLUME_MOUNT/${ckpt#"$volume"/}
   SCRIPT_RESUME_NOTE="starting it again to resume from step ${ckpt##*/checkpoint-}"
-  SCRIPT_RESUME_NOTE+=" (--resume_from_checkpoint ${SCRIPT_RESUME_ARGS[1]})"
+  if [[ $form == json || $form == yaml ]]; then
+    SCRIPT_RESUME_CONFIG=$ckpt
+    SCRIPT_RESUME_NOTE+=" (a copy of ${SCRIPT_FACTS[config]} with resume_from_checkpoint: $ckpt)"
+    return 0
+  fi
+  [[ ${SCRIPT_FACTS[spelling]:-} == dash ]] && flag=--resume-from-checkpoint
+  if [[ ${SCRIPT_FACTS[equals]:-} == true ]]; then
+    SCRIPT_RESUME_ARGS=("$flag=$ckpt")
+  else
+    SCRIPT_RESUME_ARGS=("$flag" "$ckpt")
+  fi
+  SCRIPT_RESUME_NOTE+=" ($flag $ckpt)"
 }
 
 # script_output_option NAME: option names that hold an output path.
 script_output_option() {
+  set -- "${1//-/_}"
   [[ $1 =~ (^|_)(output|save|logging|log|checkpoint)(_|$) && $1 =~ (dir|path|file|output)$ ]]
+}
+
+# script_container_path PATH: PATH as the container resolves it (relative to the workdir /volume),
+# normalised: ../tmp/out is /tmp/out.
+script_container_path() {
+  local path=$1
+  [[ $path == /* ]] || path=$SCRIPT_VOLUME_MOUNT/$path
+  realpath -m -- "$path"
 }
 
 # script_check_output_paths MODE ARGS...: an absolute output path outside /volume among ARGS
@@ -242,8 +330,8 @@ script_check_output_paths() {
       value=${args[i + 1]}
     fi
     script_output_option "$name" || continue
-    [[ $value == /* ]] || continue
-    norm=$(realpath -m -- "$value")
+    [[ -n $value && $value != --* ]] || continue
+    norm=$(script_container_path "$value")
     [[ $norm == "$SCRIPT_VOLUME_MOUNT" || $norm == "$SCRIPT_VOLUME_MOUNT"/* ]] && continue
     if [[ $mode == warn ]]; then
       warn "--$name $value is outside $SCRIPT_VOLUME_MOUNT: it is lost with the container"
@@ -254,4 +342,32 @@ the container; use a path under $SCRIPT_VOLUME_MOUNT (or a relative one), or pas
     return 1
   done
   return 0
+}
+
+# script_check_facts MODE: what SCRIPT_FACTS says HfArgumentParser reads. A config file the script
+# cannot read (missing, a key spelt with dashes) is refused in both modes; an output_dir outside
+# /volume (also one inside a JSON/YAML config) is refused (MODE refuse) or warned about (MODE warn).
+script_check_facts() {
+  local mode=$1 dir norm where
+  ((${#SCRIPT_FACTS[@]})) || return 0
+  if [[ -n ${SCRIPT_FACTS[problem]:-} ]]; then
+    if [[ ${SCRIPT_FACTS[form]} == command-line ]]; then
+      warn "${SCRIPT_FACTS[problem]}; the script may stop at once"
+    else
+      printf '%s: error: %s\n' "${PROG:-${0##*/}}" "${SCRIPT_FACTS[problem]}; the script would stop at once" >&2
+      return 1
+    fi
+  fi
+  dir=${SCRIPT_FACTS[output_dir]}
+  norm=$(script_container_path "$dir")
+  [[ $norm == "$SCRIPT_VOLUME_MOUNT" || $norm == "$SCRIPT_VOLUME_MOUNT"/* ]] && return 0
+  where="output_dir $dir"
+  [[ -z ${SCRIPT_FACTS[config]:-} ]] || where+=" (in ${SCRIPT_FACTS[config]})"
+  if [[ $mode == warn ]]; then
+    warn "$where is outside $SCRIPT_VOLUME_MOUNT: it is lost with the container"
+    return 0
+  fi
+  printf '%s: error: %s\n' "${PROG:-${0##*/}}" "$where is outside $SCRIPT_VOLUME_MOUNT, so it would be lost with \
+the container; use a path under $SCRIPT_VOLUME_MOUNT (or a relative one), or pass --allow-outside-volume" >&2
+  return 1
 }

@@ -15,8 +15,11 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
+import socket
 import subprocess
+import sys
 import time
 import uuid
 import zipfile
@@ -103,11 +106,14 @@ def lib(func: str, *args: str, env: dict[str, str] | None = None) -> subprocess.
     )
 
 
-def resume_plan(src: Path, volume: Path, *args: str) -> tuple[str, list[str], str]:
-    """script_resume_plan's three results: mode, extra arguments, note."""
+def resume_plan(src: Path, volume: Path, *args: str, facts: str = "") -> tuple[str, list[str], str]:
+    """script_resume_plan's results: mode, extra arguments (and "config-copy-names=CHECKPOINT" for a
+    config-file run), note. FACTS: what hf_script_args.py would have said (its KEY=VALUE lines)."""
     script = (
-        'set -euo pipefail; source lib/common.sh; source lib/script_support.sh; script_resume_plan "$@"; '
-        'printf "%s\\n" "$SCRIPT_RESUME_MODE" "$SCRIPT_RESUME_NOTE" "${SCRIPT_RESUME_ARGS[@]}"'
+        'set -euo pipefail; source lib/common.sh; source lib/script_support.sh; script_facts_read "$FACTS"; '
+        'script_resume_plan "$@"; '
+        'printf "%s\\n" "$SCRIPT_RESUME_MODE" "$SCRIPT_RESUME_NOTE" "${SCRIPT_RESUME_ARGS[@]}" '
+        '${SCRIPT_RESUME_CONFIG:+"config-copy-names=$SCRIPT_RESUME_CONFIG"}'
     )
     proc = subprocess.run(
         ["bash", "-c", script, "bash", str(src), str(volume), *args],
@@ -116,6 +122,7 @@ def resume_plan(src: Path, volume: Path, *args: str) -> tuple[str, list[str], st
         text=True,
         timeout=60,
         check=True,
+        env={**os.environ, "FACTS": facts},
     )
     mode, note, *extra = proc.stdout.splitlines()
     return mode, extra, note
@@ -126,6 +133,9 @@ def test_output_paths_outside_the_volume_are_refused_or_warned():
         ["--output_dir", "/tmp/out"],
         ["--output_dir=/app/out"],
         ["--logging_dir", "/volume/../tmp/x"],
+        ["--output-dir", "/tmp/out"],  # HfArgumentParser's dash spelling
+        ["--output-dir=/tmp/out"],
+        ["--output_dir", "../tmp/out"],  # relative to the workdir /volume, yet outside it
     ):
         proc = lib("script_check_output_paths", "refuse", "--do_train", *args)
         assert proc.returncode == 1, args
@@ -145,6 +155,14 @@ def test_output_paths_outside_the_volume_are_refused_or_warned():
         assert proc.returncode == 0 and proc.stderr == "", (args, proc.stderr)
 
 
+def test_the_last_line_names_where_the_outputs_went():
+    where = lambda *args: lib("script_outputs_where", "/V", *args).stdout.strip()  # noqa: E731
+    assert where("--output-dir=/volume/out/./run") == "/V/out/run"
+    assert where() == "/V/trainer_output"  # TrainingArguments' default, relative to /volume
+    for args in (["--output_dir", "/tmp/o"], ["--output_dir=/app/o"], ["--output_dir", "../o"]):
+        assert where(*args).endswith(" inside the container (outside /volume: lost with it)"), args
+
+
 def test_stop_note_depends_on_what_the_script_does(tmp_path):
     byo = ROOT / "tests" / "assets" / "byo_classify.py"
     ours = lib("script_stop_note", str(ROOT / "app" / "test_training_bert_base.py")).stdout.strip()
@@ -154,7 +172,9 @@ def test_stop_note_depends_on_what_the_script_does(tmp_path):
     off = lib("script_stop_note", str(byo), "--enable_jit_checkpoint=false").stdout.strip()
     assert off.startswith("not known to save on a stop: the steps since its last checkpoint are lost")
     plain = lib("script_stop_note", str(ROOT / "tests" / "assets" / "byo_extra.py")).stdout.strip()
-    assert plain == "not known to save a checkpoint on a stop: its progress is lost"
+    assert plain == "not known to save a checkpoint on a stop: its progress is lost unless it saves by itself"
+    dashed = lib("script_stop_note", str(byo), "--enable-jit-checkpoint", "--output-dir", "x").stdout.strip()
+    assert dashed == "saves a checkpoint first: --enable_jit_checkpoint"
 
 
 def fake_checkpoint(folder: Path, step: int, max_steps: int, complete: bool = True) -> None:
@@ -171,6 +191,16 @@ def test_resume_plan_says_resume_or_start_over(tmp_path):
     mode, extra, note = resume_plan(byo, tmp_path, *args)
     assert (mode, extra) == ("restart", []) and "FROM STEP 0: no complete checkpoint" in note
     fake_checkpoint(out / "checkpoint-4", 4, 8)
+    # Dash spellings (HfArgumentParser accepts them): found, and answered in the same spelling.
+    _, extra, _ = resume_plan(byo, tmp_path, "--output-dir", "/volume/out", "--do-train")
+    assert extra == ["--resume_from_checkpoint", "/volume/out/checkpoint-4"]  # (the fallback's spelling)
+    facts = "form=command-line\noutput_dir=/volume/out\nspelling=dash\nequals=true\n"
+    _, extra, _ = resume_plan(byo, tmp_path, "--output-dir=/volume/out", facts=facts)
+    assert extra == ["--resume-from-checkpoint=/volume/out/checkpoint-4"]
+    facts = "form=json\nconfig=/volume/args.json\noutput_dir=out\nspelling=underscore\n"
+    mode, extra, note = resume_plan(byo, tmp_path, "/volume/args.json", facts=facts)
+    assert (mode, extra) == ("resume", ["config-copy-names=/volume/out/checkpoint-4"]), note  # no flag
+    assert "a copy of /volume/args.json with resume_from_checkpoint: /volume/out/checkpoint-4" in note
     fake_checkpoint(out / "checkpoint-6", 6, 8, complete=False)  # killed mid-save: skipped
     mode, extra, note = resume_plan(byo, tmp_path, *args)
     assert mode == "resume" and extra == ["--resume_from_checkpoint", "/volume/out/checkpoint-4"], note
@@ -539,3 +569,271 @@ def test_launcher_restart_without_a_checkpoint_says_it_starts_over(image, vol):
     )
     assert text.count("byo: train begins at step 0 of 8") == 2
     assert "finished: step 8 of 8" in text.strip().splitlines()[-1]
+
+
+# ------------------------------------------------------------------ issue 21: arguments as HF reads them
+
+HELPER_CASES = """
+import json, sys
+sys.path.insert(0, "/app")
+import hf_script_args as h
+cases = [
+    ["--output-dir", "/volume/d", "--save-steps", "5", "--model_name_or_path", "m", "--do_train"],
+    ["--output_dir=/volume/u", "--save_strategy=no", "--enable_jit_checkpoint"],
+    ["--my_own_flag", "x", "--resume-from-checkpoint", "/volume/u/checkpoint-2"],
+    ["/volume/args.json"],
+    ["args.yaml"],
+    ["both.yaml"],
+    ["--save_strategy", "bogus"],
+    ["--help", "--output-dir", "/volume/h"],  # the script's own --help is not the reader's
+]
+for args in cases:
+    print(json.dumps(h.describe(args)))
+"""
+
+
+def test_the_image_reads_arguments_as_hf_argument_parser_does(image, tmp_path):
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "args.json").write_text(
+        json.dumps({"output_dir": "/tmp/j", "save_steps": 3, "model_name_or_path": "m"})
+    )
+    (vol / "args.yaml").write_text("output_dir: y\nsave_total_limit: 2\ntrain_file: t.csv\n")
+    (vol / "both.yaml").write_text("output_dir: a\noutput-dir: /tmp/b\n")
+    open_up(vol)
+    proc = run_in_image(image.tag, "python3", "-c", HELPER_CASES, user=USER, volume=vol, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dash, under, extra, js, yml, both, bogus, helped = (json.loads(line) for line in proc.stdout.splitlines())
+    assert helped["output_dir"] == "/volume/h"
+    assert (dash["output_dir"], dash["save_steps"], dash["spelling"], dash["equals"]) == (
+        "/volume/d",
+        5,
+        "dash",
+        False,
+    )
+    assert (under["output_dir"], under["save_strategy"], under["enable_jit_checkpoint"]) == (
+        "/volume/u",
+        "no",
+        True,
+    )
+    assert under["equals"] is True and under["spelling"] == "underscore"
+    assert (
+        extra["resume_from_checkpoint"] == "/volume/u/checkpoint-2"
+        and extra["output_dir"] == "trainer_output"
+    )
+    assert (js["form"], js["output_dir"], js["save_steps"], js["problem"]) == ("json", "/tmp/j", 3, None)
+    assert (yml["form"], yml["output_dir"], yml["save_total_limit"]) == ("yaml", "y", 2)
+    assert "key 'output-dir' is not read by HfArgumentParser" in both["problem"]
+    assert "invalid choice: 'bogus'" in bogus["problem"]
+
+
+def steps_run(text: str) -> list[int]:
+    return [int(line.split()[-1]) for line in text.splitlines() if line.startswith("byo: step ")]
+
+
+def form_args(vol: Path, form: str, out: str) -> list[str]:
+    """The same run in FORM: dash flags, one JSON file or one YAML file (upstream's three forms)."""
+    args = [*classify_args(out, "--save_steps=2", "--logging_steps=1")]
+    if form == "dash-flags":
+        return [a.replace("_", "-") if a.startswith("--") else a for a in args]
+    values = {}
+    for arg in args:
+        key, _, value = arg[2:].partition("=")
+        values[key] = True if not value else int(value) if value.isdigit() else value
+    if form == "json":
+        (vol / f"{out.rsplit('/', 1)[1]}.json").write_text(json.dumps(values))
+        return [f"{out.rsplit('/', 1)[1]}.json"]
+    text = "".join(f"{k}: {json.dumps(v)}\n" for k, v in values.items())
+    (vol / f"{out.rsplit('/', 1)[1]}.yaml").write_text(text)
+    return [f"/volume/{out.rsplit('/', 1)[1]}.yaml"]
+
+
+@pytest.mark.parametrize("form", ["dash-flags", "json", "yaml"])
+def test_launcher_restart_resumes_each_form_at_its_checkpoint(image, vol, form):
+    """A stop after a checkpoint, --restart-on-preemption: the run resumes at that checkpoint in the
+    script's own form (a private config copy for JSON/YAML, the dash spelling for dash flags), ends
+    at step 8 of 8, and no step up to the checkpoint runs twice."""
+    out = f"/volume/form-{form}"
+    args = form_args(vol, form, out)
+    open_up(vol)
+    has_checkpoint = lambda _log: bool(list((vol / out[8:]).glob("checkpoint-*/trainer_state.json")))  # noqa: E731
+    restart = ["--restart-on-preemption", "--env", "BYO_STEP_DELAY=0.8", "byo_classify.py", "--", *args]
+    code, text = launch_then_stop(image, vol, has_checkpoint, *restart)
+    assert code == 0, text[-3000:]
+    note = next(line for line in text.splitlines() if "exited 143; starting it again" in line)
+    step = int(note.split("to resume from step ")[1].split()[0])
+    if form == "dash-flags":
+        assert f"(--resume-from-checkpoint {out}/checkpoint-{step})" in note, note
+    else:
+        assert f"a copy of {args[0]} with resume_from_checkpoint: {out}/checkpoint-{step}" in note, note
+        copies = list((vol / ".hfgpu" / "resume").glob(f"*.{form}"))
+        assert copies and all(p.stat().st_mode & 0o777 == 0o600 for p in copies)
+    assert f"byo: train begins at step {step} of 8" in text, text[-3000:]
+    ran = steps_run(text)
+    assert ran[-1] == 8 and sorted(set(ran)) == list(range(1, 9)), ran
+    assert all(ran.count(s) == 1 for s in range(1, step + 1)), ran  # nothing up to the checkpoint twice
+    last = text.strip().splitlines()[-1]
+    assert f"finished: step 8 of 8; outputs in {vol}/form-{form}," in last, last
+
+
+def test_launcher_refuses_what_the_script_would_lose_or_stop_on(image, vol):
+    (vol / "out-tmp.json").write_text(json.dumps({"output_dir": "/tmp/lost", "do_train": True}))
+    (vol / "both.yaml").write_text("output_dir: kept\noutput-dir: /volume/other\n")
+    open_up(vol)
+    cases = [
+        (["byo_classify.py", "--", "out-tmp.json"], "output_dir /tmp/lost (in out-tmp.json) is outside"),
+        (["byo_classify.py", "--", "both.yaml"], "key 'output-dir' is not read by HfArgumentParser"),
+        (["byo_classify.py", "--", "--output-dir=/tmp/x", "--do_train"], "--output-dir /tmp/x is outside"),
+        (
+            ["--checkpoint-bucket", "gs://hfgpu-test/x", "byo_extra.py"],
+            "byo_extra.py does not train with a transformers Trainer, so nothing would reach gs://hfgpu-test/x",
+        ),
+    ]
+    for args, says in cases:
+        proc = launch(image, vol, *args)
+        lines = proc.stderr.splitlines()
+        assert proc.returncode == 1 and proc.stdout == "", (args, proc.stderr)
+        assert len(lines) == 1 and "error: " in lines[0] and says in lines[0], (args, lines)
+
+
+# ------------------------------------------------ issue 21: any Trainer script's checkpoints in a bucket
+
+BUCKET = "hfgpu-byo-checkpoints"
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    """gcp-storage-emulator on loopback with one bucket (as tests/test_bucket.py starts it)."""
+    storage = pytest.importorskip("google.cloud.storage", reason="pip install -r tests/requirements.txt")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).parent / "gcp-storage-emulator"
+    cmd = [str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    host = f"http://127.0.0.1:{port}"
+    saved = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = host
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, (
+                    "gcp-storage-emulator did not start"
+                )
+                time.sleep(0.2)
+        client = storage.Client()
+        client.create_bucket(BUCKET)
+        yield host, client
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if saved is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = saved
+
+
+def test_a_plain_trainer_script_checkpoints_to_the_bucket_and_resumes_from_it(image, vol, emulator):
+    """byo_classify.py imports nothing of ours: with --checkpoint-bucket the image's hook mirrors its
+    checkpoints (marker last); stopped, its output folder deleted, it resumes from the bucket to 8 of 8."""
+    host, client = emulator
+    prefix = f"byo-{uuid.uuid4().hex[:8]}"
+    args = classify_args("/volume/bk", "--save_steps=2")
+    common = ["--network", "host", "--env", f"STORAGE_EMULATOR_HOST={host}",
+              "--checkpoint-bucket", f"gs://{BUCKET}/{prefix}"]  # fmt: skip
+
+    def complete_in_bucket(_log: str = "") -> list[int]:
+        names = [b.name for b in client.list_blobs(BUCKET, prefix=f"{prefix}/checkpoint-")]
+        return sorted(
+            int(n.split("/")[1].split("-")[1]) for n in names if n.endswith("/checkpoint-complete.json")
+        )
+
+    slow = [*common, "--env", "BYO_STEP_DELAY=1.0", "byo_classify.py", "--", *args]
+    code, text = launch_then_stop(image, vol, complete_in_bucket, *slow)
+    assert code == 143, text[-3000:]
+    assert "checkpoint bucket: the image mirrors the checkpoints of every transformers Trainer" in text
+    assert f"hfgpu bucket hook: mirroring the checkpoints of /volume/bk to gs://{BUCKET}/{prefix}" in text
+    saved = complete_in_bucket()
+    assert saved and all(s % 2 == 0 for s in saved), saved
+    shutil.rmtree(vol / "bk")  # the VM (and its disk) is gone
+
+    again = launch(image, vol, *common, "byo_classify.py", "--", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    step = max(saved)
+    out = again.stdout + again.stderr
+    assert f"resuming from checkpoint-{step}, downloaded from gs://{BUCKET}/{prefix}" in out, out[-3000:]
+    assert f"byo: train begins at step {step} of 8" in out
+    assert "finished: step 8 of 8" in again.stderr.strip().splitlines()[-1]
+    finals = {b.name.split("/", 1)[1] for b in client.list_blobs(BUCKET, prefix=f"{prefix}/")}
+    assert {"all_results.json", "model.safetensors"} <= finals, sorted(finals)
+
+
+def test_dry_run_prints_the_command_that_runs_on_the_same_engine(image, vol, tmp_path):
+    """--dry-run's output, pasted into a shell, starts the same container on the same engine; memlock
+    is decided before printing (probed once per engine, then cached): the printed command never
+    carries a --ulimit memlock=-1 that this engine refuses."""
+    name = f"hfgpu-byo-{uuid.uuid4().hex[:8]}"
+    cache = tmp_path / "cache"
+    engine_id = docker("info", "--format", "{{.ID}}").stdout.strip()
+    env = {**launcher_env(), "XDG_CACHE_HOME": str(cache), "DOCKER_HOST": "unix:///var/run/docker.sock"}
+    cmd = [*launcher_cmd(image, vol, name, "--dry-run", "byo_extra.py")]
+    cmd[cmd.index("--network") + 1] = "none"
+    (vol / "byo_extra_ok.py").write_text("print('byo-dry: ran', flush=True)\n")
+    open_up(vol)
+    cmd[-1] = "byo_extra_ok.py"
+    dry = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert dry.returncode == 0, dry.stderr
+    probe = ["run", "--rm", "--network", "none", "--ulimit", "memlock=-1", "--entrypoint", "true", image.tag]
+    granted = docker(*probe, check=False).returncode == 0  # this test machine's engine refuses it
+    cached = cache / "hfgpu-engines" / f"memlock-{re.sub('[^A-Za-z0-9]', '_', engine_id)}"
+    assert not cached.exists()  # probed, but a dry run writes nothing
+    printed = dry.stdout.strip().splitlines()[-1]
+    assert printed.startswith("docker --host unix:///var/run/docker.sock run --detach --name " + name)
+    assert ("--ulimit memlock=-1" in printed) == granted, printed
+    try:
+        pasted = subprocess.run(["bash", "-c", dry.stdout], capture_output=True, text=True, timeout=120)
+        assert pasted.returncode == 0, pasted.stderr
+        assert int(docker("wait", name).stdout.strip()) == 0
+        assert "byo-dry: ran" in docker("logs", name).stdout
+    finally:
+        docker("rm", "-f", name, check=False)
+    # A real launch keeps the answer per engine; a kept answer is used as it is (no second probe).
+    run = [*cmd]
+    run.remove("--dry-run")
+    run[run.index("--container-name") + 1] = name + "-real"
+    real = subprocess.run(run, capture_output=True, text=True, timeout=120, env=env)
+    assert real.returncode == 0 and "byo-dry: ran" in real.stdout, real.stderr[-2000:]
+    assert cached.read_text().strip() == str(int(granted))
+    cached.write_text(f"{int(not granted)}\n")
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert again.returncode == 0 and ("memlock=-1" in again.stdout) != granted, again.stdout
+
+
+def test_runtime_pip_trusts_the_ca_bundle_the_launcher_was_given(image, tmp_path):
+    """This machine reaches PyPI through a TLS-intercepting proxy (docs/test-environment): the image's
+    own roots do not trust it. --ca-bundle (the host's bundle, which does) is mounted read-only and
+    HFGPU_PIP_REQUIREMENTS installs with it (PIP_CERT); the bundle is in no image layer."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "requirements.txt").write_text("pyjokes==0.8.3\n")
+    (vol / "uses_pyjokes.py").write_text("import pyjokes\nprint('byo-ca:', pyjokes.__name__, flush=True)\n")
+    open_up(vol)
+    bundle = "/etc/ssl/certs/ca-certificates.crt"
+    args = [
+        "--network",
+        "bridge",
+        "--ca-bundle",
+        bundle,
+        "--env",
+        "HFGPU_PIP_REQUIREMENTS=/volume/requirements.txt",
+    ]
+    dry = launch(image, vol, "--dry-run", *args, "uses_pyjokes.py")
+    assert "target=/run/hfgpu-ca-bundle.pem" in dry.stdout, dry.stdout
+    assert "--env HFGPU_CA_BUNDLE=/run/hfgpu-ca-bundle.pem" in dry.stdout
+    proc = launch(image, vol, *args, "uses_pyjokes.py", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "byo-ca: pyjokes" in proc.stdout

@@ -2,9 +2,10 @@
 
 Test asset for tests/test_byo_script.py: a plain Trainer script that knows nothing of
 this project (it does not import trainkit). Options are TrainingArguments plus the
-dataclasses below, parsed by HfArgumentParser; `--do_train` / `--do_eval` are switches;
-`--resume_from_checkpoint DIR` resumes. Test-only: BYO_STEP_DELAY=SECONDS slows each
-step so a signal can land mid-training.
+dataclasses below, parsed by HfArgumentParser, or one .json/.yaml file of them (as
+upstream's run_clm.py reads it); `--do_train` / `--do_eval` are switches;
+`--resume_from_checkpoint DIR` resumes. It prints "byo: step N" after each step (rank 0).
+Test-only: BYO_STEP_DELAY=SECONDS slows each step so a signal can land mid-training.
 """
 
 from __future__ import annotations
@@ -50,13 +51,20 @@ class Report(TrainerCallback):
             print(f"byo: train begins at step {state.global_step} of {state.max_steps}", flush=True)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            print(f"byo: step {state.global_step}", flush=True)
         if self.delay:
             time.sleep(self.delay)
 
 
 def main() -> None:
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses()
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        model_args, data_args, training_args = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
+    elif len(sys.argv) == 2 and sys.argv[1].endswith((".yaml", ".yml")):
+        model_args, data_args, training_args = parser.parse_yaml_file(yaml_file=os.path.abspath(sys.argv[1]))
+    else:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses()
 
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_args.model_name_or_path)
