@@ -140,10 +140,6 @@ def test_pip_constraints_guard_locked_versions(image):
     assert "constraint" in out and "transformers==5.20.2" in out, out[-2000:]
 
 
-# Instructions that add a layer; the others (ENV, ARG, LABEL, USER, ...) change only the config.
-LAYER_INSTRUCTIONS = ("RUN", "COPY", "ADD", "WORKDIR")
-
-
 def instructions(dockerfile: str) -> list[str]:
     """The Dockerfile's instructions, one logical line each (continuations joined, comments out)."""
     out: list[str] = []
@@ -158,49 +154,51 @@ def instructions(dockerfile: str) -> list[str]:
     return out
 
 
-def secret_run_commands(dockerfile: str) -> list[str]:
-    """The shell command of every RUN that mounts a build secret, whitespace collapsed."""
-    commands = []
+def final_stage_runs(dockerfile: str) -> list[tuple[bool, str]]:
+    """(mounts a secret, shell command with whitespace collapsed) of each RUN of the last stage."""
+    runs: list[tuple[bool, str]] = []
     for instr in instructions(dockerfile):
         words = instr.split()
-        if words[0].upper() != "RUN" or not any(w.startswith("--mount=type=secret") for w in words):
-            continue
-        rest = words[1:]
-        while rest and rest[0].startswith("--"):
-            rest = rest[1:]
-        commands.append(" ".join(rest))
-    return commands
+        if words[0].upper() == "FROM":
+            runs = []
+        elif words[0].upper() == "RUN":
+            flags = [w for w in words[1:] if w.startswith("--")]
+            command = words[1 + len(flags) :]
+            runs.append((any(f.startswith("--mount=type=secret") for f in flags), " ".join(command)))
+    return runs
 
 
 def layer_dirs(ref: str) -> list[Path]:
-    """The engine's folder of each layer of REF, top layer first (overlay2: UpperDir, LowerDir)."""
+    """The engine's folder of each layer of REF, oldest first (overlay2: LowerDir, then UpperDir)."""
     data = inspect(ref)
     assert data["GraphDriver"]["Name"] == "overlay2", "the layer scan reads overlay2's layer folders"
     assert os.geteuid() == 0, "the layer scan reads the engine's folders: run the tests as root (CI does)"
     graph = data["GraphDriver"]["Data"]
     dirs = [graph["UpperDir"], *filter(None, (graph.get("LowerDir") or "").split(":"))]
     assert len(dirs) == len(data["RootFS"]["Layers"]), dirs
-    return [Path(d) for d in dirs]
+    return [Path(d) for d in reversed(dirs)]
 
 
 def secret_step_layers(ref: str, dockerfile: str, base: str = TEST_BASE_IMAGE) -> list[Path]:
-    """The layer folders written by the Dockerfile's secret-mounting RUN steps.
+    """The layer folders written by the last stage's secret-mounting RUN steps.
 
-    `docker history` lists REF's steps top first, the base's last; each of this Dockerfile's
-    RUN/COPY/ADD/WORKDIR steps owns one layer, in the same order. The count is checked, so a
-    mapping that drifts (a step without a layer) fails here instead of scanning the wrong folder."""
-    history = docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", ref).stdout.splitlines()
-    base_steps = len(docker("history", "-q", base).stdout.splitlines())
-    # BuildKit ends a RUN/COPY step's line with " # buildkit".
-    own = [" ".join(h.split()).removesuffix(" # buildkit") for h in history[: len(history) - base_steps]]
-    with_layer = [h for h in own if h.split(" ", 1)[0] in LAYER_INSTRUCTIONS]
+    The last stage's RUN steps and the image's RUN history entries after the base pair up in
+    order (several part steps run the same command with another mount, so order, not text, pairs
+    them); each pair's command is checked, so a mapping that drifts fails here instead of
+    scanning the wrong folder."""
+    made = layer_history(ref)  # one per layer, oldest first
     dirs = layer_dirs(ref)
-    assert len(with_layer) + len(inspect(base)["RootFS"]["Layers"]) == len(dirs), (with_layer, dirs)
+    assert len(made) == len(dirs), (made, dirs)
+    base_layers = len(inspect(base)["RootFS"]["Layers"])
+    ran = [(i, " ".join(by.split()).removesuffix(" # buildkit")) for i, (_, by) in enumerate(made)]
+    ran = [(i, by) for i, by in ran[base_layers:] if by.startswith("RUN ")]
+    runs = final_stage_runs(dockerfile)
+    assert len(ran) == len(runs), f"{len(runs)} RUN steps in the Dockerfile, {len(ran)} in the history"
     found = []
-    for command in secret_run_commands(dockerfile):
-        owners = [i for i, h in enumerate(with_layer) if h.startswith("RUN ") and h.endswith(command)]
-        assert len(owners) == 1, f"no single history step for the secret RUN {command[:80]!r}: {own}"
-        found.append(dirs[owners[0]])
+    for (i, by), (secret, command) in zip(ran, runs, strict=True):
+        assert by.endswith(command), f"history {by[:80]!r} is not the Dockerfile's {command[:80]!r}"
+        if secret:
+            found.append(dirs[i])
     assert found, "the Dockerfile has no RUN that mounts a secret"
     return found
 
