@@ -29,7 +29,8 @@ Run (inside the image, on a GPU machine):
       python3 /bench/gpu_throughput.py --json /volume/bench-gpu.json --markdown /volume/bench-gpu.md
 --plan prints FLOPs per token and the spec peaks for the full-size models (no GPU, no Hub).
 --tiny runs tiny models for a few seconds each on CPU or GPU: the CI smoke test, and on CPU the
-per-step host overhead of each setup (steps/s side by side).
+per-step host overhead of each setup (steps/s side by side). Each row runs in a fresh process;
+--share-process runs the rows of a workload in one (the CI smoke test: torch imported once each).
 """
 
 from __future__ import annotations
@@ -451,19 +452,21 @@ def measured_peak() -> float | None:
 # ---------------------------------------------------------------- the parent
 
 
-def child(spec: dict) -> dict:
+def child(specs: list[dict]) -> list[dict]:
+    """Run SPECS one after another in a fresh process; their rows."""
     env = dict(os.environ)
     env.setdefault("CUDA_VISIBLE_DEVICES", "0")  # one GPU: no DataParallel, tokens/s per GPU
     env["CUDA_VISIBLE_DEVICES"] = env["CUDA_VISIBLE_DEVICES"].split(",")[0]
     env["TOKENIZERS_PARALLELISM"] = "false"
-    if spec["tiny"]:
+    if specs[0]["tiny"]:
         # One intra-op thread: on a small, busy CPU, PyTorch's spinning thread pool turned
         # millisecond steps into seconds (seen here: 0.2 vs 21 steps/s for the tiny GPT-2).
         env.setdefault("OMP_NUM_THREADS", "1")
-    cmd = [sys.executable, str(HERE), "--run", json.dumps(spec)]
+    cmd = [sys.executable, str(HERE), "--run", json.dumps(specs)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if proc.returncode != 0:
-        raise SystemExit(f"{spec['work']['name']} / {spec['setup']} failed:\n{proc.stderr[-3000:]}")
+        names = ", ".join(f"{s['work']['name']} / {s['setup']}" for s in specs)
+        raise SystemExit(f"{names} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -501,12 +504,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--seconds", type=float, default=None, help="timed window per row (default 20; tiny 2)"
     )
+    parser.add_argument(
+        "--share-process",
+        action="store_true",
+        help="run the rows of one workload in one process: torch is imported once per workload, "
+        "not once per row (a quicker smoke run; the rows' figures are not measured apart)",
+    )
     parser.add_argument("--json", help="write the report here")
     parser.add_argument("--markdown", help="write the table here")
-    parser.add_argument("--run", help=argparse.SUPPRESS)  # internal: one configuration, in a child process
+    parser.add_argument("--run", help=argparse.SUPPRESS)  # internal: configurations, in a child process
     args = parser.parse_args(argv)
     if args.run:
-        print(json.dumps(run_one(json.loads(args.run))))
+        print(json.dumps([run_one(spec) for spec in json.loads(args.run)]))
         return 0
     if args.plan:
         report = plan(args.tiny)
@@ -531,11 +540,18 @@ def main(argv: list[str]) -> int:
     peak = spec_peak(device) if torch.cuda.is_available() else None
     rows = []
     for work in workloads(args.tiny):
-        for setup, data in setups(args.tiny):
-            spec = {"work": work, "setup": setup, "data": data, "tiny": args.tiny, "seconds": seconds}
-            rows.append(child(spec))
-            r = rows[-1]
-            print(f"{work['name']:24s} {setup:10s} {data:9s} {r['steps_per_s']:8.2f} steps/s", flush=True)
+        specs = [
+            {"work": work, "setup": setup, "data": data, "tiny": args.tiny, "seconds": seconds}
+            for setup, data in setups(args.tiny)
+        ]
+        # A fresh process per row (memory, compile caches, a clean measurement); with
+        # --share-process the rows of one workload share one (a quicker smoke run).
+        batches = [specs] if args.share_process else [[spec] for spec in specs]
+        for batch in batches:
+            for r in child(batch):
+                rows.append(r)
+                line = f"{r['workload']:24s} {r['setup']:10s} {r['data']:9s} {r['steps_per_s']:8.2f} steps/s"
+                print(line, flush=True)
     report = {
         "device": device,
         "convention": CONVENTION,

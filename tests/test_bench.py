@@ -109,7 +109,8 @@ def test_tiny_mode_runs_every_setup_on_cpu(image, tmp_path):
     tmp_path.chmod(0o777)
     proc = run_in_image(
         image.tag,
-        *("python3", "/bench/gpu_throughput.py", "--tiny", "--seconds", "1", "--json", "/volume/gpu.json"),
+        *("python3", "/bench/gpu_throughput.py", "--tiny", "--share-process", "--seconds", "1"),
+        *("--json", "/volume/gpu.json"),
         volume=tmp_path,
         extra=BENCH,
         timeout=900,
