@@ -162,6 +162,8 @@ def effective(values: dict[str, Any]) -> dict[str, Any]:
     out["output_dir_given"] = values.get("output_dir") is not None
     if out["output_dir"] is None:
         out["output_dir"] = DEFAULT_OUTPUT_DIR
+    # Where the script's files really land: symlinks followed, from the run's workdir (/volume).
+    out["output_dir_real"] = os.path.realpath(os.path.join(os.getcwd(), str(out["output_dir"])))
     return out
 
 

@@ -65,7 +65,8 @@ script_facts_read() {
     [[ $line =~ ^[a-z_]+= ]] || continue
     SCRIPT_FACTS[${line%%=*}]=${line#*=}
   done <<<"$1"
-  [[ -n ${SCRIPT_FACTS[output_dir]:-} ]] || SCRIPT_FACTS=()
+  # The helper answered (an empty output_dir, --output_dir=, is the workdir /volume itself).
+  [[ -n ${SCRIPT_FACTS[form]:-} && -v SCRIPT_FACTS[output_dir] ]] || SCRIPT_FACTS=()
 }
 
 # script_fact NAME ARGS...: the value the script reads for TrainingArguments' NAME: SCRIPT_FACTS
@@ -169,8 +170,14 @@ script_stop_note() {
 script_output_dir() {
   local volume=$1 dir
   shift
-  dir=$(script_fact output_dir "$@") || dir=$SCRIPT_HF_DEFAULT_OUTPUT
-  [[ -n $dir ]] || return 1
+  if ((${#SCRIPT_FACTS[@]})); then
+    dir=${SCRIPT_FACTS[output_dir]}
+    # A symlink in the volume that leads out of it: the files land outside (the helper followed it).
+    script_in_volume "${SCRIPT_FACTS[output_dir_real]:-/volume}" || return 1
+  else
+    dir=$(script_arg_value output_dir "$@") || dir=$SCRIPT_HF_DEFAULT_OUTPUT
+    [[ -n $dir ]] || return 1
+  fi
   dir=$(script_container_path "$dir")
   [[ $dir != "$SCRIPT_VOLUME_MOUNT" ]] || { printf '%s\n' "$volume"; return 0; }
   [[ $dir == "$SCRIPT_VOLUME_MOUNT"/* ]] || return 1
@@ -299,6 +306,13 @@ script_resume_plan() {
   SCRIPT_RESUME_NOTE+=" ($flag $ckpt)"
 }
 
+# script_in_volume PATH: container path PATH (relative: to the workdir /volume) lies in /volume.
+script_in_volume() {
+  local norm
+  norm=$(script_container_path "$1")
+  [[ $norm == "$SCRIPT_VOLUME_MOUNT" || $norm == "$SCRIPT_VOLUME_MOUNT"/* ]]
+}
+
 # script_output_option NAME: option names that hold an output path.
 script_output_option() {
   set -- "${1//-/_}"
@@ -317,9 +331,14 @@ script_container_path() {
 # (--output_dir /tmp/out, --logging_dir=/app/logs): MODE refuse prints one error line and
 # returns 1; MODE warn prints a warning and returns 0.
 script_check_output_paths() {
-  local mode=$1 arg name value i norm
+  local mode=$1 arg name value i norm key
   shift
   local -a args=("$@")
+  local -A last=() # argparse keeps the last of a repeated option (--output_dir A --output-dir B: B)
+  for ((i = 0; i < ${#args[@]}; i++)); do
+    key=${args[i]#--} key=${key%%=*}
+    [[ ${args[i]} == --?* && -n $key ]] && last[${key//-/_}]=$i
+  done
   for ((i = 0; i < ${#args[@]}; i++)); do
     arg=${args[i]}
     [[ $arg == --?* ]] || continue
@@ -329,6 +348,8 @@ script_check_output_paths() {
     elif ((i + 1 < ${#args[@]})); then
       value=${args[i + 1]}
     fi
+    key=${name//-/_}
+    [[ -n $key && ${last[$key]:-} == "$i" ]] || continue
     script_output_option "$name" || continue
     [[ -n $value && $value != --* ]] || continue
     norm=$(script_container_path "$value")
@@ -348,7 +369,7 @@ the container; use a path under $SCRIPT_VOLUME_MOUNT (or a relative one), or pas
 # cannot read (missing, a key spelt with dashes) is refused in both modes; an output_dir outside
 # /volume (also one inside a JSON/YAML config) is refused (MODE refuse) or warned about (MODE warn).
 script_check_facts() {
-  local mode=$1 dir norm where
+  local mode=$1 dir real where
   ((${#SCRIPT_FACTS[@]})) || return 0
   if [[ -n ${SCRIPT_FACTS[problem]:-} ]]; then
     if [[ ${SCRIPT_FACTS[form]} == command-line ]]; then
@@ -358,9 +379,11 @@ script_check_facts() {
       return 1
     fi
   fi
-  dir=${SCRIPT_FACTS[output_dir]}
-  norm=$(script_container_path "$dir")
-  [[ $norm == "$SCRIPT_VOLUME_MOUNT" || $norm == "$SCRIPT_VOLUME_MOUNT"/* ]] && return 0
+  dir=${SCRIPT_FACTS[output_dir]} real=${SCRIPT_FACTS[output_dir_real]:-}
+  if script_in_volume "$dir"; then
+    [[ -n $real ]] && ! script_in_volume "$real" || return 0
+    dir+=" (a symlink to $real)"
+  fi
   where="output_dir $dir"
   [[ -z ${SCRIPT_FACTS[config]:-} ]] || where+=" (in ${SCRIPT_FACTS[config]})"
   if [[ $mode == warn ]]; then

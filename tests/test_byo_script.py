@@ -16,6 +16,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -150,9 +151,49 @@ def test_output_paths_outside_the_volume_are_refused_or_warned():
         ["--output_dir=out/rel"],
         ["--cache_dir", "/tmp/cache", "--train_file", "/app/data.csv"],  # inputs, not outputs
         ["--resume_from_checkpoint", "/tmp/ckpt"],
+        ["--output-dir", "/tmp/y", "--output_dir", "/volume/x"],  # argparse keeps the last: /volume/x
+        ["--=x", "--output_dir", "out"],
     ):
         proc = lib("script_check_output_paths", "refuse", *args)
         assert proc.returncode == 0 and proc.stderr == "", (args, proc.stderr)
+    last_outside = lib(
+        "script_check_output_paths", "refuse", "--output_dir", "/volume/x", "--output-dir", "/tmp/y"
+    )
+    assert last_outside.returncode == 1 and "--output-dir /tmp/y is outside" in last_outside.stderr
+
+
+def facts_lines(**facts: str) -> str:
+    base = {"form": "json", "config": "a.json", "output_dir": "out", "output_dir_real": "/volume/out"}
+    return "".join(f"{k}={v}\n" for k, v in {**base, **facts}.items())
+
+
+def with_facts(facts: str, func: str, *args: str) -> subprocess.CompletedProcess:
+    call = " ".join(shlex.quote(a) for a in (func, *args))
+    return lib("eval", f'script_facts_read "$FACTS"; {call}', env={"FACTS": facts})
+
+
+def test_facts_follow_a_symlink_out_of_the_volume_and_an_empty_output_dir(tmp_path):
+    """hf_script_args.py follows symlinks (output_dir_real): link/x -> /tmp/x is outside; an empty
+    --output_dir= is the workdir /volume itself (Trainer saves checkpoint-N there), not 'unknown'."""
+    out = with_facts(
+        facts_lines(output_dir="link/x", output_dir_real="/tmp/x"), "script_check_facts", "refuse"
+    )
+    lines = out.stderr.splitlines()
+    assert out.returncode == 1 and len(lines) == 1, out.stderr
+    assert "output_dir link/x (a symlink to /tmp/x) (in a.json) is outside /volume" in lines[0], lines
+    assert with_facts(facts_lines(), "script_check_facts", "refuse").returncode == 0
+    where = with_facts(
+        facts_lines(output_dir="link/x", output_dir_real="/tmp/x"), "script_outputs_where", "/V"
+    )
+    assert where.stdout.strip().endswith("(outside /volume: lost with it)"), where.stdout
+    empty = facts_lines(form="command-line", config="", output_dir="", output_dir_real="/volume")
+    assert with_facts(empty, "script_outputs_where", "/V").stdout.strip() == "/V"
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    src = tmp_path / "s.py"
+    src.write_text("trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)\n")
+    mode, extra, _note = resume_plan(src, tmp_path, "--output_dir=", facts=empty)
+    assert (mode, extra) == ("resume", ["--resume_from_checkpoint", "/volume/checkpoint-4"]), (mode, extra)
 
 
 def test_the_last_line_names_where_the_outputs_went():
@@ -586,6 +627,7 @@ cases = [
     ["both.yaml"],
     ["--save_strategy", "bogus"],
     ["--help", "--output-dir", "/volume/h"],  # the script's own --help is not the reader's
+    ["--output_dir", "link/x"],  # link -> /tmp: the files land outside the volume
 ]
 for args in cases:
     print(json.dumps(h.describe(args)))
@@ -601,9 +643,17 @@ def test_the_image_reads_arguments_as_hf_argument_parser_does(image, tmp_path):
     (vol / "args.yaml").write_text("output_dir: y\nsave_total_limit: 2\ntrain_file: t.csv\n")
     (vol / "both.yaml").write_text("output_dir: a\noutput-dir: /tmp/b\n")
     open_up(vol)
+    (vol / "link").symlink_to("/tmp")
     proc = run_in_image(image.tag, "python3", "-c", HELPER_CASES, user=USER, volume=vol, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    dash, under, extra, js, yml, both, bogus, helped = (json.loads(line) for line in proc.stdout.splitlines())
+    dash, under, extra, js, yml, both, bogus, helped, linked = (
+        json.loads(line) for line in proc.stdout.splitlines()
+    )
+    assert (linked["output_dir"], linked["output_dir_real"], dash["output_dir_real"]) == (
+        "link/x",
+        "/tmp/x",
+        "/volume/d",
+    )
     assert helped["output_dir"] == "/volume/h"
     assert (dash["output_dir"], dash["save_steps"], dash["spelling"], dash["equals"]) == (
         "/volume/d",
