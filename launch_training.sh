@@ -315,11 +315,17 @@ resolve_env() {
   return 0
 }
 
-# resolve_ca_bundle: CA_BUNDLE (any source), when set, is a readable file; made absolute for the mount.
+# resolve_ca_bundle: CA_BUNDLE (any source), when set, is a readable PEM file; made absolute for the
+# mount (docker_mount_source quotes it: commas and colons are fine). A DER or empty file would be
+# ignored by pip's TLS, which then fails far from here with CERTIFICATE_VERIFY_FAILED.
 resolve_ca_bundle() {
   [[ -n $CA_BUNDLE ]] || return 0
-  if [[ ! -f $CA_BUNDLE || ! -r $CA_BUNDLE || $CA_BUNDLE == *,* || $CA_BUNDLE == *$'\n'* ]]; then
-    die "$(config_origin CA_BUNDLE) '$CA_BUNDLE' is not a readable regular file without commas; fix it or unset it"
+  if [[ ! -f $CA_BUNDLE || ! -r $CA_BUNDLE || $CA_BUNDLE == *$'\n'* ]]; then
+    die "$(config_origin CA_BUNDLE) '$CA_BUNDLE' is not a readable regular file; fix it or unset it"
+  fi
+  if ! grep -q -- '-----BEGIN CERTIFICATE-----' "$CA_BUNDLE"; then
+    die "$(config_origin CA_BUNDLE) '$CA_BUNDLE' holds no PEM certificate (-----BEGIN CERTIFICATE-----);" \
+      "give a PEM bundle (a DER file converts with: openssl x509 -inform der -in FILE -out FILE.pem)"
   fi
   CA_BUNDLE=$(realpath -e -- "$CA_BUNDLE")
 }

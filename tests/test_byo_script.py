@@ -887,3 +887,36 @@ def test_runtime_pip_trusts_the_ca_bundle_the_launcher_was_given(image, tmp_path
     proc = launch(image, vol, *args, "uses_pyjokes.py", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "byo-ca: pyjokes" in proc.stdout
+
+
+def test_ca_bundle_must_be_a_readable_pem_file_and_any_path_mounts(image, tmp_path):
+    """--ca-bundle: a folder, an empty or a DER file is refused in one line before anything runs (pip
+    would ignore it and fail later with CERTIFICATE_VERIFY_FAILED); commas and colons in the path
+    mount fine (the --mount source is quoted)."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "ok.py").write_text("print('ok')\n")
+    open_up(vol)
+    pem = Path("/etc/ssl/certs/ca-certificates.crt").read_text()
+    (tmp_path / "empty.pem").write_text("")
+    (tmp_path / "der.cer").write_bytes(b"\x30\x82\x05\x00not pem")
+    for bad, says in (
+        (tmp_path, "is not a readable regular file"),
+        (tmp_path / "empty.pem", "holds no PEM certificate"),
+        (tmp_path / "der.cer", "holds no PEM certificate"),
+    ):
+        proc = launch(image, vol, "--dry-run", "--ca-bundle", str(bad), "ok.py")
+        lines = proc.stderr.splitlines()
+        assert proc.returncode == 1 and proc.stdout == "" and len(lines) == 1 and says in lines[0], (
+            bad,
+            lines,
+        )
+    odd = tmp_path / "a,b:c.pem"
+    odd.write_text(pem)
+    (vol / "ca.py").write_text(
+        "print('byo-ca-mount:', open('/run/hfgpu-ca-bundle.pem').readline().strip())\n"
+    )
+    open_up(vol)
+    proc = launch(image, vol, "--ca-bundle", str(odd), "ca.py")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "byo-ca-mount: -----BEGIN CERTIFICATE-----" in proc.stdout, proc.stdout
