@@ -90,8 +90,18 @@ script_reads_hf_args() {
 
 # script_uses_trainer SRC: the script (or its source unknown) may build a transformers Trainer
 # (Trainer, Seq2SeqTrainer, trl's SFTTrainer...): the image's bucket hook can mirror its checkpoints.
+# The script's own modules beside it count too (train.py doing `from mylib import run`, with the
+# Trainer in mylib.py or mylib/*.py): Python finds them in the script's folder.
 script_uses_trainer() {
-  [[ ! -f $1 ]] || grep -qE '[A-Za-z0-9_]*Trainer\b' "$1"
+  local src=$1 dir mod
+  [[ -f $src ]] || return 0
+  grep -qE '[A-Za-z0-9_]*Trainer\b' "$src" && return 0
+  dir=$(dirname -- "$src")
+  while read -r mod; do
+    [[ -f $dir/$mod.py ]] && grep -qE '[A-Za-z0-9_]*Trainer\b' "$dir/$mod.py" && return 0
+    [[ -d $dir/$mod ]] && grep -rqE --include='*.py' '[A-Za-z0-9_]*Trainer\b' "$dir/$mod" && return 0
+  done < <(sed -nE 's/^[[:space:]]*(from|import)[[:space:]]+([A-Za-z_][A-Za-z0-9_]*).*/\2/p' "$src" | sort -u)
+  return 1
 }
 
 # script_host_path SCRIPT VOLUME: the host file behind container path SCRIPT (/volume/X ->

@@ -204,6 +204,21 @@ def test_the_last_line_names_where_the_outputs_went():
         assert where(*args).endswith(" inside the container (outside /volume: lost with it)"), args
 
 
+def test_a_trainer_in_the_scripts_own_module_counts_for_the_bucket_hook(tmp_path):
+    """--checkpoint-bucket is refused only for scripts that train no Trainer: one whose Trainer is in
+    its own module beside it (train.py: `from mylib import run`) gets the hook, not a refusal."""
+    (tmp_path / "mylib.py").write_text("from transformers import Trainer\n")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "loop.py").write_text("trainer = Seq2SeqTrainer(model)\n")
+    (tmp_path / "torchloop.py").write_text("import os\nimport torch\nloss.backward()\n")
+    cases = {"from mylib import run\n": 0, "  import pkg.loop\n": 0, "import torchloop\nimport json\n": 1}
+    for n, (source, status) in enumerate(cases.items()):
+        src = tmp_path / f"train{n}.py"
+        src.write_text(source)
+        assert lib("script_uses_trainer", str(src)).returncode == status, source
+    assert lib("script_uses_trainer", str(tmp_path / "torchloop.py")).returncode == 1
+
+
 def test_stop_note_depends_on_what_the_script_does(tmp_path):
     byo = ROOT / "tests" / "assets" / "byo_classify.py"
     ours = lib("script_stop_note", str(ROOT / "app" / "test_training_bert_base.py")).stdout.strip()
