@@ -788,12 +788,24 @@ fetch_app_source() {
 }
 
 # memlock_cache_file: where this engine's answer to --ulimit memlock=-1 is kept (one per engine ID).
+# Status 1 when there is none: no engine ID, or neither XDG_CACHE_HOME nor HOME (cron, some units).
 memlock_cache_file() {
-  local id
+  local id base=${XDG_CACHE_HOME:-${HOME:+$HOME/.cache}}
+  [[ -n $base ]] || return 1
   id=$(docker info --format '{{.ID}}' 2>/dev/null) || return 1
   id=${id//[^A-Za-z0-9]/_}
   [[ -n $id ]] || return 1
-  printf '%s/hfgpu-engines/memlock-%s\n' "${XDG_CACHE_HOME:-${HOME:?HOME is not set}/.cache}" "$id"
+  printf '%s/hfgpu-engines/memlock-%s\n' "$base" "$id"
+}
+
+# memlock_keep VALUE: cache this engine's answer (0 or 1), replaced whole: a launch beside this one
+# reads the old answer or the new one, never a half-written file.
+memlock_keep() {
+  local cache
+  cache=$(memlock_cache_file) || return 0
+  mkdir -p -- "${cache%/*}" 2>/dev/null || return 0
+  printf '%s\n' "$1" >"$cache.$$" 2>/dev/null && mv -f -- "$cache.$$" "$cache" 2>/dev/null ||
+    rm -f -- "$cache.$$" 2>/dev/null || true
 }
 
 # resolve_memlock: sets memlock before the command is printed, so the printed command is the one
@@ -801,8 +813,7 @@ memlock_cache_file() {
 # throw-away container of the image; a real launch caches the answer per engine (memlock_cache_file).
 resolve_memlock() {
   local cache err
-  cache=$(memlock_cache_file) || return 0
-  if [[ -f $cache ]]; then
+  if cache=$(memlock_cache_file) && [[ -f $cache ]]; then
     [[ $(<"$cache") == 0 ]] && memlock=0
     return 0
   fi
@@ -815,14 +826,12 @@ resolve_memlock() {
     return 0 # another failure: decide nothing, cache nothing
   fi
   [[ $DRY_RUN == 1 ]] && return 0 # a dry run writes nothing
-  mkdir -p -- "${cache%/*}" 2>/dev/null && printf '%s\n' "$memlock" >"$cache" 2>/dev/null || true
+  memlock_keep "$memlock"
 }
 
 # forget_memlock: the engine refused memlock after all (its settings changed): cache the refusal.
 forget_memlock() {
-  local cache
-  cache=$(memlock_cache_file) || return 0
-  mkdir -p -- "${cache%/*}" 2>/dev/null && printf '0\n' >"$cache" 2>/dev/null || true
+  memlock_keep 0
 }
 
 # docker_engine_args: the client options that name this engine (DOCKER_HOST, DOCKER_CONTEXT), so

@@ -878,6 +878,22 @@ def test_dry_run_prints_the_command_that_runs_on_the_same_engine(image, vol, tmp
     assert again.returncode == 0 and ("memlock=-1" in again.stdout) != granted, again.stdout
 
 
+def test_dry_run_without_home_still_decides_memlock(image, tmp_path):
+    """No HOME and no XDG_CACHE_HOME (cron, a bare unit): nowhere to cache the engine's answer, yet the
+    printed command must still be the one that runs: probed, not assumed, and no shell error."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "ok.py").write_text("print('ok')\n")
+    open_up(vol)
+    env = {k: v for k, v in launcher_env().items() if k not in ("HOME", "XDG_CACHE_HOME")}
+    cmd = launcher_cmd(image, vol, f"hfgpu-byo-{uuid.uuid4().hex[:8]}", "--dry-run", "ok.py")
+    dry = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert dry.returncode == 0 and "HOME" not in dry.stderr, dry.stderr
+    probe = ["run", "--rm", "--network", "none", "--ulimit", "memlock=-1", "--entrypoint", "true", image.tag]
+    granted = docker(*probe, check=False).returncode == 0
+    assert ("--ulimit memlock=-1" in dry.stdout) == granted, dry.stdout
+
+
 def test_runtime_pip_trusts_the_ca_bundle_the_launcher_was_given(image, tmp_path):
     """This machine reaches PyPI through a TLS-intercepting proxy (docs/test-environment): the image's
     own roots do not trust it. --ca-bundle (the host's bundle, which does) is mounted read-only and
