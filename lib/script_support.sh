@@ -200,6 +200,11 @@ script_outputs_where() {
   local volume=$1 dir
   shift
   if dir=$(script_output_dir "$volume" "$@"); then
+    # A script whose arguments were not read (not a Trainer script) and that named no output folder
+    # wrote to no trainer_output unless one is there: its outputs are somewhere in the volume.
+    if ((${#SCRIPT_FACTS[@]} == 0)) && [[ ! -e $dir ]] && ! script_arg_value output_dir "$@" >/dev/null; then
+      dir=$volume
+    fi
     printf '%s\n' "$dir"
   else
     dir=$(script_fact output_dir "$@") || dir=''

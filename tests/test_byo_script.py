@@ -196,10 +196,13 @@ def test_facts_follow_a_symlink_out_of_the_volume_and_an_empty_output_dir(tmp_pa
     assert (mode, extra) == ("resume", ["--resume_from_checkpoint", "/volume/checkpoint-4"]), (mode, extra)
 
 
-def test_the_last_line_names_where_the_outputs_went():
+def test_the_last_line_names_where_the_outputs_went(tmp_path):
     where = lambda *args: lib("script_outputs_where", "/V", *args).stdout.strip()  # noqa: E731
     assert where("--output-dir=/volume/out/./run") == "/V/out/run"
-    assert where() == "/V/trainer_output"  # TrainingArguments' default, relative to /volume
+    # A script that named no output folder (a plain loop) made no trainer_output: "the volume".
+    assert where() == "/V"
+    (tmp_path / "trainer_output").mkdir()  # TrainingArguments' default, relative to /volume
+    assert lib("script_outputs_where", str(tmp_path)).stdout.strip() == f"{tmp_path}/trainer_output"
     for args in (["--output_dir", "/tmp/o"], ["--output_dir=/app/o"], ["--output_dir", "../o"]):
         assert where(*args).endswith(" inside the container (outside /volume: lost with it)"), args
 
