@@ -42,6 +42,8 @@ FIELDS = (
     "enable_jit_checkpoint",
     "max_steps",
 )
+# The parser's default for the FIELDS while reading a command line: a value still UNSET was not given.
+UNSET = object()
 # TrainingArguments turns output_dir=None into this folder (transformers 5.x).
 DEFAULT_OUTPUT_DIR = "trainer_output"
 
@@ -142,11 +144,14 @@ def read_command_line(args: list[str]) -> tuple[dict[str, Any], str | None, dict
         elif "_" in name:
             underscores += 1
     style = {"spelling": "dash" if dashes > underscores else "underscore", "equals": equals > 0}
+    # What was given is what no longer holds the placeholder: argparse also takes an unambiguous
+    # abbreviation (--output_d /tmp/x sets output_dir), which no list of exact names would see.
+    parser.set_defaults(**{name: UNSET for name in FIELDS if name in known})
     try:
         namespace, _extra = parser.parse_known_args(args)
     except ParseError as err:
         return {}, f"HfArgumentParser refuses these arguments: {one_line(err)}", style
-    values = {name: getattr(namespace, name) for name in FIELDS if name in given}
+    values = {name: value for name in FIELDS if (value := getattr(namespace, name, UNSET)) is not UNSET}
     return values, None, style
 
 

@@ -646,6 +646,7 @@ cases = [
     ["--save_strategy", "bogus"],
     ["--help", "--output-dir", "/volume/h"],  # the script's own --help is not the reader's
     ["--output_dir", "link/x"],  # link -> /tmp: the files land outside the volume
+    ["--output-d", "/tmp/x", "--save_strategy=no"],  # argparse takes an unambiguous abbreviation
 ]
 for args in cases:
     print(json.dumps(h.describe(args)))
@@ -664,8 +665,13 @@ def test_the_image_reads_arguments_as_hf_argument_parser_does(image, tmp_path):
     (vol / "link").symlink_to("/tmp")
     proc = run_in_image(image.tag, "python3", "-c", HELPER_CASES, user=USER, volume=vol, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    dash, under, extra, js, yml, both, bogus, helped, linked = (
+    dash, under, extra, js, yml, both, bogus, helped, linked, abbrev = (
         json.loads(line) for line in proc.stdout.splitlines()
+    )
+    assert (abbrev["output_dir"], abbrev["output_dir_given"], abbrev["save_strategy"]) == (
+        "/tmp/x",
+        True,
+        "no",
     )
     assert (linked["output_dir"], linked["output_dir_real"], dash["output_dir_real"]) == (
         "link/x",
