@@ -817,11 +817,20 @@ resolve_memlock() {
     [[ $(<"$cache") == 0 ]] && memlock=0
     return 0
   fi
-  image_exists "$image" || return 0 # (a dry run without the image: unknown, assumed granted)
-  if err=$(docker run --rm --network none --ulimit memlock=-1 --entrypoint true "$image" 2>&1 >/dev/null); then
+  # A dry run before the image is here probes with any image the engine has: the engine sets the
+  # limit before it looks for the program, so "executable file not found" means granted too.
+  local probe=$image ids
+  if ! image_exists "$image"; then
+    ids=$(docker image ls --quiet 2>/dev/null) || ids=''
+    probe=${ids%%$'\n'*}
+    [[ -n $probe ]] || return 0 # an engine with no image at all: unknown, assumed granted
+  fi
+  if err=$(docker run --rm --network none --ulimit memlock=-1 --entrypoint true "$probe" 2>&1 >/dev/null); then
     memlock=1
   elif [[ $err == *"error setting rlimit"* ]]; then
     memlock=0
+  elif [[ $probe != "$image" && $err == *"executable file not found"* ]]; then
+    memlock=1
   else
     return 0 # another failure: decide nothing, cache nothing
   fi

@@ -889,7 +889,8 @@ def test_dry_run_prints_the_command_that_runs_on_the_same_engine(image, vol, tmp
 
 def test_dry_run_without_home_still_decides_memlock(image, tmp_path):
     """No HOME and no XDG_CACHE_HOME (cron, a bare unit): nowhere to cache the engine's answer, yet the
-    printed command must still be the one that runs: probed, not assumed, and no shell error."""
+    printed command must still be the one that runs: probed, not assumed, and no shell error; the
+    same before the image exists (a dry run builds or pulls nothing)."""
     vol = tmp_path / "vol"
     vol.mkdir()
     (vol / "ok.py").write_text("print('ok')\n")
@@ -901,6 +902,12 @@ def test_dry_run_without_home_still_decides_memlock(image, tmp_path):
     probe = ["run", "--rm", "--network", "none", "--ulimit", "memlock=-1", "--entrypoint", "true", image.tag]
     granted = docker(*probe, check=False).returncode == 0
     assert ("--ulimit memlock=-1" in dry.stdout) == granted, dry.stdout
+    # Before the image is built or pulled: probed with another image of the engine, not assumed.
+    missing = [*cmd]
+    missing[missing.index("--image") + 1] = f"hfgpu-byo-absent:{uuid.uuid4().hex[:8]}"
+    early = subprocess.run(missing, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert early.returncode == 0 and "build_and_push.sh" in early.stdout, early.stderr
+    assert ("--ulimit memlock=-1" in early.stdout) == granted, early.stdout
 
 
 def test_runtime_pip_trusts_the_ca_bundle_the_launcher_was_given(image, tmp_path):
