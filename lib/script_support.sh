@@ -82,26 +82,31 @@ script_fact() {
   script_arg_value "$name" "$@"
 }
 
+# script_mentions SRC REGEX: the script's source, or one of its own modules beside it that it imports
+# (train.py doing `from mylib import run`, with mylib.py or mylib/*.py in its folder: Python finds
+# them there), matches REGEX (grep -E). Status 1 when none does.
+script_mentions() {
+  local src=$1 regex=$2 dir mod
+  grep -qE -- "$regex" "$src" 2>/dev/null && return 0
+  dir=$(dirname -- "$src")
+  while read -r mod; do
+    [[ -f $dir/$mod.py ]] && grep -qE -- "$regex" "$dir/$mod.py" && return 0
+    [[ -d $dir/$mod ]] && grep -rqE --include='*.py' -- "$regex" "$dir/$mod" && return 0
+  done < <(sed -nE 's/^[[:space:]]*(from|import)[[:space:]]+([A-Za-z_][A-Za-z0-9_]*).*/\2/p' "$src" 2>/dev/null | sort -u)
+  return 1
+}
+
 # script_reads_hf_args SRC: the script reads its arguments with HfArgumentParser/TrainingArguments
-# (worth asking the image how), or its source is unknown.
+# (itself or in its own modules; worth asking the image how), or its source is unknown.
 script_reads_hf_args() {
-  [[ ! -f $1 ]] || grep -qE 'HfArgumentParser|TrainingArguments' "$1"
+  [[ ! -f $1 ]] || script_mentions "$1" 'HfArgumentParser|TrainingArguments'
 }
 
 # script_uses_trainer SRC: the script (or its source unknown) may build a transformers Trainer
-# (Trainer, Seq2SeqTrainer, trl's SFTTrainer...): the image's bucket hook can mirror its checkpoints.
-# The script's own modules beside it count too (train.py doing `from mylib import run`, with the
-# Trainer in mylib.py or mylib/*.py): Python finds them in the script's folder.
+# (Trainer, Seq2SeqTrainer, trl's SFTTrainer...), itself or in its own modules: the image's bucket
+# hook can mirror its checkpoints.
 script_uses_trainer() {
-  local src=$1 dir mod
-  [[ -f $src ]] || return 0
-  grep -qE '[A-Za-z0-9_]*Trainer\b' "$src" && return 0
-  dir=$(dirname -- "$src")
-  while read -r mod; do
-    [[ -f $dir/$mod.py ]] && grep -qE '[A-Za-z0-9_]*Trainer\b' "$dir/$mod.py" && return 0
-    [[ -d $dir/$mod ]] && grep -rqE --include='*.py' '[A-Za-z0-9_]*Trainer\b' "$dir/$mod" && return 0
-  done < <(sed -nE 's/^[[:space:]]*(from|import)[[:space:]]+([A-Za-z_][A-Za-z0-9_]*).*/\2/p' "$src" | sort -u)
-  return 1
+  [[ ! -f $1 ]] || script_mentions "$1" '[A-Za-z0-9_]*Trainer\b'
 }
 
 # script_host_path SCRIPT VOLUME: the host file behind container path SCRIPT (/volume/X ->
@@ -156,7 +161,7 @@ script_uses_trainkit() {
 # (HF examples do: trainer.train(resume_from_checkpoint=...)). A script that merely parses
 # TrainingArguments accepts the flag and ignores it, so its source must use the name.
 script_handles_resume() {
-  [[ -f $1 ]] && grep -q 'resume_from_checkpoint' "$1"
+  [[ -f $1 ]] && script_mentions "$1" 'resume_from_checkpoint'
 }
 
 # script_stop_note SRC ARGS...: what a `docker stop` does to this run, for the "stop:" hint.

@@ -207,7 +207,7 @@ def test_the_last_line_names_where_the_outputs_went(tmp_path):
         assert where(*args).endswith(" inside the container (outside /volume: lost with it)"), args
 
 
-def test_a_trainer_in_the_scripts_own_module_counts_for_the_bucket_hook(tmp_path):
+def test_a_trainer_or_parser_in_the_scripts_own_module_counts(tmp_path):
     """--checkpoint-bucket is refused only for scripts that train no Trainer: one whose Trainer is in
     its own module beside it (train.py: `from mylib import run`) gets the hook, not a refusal."""
     (tmp_path / "mylib.py").write_text("from transformers import Trainer\n")
@@ -220,6 +220,15 @@ def test_a_trainer_in_the_scripts_own_module_counts_for_the_bucket_hook(tmp_path
         src.write_text(source)
         assert lib("script_uses_trainer", str(src)).returncode == status, source
     assert lib("script_uses_trainer", str(tmp_path / "torchloop.py")).returncode == 1
+    # The same for reading its arguments as HfArgumentParser does (a JSON config parsed in mylib).
+    (tmp_path / "args_lib.py").write_text("parser = HfArgumentParser((TrainingArguments,))\n")
+    (tmp_path / "cli.py").write_text("from args_lib import parser\n")
+    assert lib("script_reads_hf_args", str(tmp_path / "cli.py")).returncode == 0
+    assert lib("script_reads_hf_args", str(tmp_path / "torchloop.py")).returncode == 1
+    (tmp_path / "args_lib.py").write_text(
+        "trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)\n"
+    )
+    assert lib("script_handles_resume", str(tmp_path / "cli.py")).returncode == 0
 
 
 def test_stop_note_depends_on_what_the_script_does(tmp_path):
