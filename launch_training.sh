@@ -899,7 +899,9 @@ write_config_copy() {
   if ! err=$(docker run --rm --network none --user "$(id -u):$(id -g)" --entrypoint python3 \
     --mount "type=bind,$(docker_mount_source "$volume"),target=/volume" \
     "$image" "$HF_ARGS_HELPER" --resume-config "$copy" --checkpoint "$1" -- "$source" 2>&1); then
-    note "cannot write a resume copy of $source (${err##*$'\n'}); starting it again with its own config"
+    # The restart's one line must not promise a resume that will not happen.
+    SCRIPT_RESUME_NOTE="starting it again with its own $source, FROM STEP 0 unless it resumes by itself:"
+    SCRIPT_RESUME_NOTE+=" cannot write a resume copy in VOLUME/$CONFIG_COPY_DIR (${err##*$'\n'})"
     config_copy=''
     return 0
   fi

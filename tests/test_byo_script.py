@@ -976,3 +976,40 @@ def test_ca_bundle_must_be_a_readable_pem_file_and_any_path_mounts(image, tmp_pa
     proc = launch(image, vol, "--ca-bundle", str(odd), "ca.py")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "byo-ca-mount: -----BEGIN CERTIFICATE-----" in proc.stdout, proc.stdout
+
+
+FAKE_CONFIG_SCRIPT = """# Reads one JSON config as HfArgumentParser scripts do;
+# passes resume_from_checkpoint on to Trainer.
+import json, pathlib, sys
+cfg = json.load(open(sys.argv[1]))
+if "resume_from_checkpoint" in cfg:
+    print("fake-config: resumed from", cfg["resume_from_checkpoint"], flush=True)
+    sys.exit(0)
+ckpt = pathlib.Path(cfg["output_dir"], "checkpoint-2")
+ckpt.mkdir(parents=True, exist_ok=True)
+(ckpt / "trainer_state.json").write_text('{"global_step": 2, "max_steps": 4}')
+print("fake-config: stopped at step 2", flush=True)
+sys.exit(143)
+"""
+
+
+def test_a_config_restart_says_so_when_its_resume_copy_cannot_be_written(image, tmp_path):
+    """A JSON-config run stopped after checkpoint-2 (a fake script: no training) resumes from a private
+    copy of its config; when the copy cannot be written, the restart's line says it starts over
+    with its own config instead of promising a resume."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "fake.py").write_text(FAKE_CONFIG_SCRIPT)
+    (vol / "a.json").write_text(json.dumps({"output_dir": "/volume/out"}))
+    open_up(vol)
+    args = ["--restart-on-preemption", "--max-restarts", "1", "fake.py", "--", "a.json"]
+    good = launch(image, vol, *args)
+    assert good.returncode == 0, good.stderr[-2000:]
+    assert "fake-config: resumed from /volume/out/checkpoint-2" in good.stdout, good.stdout
+    shutil.rmtree(vol / "out")
+    shutil.rmtree(vol / ".hfgpu")
+    (vol / ".hfgpu").write_text("not a folder\n")  # the copy's folder cannot be made
+    bad = launch(image, vol, *args)
+    note = next(line for line in bad.stderr.splitlines() if "exited 143; starting it again" in line)
+    assert "with its own a.json, FROM STEP 0 unless it resumes by itself" in note, note
+    assert "to resume from step" not in note, note
