@@ -42,6 +42,8 @@ FIELDS = (
     "enable_jit_checkpoint",
     "max_steps",
 )
+# The FIELDS that hold where outputs go.
+PATH_FIELDS = ("output_dir", "logging_dir")
 # The parser's default for the FIELDS while reading a command line: a value still UNSET was not given.
 UNSET = object()
 # TrainingArguments turns output_dir=None into this folder (transformers 5.x).
@@ -151,7 +153,14 @@ def read_command_line(args: list[str]) -> tuple[dict[str, Any], str | None, dict
         namespace, _extra = parser.parse_known_args(args)
     except ParseError as err:
         return {}, f"HfArgumentParser refuses these arguments: {one_line(err)}", style
-    values = {name: value for name in FIELDS if (value := getattr(namespace, name, UNSET)) is not UNSET}
+    # An abbreviation counts for the output folders only (checked, so better seen than missed): the
+    # script's own parser may hold an exact --resume_from of its own, which the helper alone would
+    # read as --resume_from_checkpoint.
+    values = {
+        name: value
+        for name in FIELDS
+        if (value := getattr(namespace, name, UNSET)) is not UNSET and (name in given or name in PATH_FIELDS)
+    }
     return values, None, style
 
 
