@@ -315,11 +315,17 @@ resolve_env() {
   return 0
 }
 
-# resolve_ca_bundle: CA_BUNDLE (any source), when set, is a readable file; made absolute for the mount.
+# resolve_ca_bundle: CA_BUNDLE (any source), when set, is a readable PEM file; made absolute for the
+# mount (docker_mount_source quotes it: commas and colons are fine). A DER or empty file would be
+# ignored by pip's TLS, which then fails far from here with CERTIFICATE_VERIFY_FAILED.
 resolve_ca_bundle() {
   [[ -n $CA_BUNDLE ]] || return 0
-  if [[ ! -f $CA_BUNDLE || ! -r $CA_BUNDLE || $CA_BUNDLE == *,* || $CA_BUNDLE == *$'\n'* ]]; then
-    die "$(config_origin CA_BUNDLE) '$CA_BUNDLE' is not a readable regular file without commas; fix it or unset it"
+  if [[ ! -f $CA_BUNDLE || ! -r $CA_BUNDLE || $CA_BUNDLE == *$'\n'* ]]; then
+    die "$(config_origin CA_BUNDLE) '$CA_BUNDLE' is not a readable regular file; fix it or unset it"
+  fi
+  if ! grep -q -- '-----BEGIN CERTIFICATE-----' "$CA_BUNDLE"; then
+    die "$(config_origin CA_BUNDLE) '$CA_BUNDLE' holds no PEM certificate (-----BEGIN CERTIFICATE-----);" \
+      "give a PEM bundle (a DER file converts with: openssl x509 -inform der -in FILE -out FILE.pem)"
   fi
   CA_BUNDLE=$(realpath -e -- "$CA_BUNDLE")
 }
@@ -782,12 +788,24 @@ fetch_app_source() {
 }
 
 # memlock_cache_file: where this engine's answer to --ulimit memlock=-1 is kept (one per engine ID).
+# Status 1 when there is none: no engine ID, or neither XDG_CACHE_HOME nor HOME (cron, some units).
 memlock_cache_file() {
-  local id
+  local id base=${XDG_CACHE_HOME:-${HOME:+$HOME/.cache}}
+  [[ -n $base ]] || return 1
   id=$(docker info --format '{{.ID}}' 2>/dev/null) || return 1
   id=${id//[^A-Za-z0-9]/_}
   [[ -n $id ]] || return 1
-  printf '%s/hfgpu-engines/memlock-%s\n' "${XDG_CACHE_HOME:-${HOME:?HOME is not set}/.cache}" "$id"
+  printf '%s/hfgpu-engines/memlock-%s\n' "$base" "$id"
+}
+
+# memlock_keep VALUE: cache this engine's answer (0 or 1), replaced whole: a launch beside this one
+# reads the old answer or the new one, never a half-written file.
+memlock_keep() {
+  local cache
+  cache=$(memlock_cache_file) || return 0
+  mkdir -p -- "${cache%/*}" 2>/dev/null || return 0
+  printf '%s\n' "$1" >"$cache.$$" 2>/dev/null && mv -f -- "$cache.$$" "$cache" 2>/dev/null ||
+    rm -f -- "$cache.$$" 2>/dev/null || true
 }
 
 # resolve_memlock: sets memlock before the command is printed, so the printed command is the one
@@ -795,28 +813,34 @@ memlock_cache_file() {
 # throw-away container of the image; a real launch caches the answer per engine (memlock_cache_file).
 resolve_memlock() {
   local cache err
-  cache=$(memlock_cache_file) || return 0
-  if [[ -f $cache ]]; then
+  if cache=$(memlock_cache_file) && [[ -f $cache ]]; then
     [[ $(<"$cache") == 0 ]] && memlock=0
     return 0
   fi
-  image_exists "$image" || return 0 # (a dry run without the image: unknown, assumed granted)
-  if err=$(docker run --rm --network none --ulimit memlock=-1 --entrypoint true "$image" 2>&1 >/dev/null); then
+  # A dry run before the image is here probes with any image the engine has: the engine sets the
+  # limit before it looks for the program, so "executable file not found" means granted too.
+  local probe=$image ids
+  if ! image_exists "$image"; then
+    ids=$(docker image ls --quiet 2>/dev/null) || ids=''
+    probe=${ids%%$'\n'*}
+    [[ -n $probe ]] || return 0 # an engine with no image at all: unknown, assumed granted
+  fi
+  if err=$(docker run --rm --network none --ulimit memlock=-1 --entrypoint true "$probe" 2>&1 >/dev/null); then
     memlock=1
   elif [[ $err == *"error setting rlimit"* ]]; then
     memlock=0
+  elif [[ $probe != "$image" && $err == *"executable file not found"* ]]; then
+    memlock=1
   else
     return 0 # another failure: decide nothing, cache nothing
   fi
   [[ $DRY_RUN == 1 ]] && return 0 # a dry run writes nothing
-  mkdir -p -- "${cache%/*}" 2>/dev/null && printf '%s\n' "$memlock" >"$cache" 2>/dev/null || true
+  memlock_keep "$memlock"
 }
 
 # forget_memlock: the engine refused memlock after all (its settings changed): cache the refusal.
 forget_memlock() {
-  local cache
-  cache=$(memlock_cache_file) || return 0
-  mkdir -p -- "${cache%/*}" 2>/dev/null && printf '0\n' >"$cache" 2>/dev/null || true
+  memlock_keep 0
 }
 
 # docker_engine_args: the client options that name this engine (DOCKER_HOST, DOCKER_CONTEXT), so
@@ -875,7 +899,9 @@ write_config_copy() {
   if ! err=$(docker run --rm --network none --user "$(id -u):$(id -g)" --entrypoint python3 \
     --mount "type=bind,$(docker_mount_source "$volume"),target=/volume" \
     "$image" "$HF_ARGS_HELPER" --resume-config "$copy" --checkpoint "$1" -- "$source" 2>&1); then
-    note "cannot write a resume copy of $source (${err##*$'\n'}); starting it again with its own config"
+    # The restart's one line must not promise a resume that will not happen.
+    SCRIPT_RESUME_NOTE="starting it again with its own $source, FROM STEP 0 unless it resumes by itself:"
+    SCRIPT_RESUME_NOTE+=" cannot write a resume copy in VOLUME/$CONFIG_COPY_DIR (${err##*$'\n'})"
     config_copy=''
     return 0
   fi

@@ -42,6 +42,10 @@ FIELDS = (
     "enable_jit_checkpoint",
     "max_steps",
 )
+# The FIELDS that hold where outputs go.
+PATH_FIELDS = ("output_dir", "logging_dir")
+# The parser's default for the FIELDS while reading a command line: a value still UNSET was not given.
+UNSET = object()
 # TrainingArguments turns output_dir=None into this folder (transformers 5.x).
 DEFAULT_OUTPUT_DIR = "trainer_output"
 
@@ -142,11 +146,21 @@ def read_command_line(args: list[str]) -> tuple[dict[str, Any], str | None, dict
         elif "_" in name:
             underscores += 1
     style = {"spelling": "dash" if dashes > underscores else "underscore", "equals": equals > 0}
+    # What was given is what no longer holds the placeholder: argparse also takes an unambiguous
+    # abbreviation (--output_d /tmp/x sets output_dir), which no list of exact names would see.
+    parser.set_defaults(**{name: UNSET for name in FIELDS if name in known})
     try:
         namespace, _extra = parser.parse_known_args(args)
     except ParseError as err:
         return {}, f"HfArgumentParser refuses these arguments: {one_line(err)}", style
-    values = {name: getattr(namespace, name) for name in FIELDS if name in given}
+    # An abbreviation counts for the output folders only (checked, so better seen than missed): the
+    # script's own parser may hold an exact --resume_from of its own, which the helper alone would
+    # read as --resume_from_checkpoint.
+    values = {
+        name: value
+        for name in FIELDS
+        if (value := getattr(namespace, name, UNSET)) is not UNSET and (name in given or name in PATH_FIELDS)
+    }
     return values, None, style
 
 
@@ -162,6 +176,8 @@ def effective(values: dict[str, Any]) -> dict[str, Any]:
     out["output_dir_given"] = values.get("output_dir") is not None
     if out["output_dir"] is None:
         out["output_dir"] = DEFAULT_OUTPUT_DIR
+    # Where the script's files really land: symlinks followed, from the run's workdir (/volume).
+    out["output_dir_real"] = os.path.realpath(os.path.join(os.getcwd(), str(out["output_dir"])))
     return out
 
 

@@ -65,7 +65,8 @@ script_facts_read() {
     [[ $line =~ ^[a-z_]+= ]] || continue
     SCRIPT_FACTS[${line%%=*}]=${line#*=}
   done <<<"$1"
-  [[ -n ${SCRIPT_FACTS[output_dir]:-} ]] || SCRIPT_FACTS=()
+  # The helper answered (an empty output_dir, --output_dir=, is the workdir /volume itself).
+  [[ -n ${SCRIPT_FACTS[form]:-} && -v SCRIPT_FACTS[output_dir] ]] || SCRIPT_FACTS=()
 }
 
 # script_fact NAME ARGS...: the value the script reads for TrainingArguments' NAME: SCRIPT_FACTS
@@ -81,16 +82,31 @@ script_fact() {
   script_arg_value "$name" "$@"
 }
 
+# script_mentions SRC REGEX: the script's source, or one of its own modules beside it that it imports
+# (train.py doing `from mylib import run`, with mylib.py or mylib/*.py in its folder: Python finds
+# them there), matches REGEX (grep -E). Status 1 when none does.
+script_mentions() {
+  local src=$1 regex=$2 dir mod
+  grep -qE -- "$regex" "$src" 2>/dev/null && return 0
+  dir=$(dirname -- "$src")
+  while read -r mod; do
+    [[ -f $dir/$mod.py ]] && grep -qE -- "$regex" "$dir/$mod.py" && return 0
+    [[ -d $dir/$mod ]] && grep -rqE --include='*.py' -- "$regex" "$dir/$mod" && return 0
+  done < <(sed -nE 's/^[[:space:]]*(from|import)[[:space:]]+([A-Za-z_][A-Za-z0-9_]*).*/\2/p' "$src" 2>/dev/null | sort -u)
+  return 1
+}
+
 # script_reads_hf_args SRC: the script reads its arguments with HfArgumentParser/TrainingArguments
-# (worth asking the image how), or its source is unknown.
+# (itself or in its own modules; worth asking the image how), or its source is unknown.
 script_reads_hf_args() {
-  [[ ! -f $1 ]] || grep -qE 'HfArgumentParser|TrainingArguments' "$1"
+  [[ ! -f $1 ]] || script_mentions "$1" 'HfArgumentParser|TrainingArguments'
 }
 
 # script_uses_trainer SRC: the script (or its source unknown) may build a transformers Trainer
-# (Trainer, Seq2SeqTrainer, trl's SFTTrainer...): the image's bucket hook can mirror its checkpoints.
+# (Trainer, Seq2SeqTrainer, trl's SFTTrainer...), itself or in its own modules: the image's bucket
+# hook can mirror its checkpoints.
 script_uses_trainer() {
-  [[ ! -f $1 ]] || grep -qE '[A-Za-z0-9_]*Trainer\b' "$1"
+  [[ ! -f $1 ]] || script_mentions "$1" '[A-Za-z0-9_]*Trainer\b'
 }
 
 # script_host_path SCRIPT VOLUME: the host file behind container path SCRIPT (/volume/X ->
@@ -145,7 +161,7 @@ script_uses_trainkit() {
 # (HF examples do: trainer.train(resume_from_checkpoint=...)). A script that merely parses
 # TrainingArguments accepts the flag and ignores it, so its source must use the name.
 script_handles_resume() {
-  [[ -f $1 ]] && grep -q 'resume_from_checkpoint' "$1"
+  [[ -f $1 ]] && script_mentions "$1" 'resume_from_checkpoint'
 }
 
 # script_stop_note SRC ARGS...: what a `docker stop` does to this run, for the "stop:" hint.
@@ -169,8 +185,14 @@ script_stop_note() {
 script_output_dir() {
   local volume=$1 dir
   shift
-  dir=$(script_fact output_dir "$@") || dir=$SCRIPT_HF_DEFAULT_OUTPUT
-  [[ -n $dir ]] || return 1
+  if ((${#SCRIPT_FACTS[@]})); then
+    dir=${SCRIPT_FACTS[output_dir]}
+    # A symlink in the volume that leads out of it: the files land outside (the helper followed it).
+    script_in_volume "${SCRIPT_FACTS[output_dir_real]:-/volume}" || return 1
+  else
+    dir=$(script_arg_value output_dir "$@") || dir=$SCRIPT_HF_DEFAULT_OUTPUT
+    [[ -n $dir ]] || return 1
+  fi
   dir=$(script_container_path "$dir")
   [[ $dir != "$SCRIPT_VOLUME_MOUNT" ]] || { printf '%s\n' "$volume"; return 0; }
   [[ $dir == "$SCRIPT_VOLUME_MOUNT"/* ]] || return 1
@@ -183,6 +205,11 @@ script_outputs_where() {
   local volume=$1 dir
   shift
   if dir=$(script_output_dir "$volume" "$@"); then
+    # A script whose arguments were not read (not a Trainer script) and that named no output folder
+    # wrote to no trainer_output unless one is there: its outputs are somewhere in the volume.
+    if ((${#SCRIPT_FACTS[@]} == 0)) && [[ ! -e $dir ]] && ! script_arg_value output_dir "$@" >/dev/null; then
+      dir=$volume
+    fi
     printf '%s\n' "$dir"
   else
     dir=$(script_fact output_dir "$@") || dir=''
@@ -299,6 +326,13 @@ script_resume_plan() {
   SCRIPT_RESUME_NOTE+=" ($flag $ckpt)"
 }
 
+# script_in_volume PATH: container path PATH (relative: to the workdir /volume) lies in /volume.
+script_in_volume() {
+  local norm
+  norm=$(script_container_path "$1")
+  [[ $norm == "$SCRIPT_VOLUME_MOUNT" || $norm == "$SCRIPT_VOLUME_MOUNT"/* ]]
+}
+
 # script_output_option NAME: option names that hold an output path.
 script_output_option() {
   set -- "${1//-/_}"
@@ -317,9 +351,14 @@ script_container_path() {
 # (--output_dir /tmp/out, --logging_dir=/app/logs): MODE refuse prints one error line and
 # returns 1; MODE warn prints a warning and returns 0.
 script_check_output_paths() {
-  local mode=$1 arg name value i norm
+  local mode=$1 arg name value i norm key
   shift
   local -a args=("$@")
+  local -A last=() # argparse keeps the last of a repeated option (--output_dir A --output-dir B: B)
+  for ((i = 0; i < ${#args[@]}; i++)); do
+    key=${args[i]#--} key=${key%%=*}
+    [[ ${args[i]} == --?* && -n $key ]] && last[${key//-/_}]=$i
+  done
   for ((i = 0; i < ${#args[@]}; i++)); do
     arg=${args[i]}
     [[ $arg == --?* ]] || continue
@@ -329,6 +368,8 @@ script_check_output_paths() {
     elif ((i + 1 < ${#args[@]})); then
       value=${args[i + 1]}
     fi
+    key=${name//-/_}
+    [[ -n $key && ${last[$key]:-} == "$i" ]] || continue
     script_output_option "$name" || continue
     [[ -n $value && $value != --* ]] || continue
     norm=$(script_container_path "$value")
@@ -348,7 +389,7 @@ the container; use a path under $SCRIPT_VOLUME_MOUNT (or a relative one), or pas
 # cannot read (missing, a key spelt with dashes) is refused in both modes; an output_dir outside
 # /volume (also one inside a JSON/YAML config) is refused (MODE refuse) or warned about (MODE warn).
 script_check_facts() {
-  local mode=$1 dir norm where
+  local mode=$1 dir real where
   ((${#SCRIPT_FACTS[@]})) || return 0
   if [[ -n ${SCRIPT_FACTS[problem]:-} ]]; then
     if [[ ${SCRIPT_FACTS[form]} == command-line ]]; then
@@ -358,9 +399,11 @@ script_check_facts() {
       return 1
     fi
   fi
-  dir=${SCRIPT_FACTS[output_dir]}
-  norm=$(script_container_path "$dir")
-  [[ $norm == "$SCRIPT_VOLUME_MOUNT" || $norm == "$SCRIPT_VOLUME_MOUNT"/* ]] && return 0
+  dir=${SCRIPT_FACTS[output_dir]} real=${SCRIPT_FACTS[output_dir_real]:-}
+  if script_in_volume "$dir"; then
+    [[ -n $real ]] && ! script_in_volume "$real" || return 0
+    dir+=" (a symlink to $real)"
+  fi
   where="output_dir $dir"
   [[ -z ${SCRIPT_FACTS[config]:-} ]] || where+=" (in ${SCRIPT_FACTS[config]})"
   if [[ $mode == warn ]]; then

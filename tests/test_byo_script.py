@@ -16,6 +16,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -150,17 +151,84 @@ def test_output_paths_outside_the_volume_are_refused_or_warned():
         ["--output_dir=out/rel"],
         ["--cache_dir", "/tmp/cache", "--train_file", "/app/data.csv"],  # inputs, not outputs
         ["--resume_from_checkpoint", "/tmp/ckpt"],
+        ["--output-dir", "/tmp/y", "--output_dir", "/volume/x"],  # argparse keeps the last: /volume/x
+        ["--=x", "--output_dir", "out"],
     ):
         proc = lib("script_check_output_paths", "refuse", *args)
         assert proc.returncode == 0 and proc.stderr == "", (args, proc.stderr)
+    last_outside = lib(
+        "script_check_output_paths", "refuse", "--output_dir", "/volume/x", "--output-dir", "/tmp/y"
+    )
+    assert last_outside.returncode == 1 and "--output-dir /tmp/y is outside" in last_outside.stderr
 
 
-def test_the_last_line_names_where_the_outputs_went():
+def facts_lines(**facts: str) -> str:
+    base = {"form": "json", "config": "a.json", "output_dir": "out", "output_dir_real": "/volume/out"}
+    return "".join(f"{k}={v}\n" for k, v in {**base, **facts}.items())
+
+
+def with_facts(facts: str, func: str, *args: str) -> subprocess.CompletedProcess:
+    call = " ".join(shlex.quote(a) for a in (func, *args))
+    return lib("eval", f'script_facts_read "$FACTS"; {call}', env={"FACTS": facts})
+
+
+def test_facts_follow_a_symlink_out_of_the_volume_and_an_empty_output_dir(tmp_path):
+    """hf_script_args.py follows symlinks (output_dir_real): link/x -> /tmp/x is outside; an empty
+    --output_dir= is the workdir /volume itself (Trainer saves checkpoint-N there), not 'unknown'."""
+    out = with_facts(
+        facts_lines(output_dir="link/x", output_dir_real="/tmp/x"), "script_check_facts", "refuse"
+    )
+    lines = out.stderr.splitlines()
+    assert out.returncode == 1 and len(lines) == 1, out.stderr
+    assert "output_dir link/x (a symlink to /tmp/x) (in a.json) is outside /volume" in lines[0], lines
+    assert with_facts(facts_lines(), "script_check_facts", "refuse").returncode == 0
+    where = with_facts(
+        facts_lines(output_dir="link/x", output_dir_real="/tmp/x"), "script_outputs_where", "/V"
+    )
+    assert where.stdout.strip().endswith("(outside /volume: lost with it)"), where.stdout
+    empty = facts_lines(form="command-line", config="", output_dir="", output_dir_real="/volume")
+    assert with_facts(empty, "script_outputs_where", "/V").stdout.strip() == "/V"
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    src = tmp_path / "s.py"
+    src.write_text("trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)\n")
+    mode, extra, _note = resume_plan(src, tmp_path, "--output_dir=", facts=empty)
+    assert (mode, extra) == ("resume", ["--resume_from_checkpoint", "/volume/checkpoint-4"]), (mode, extra)
+
+
+def test_the_last_line_names_where_the_outputs_went(tmp_path):
     where = lambda *args: lib("script_outputs_where", "/V", *args).stdout.strip()  # noqa: E731
     assert where("--output-dir=/volume/out/./run") == "/V/out/run"
-    assert where() == "/V/trainer_output"  # TrainingArguments' default, relative to /volume
+    # A script that named no output folder (a plain loop) made no trainer_output: "the volume".
+    assert where() == "/V"
+    (tmp_path / "trainer_output").mkdir()  # TrainingArguments' default, relative to /volume
+    assert lib("script_outputs_where", str(tmp_path)).stdout.strip() == f"{tmp_path}/trainer_output"
     for args in (["--output_dir", "/tmp/o"], ["--output_dir=/app/o"], ["--output_dir", "../o"]):
         assert where(*args).endswith(" inside the container (outside /volume: lost with it)"), args
+
+
+def test_a_trainer_or_parser_in_the_scripts_own_module_counts(tmp_path):
+    """--checkpoint-bucket is refused only for scripts that train no Trainer: one whose Trainer is in
+    its own module beside it (train.py: `from mylib import run`) gets the hook, not a refusal."""
+    (tmp_path / "mylib.py").write_text("from transformers import Trainer\n")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "loop.py").write_text("trainer = Seq2SeqTrainer(model)\n")
+    (tmp_path / "torchloop.py").write_text("import os\nimport torch\nloss.backward()\n")
+    cases = {"from mylib import run\n": 0, "  import pkg.loop\n": 0, "import torchloop\nimport json\n": 1}
+    for n, (source, status) in enumerate(cases.items()):
+        src = tmp_path / f"train{n}.py"
+        src.write_text(source)
+        assert lib("script_uses_trainer", str(src)).returncode == status, source
+    assert lib("script_uses_trainer", str(tmp_path / "torchloop.py")).returncode == 1
+    # The same for reading its arguments as HfArgumentParser does (a JSON config parsed in mylib).
+    (tmp_path / "args_lib.py").write_text("parser = HfArgumentParser((TrainingArguments,))\n")
+    (tmp_path / "cli.py").write_text("from args_lib import parser\n")
+    assert lib("script_reads_hf_args", str(tmp_path / "cli.py")).returncode == 0
+    assert lib("script_reads_hf_args", str(tmp_path / "torchloop.py")).returncode == 1
+    (tmp_path / "args_lib.py").write_text(
+        "trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)\n"
+    )
+    assert lib("script_handles_resume", str(tmp_path / "cli.py")).returncode == 0
 
 
 def test_stop_note_depends_on_what_the_script_does(tmp_path):
@@ -586,6 +654,8 @@ cases = [
     ["both.yaml"],
     ["--save_strategy", "bogus"],
     ["--help", "--output-dir", "/volume/h"],  # the script's own --help is not the reader's
+    ["--output_dir", "link/x"],  # link -> /tmp: the files land outside the volume
+    ["--output-d", "/tmp/x", "--save_strategy=no", "--resume_from_c", "y"],  # argparse takes abbreviations
 ]
 for args in cases:
     print(json.dumps(h.describe(args)))
@@ -601,9 +671,23 @@ def test_the_image_reads_arguments_as_hf_argument_parser_does(image, tmp_path):
     (vol / "args.yaml").write_text("output_dir: y\nsave_total_limit: 2\ntrain_file: t.csv\n")
     (vol / "both.yaml").write_text("output_dir: a\noutput-dir: /tmp/b\n")
     open_up(vol)
+    (vol / "link").symlink_to("/tmp")
     proc = run_in_image(image.tag, "python3", "-c", HELPER_CASES, user=USER, volume=vol, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    dash, under, extra, js, yml, both, bogus, helped = (json.loads(line) for line in proc.stdout.splitlines())
+    dash, under, extra, js, yml, both, bogus, helped, linked, abbrev = (
+        json.loads(line) for line in proc.stdout.splitlines()
+    )
+    assert (abbrev["output_dir"], abbrev["output_dir_given"], abbrev["save_strategy"]) == (
+        "/tmp/x",
+        True,
+        "no",
+    )
+    assert abbrev["resume_from_checkpoint"] is None  # maybe the script's own exact flag: not ours
+    assert (linked["output_dir"], linked["output_dir_real"], dash["output_dir_real"]) == (
+        "link/x",
+        "/tmp/x",
+        "/volume/d",
+    )
     assert helped["output_dir"] == "/volume/h"
     assert (dash["output_dir"], dash["save_steps"], dash["spelling"], dash["equals"]) == (
         "/volume/d",
@@ -813,6 +897,29 @@ def test_dry_run_prints_the_command_that_runs_on_the_same_engine(image, vol, tmp
     assert again.returncode == 0 and ("memlock=-1" in again.stdout) != granted, again.stdout
 
 
+def test_dry_run_without_home_still_decides_memlock(image, tmp_path):
+    """No HOME and no XDG_CACHE_HOME (cron, a bare unit): nowhere to cache the engine's answer, yet the
+    printed command must still be the one that runs: probed, not assumed, and no shell error; the
+    same before the image exists (a dry run builds or pulls nothing)."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "ok.py").write_text("print('ok')\n")
+    open_up(vol)
+    env = {k: v for k, v in launcher_env().items() if k not in ("HOME", "XDG_CACHE_HOME")}
+    cmd = launcher_cmd(image, vol, f"hfgpu-byo-{uuid.uuid4().hex[:8]}", "--dry-run", "ok.py")
+    dry = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert dry.returncode == 0 and "HOME" not in dry.stderr, dry.stderr
+    probe = ["run", "--rm", "--network", "none", "--ulimit", "memlock=-1", "--entrypoint", "true", image.tag]
+    granted = docker(*probe, check=False).returncode == 0
+    assert ("--ulimit memlock=-1" in dry.stdout) == granted, dry.stdout
+    # Before the image is built or pulled: probed with another image of the engine, not assumed.
+    missing = [*cmd]
+    missing[missing.index("--image") + 1] = f"hfgpu-byo-absent:{uuid.uuid4().hex[:8]}"
+    early = subprocess.run(missing, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert early.returncode == 0 and "build_and_push.sh" in early.stdout, early.stderr
+    assert ("--ulimit memlock=-1" in early.stdout) == granted, early.stdout
+
+
 def test_runtime_pip_trusts_the_ca_bundle_the_launcher_was_given(image, tmp_path):
     """This machine reaches PyPI through a TLS-intercepting proxy (docs/test-environment): the image's
     own roots do not trust it. --ca-bundle (the host's bundle, which does) is mounted read-only and
@@ -837,3 +944,73 @@ def test_runtime_pip_trusts_the_ca_bundle_the_launcher_was_given(image, tmp_path
     proc = launch(image, vol, *args, "uses_pyjokes.py", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "byo-ca: pyjokes" in proc.stdout
+
+
+def test_ca_bundle_must_be_a_readable_pem_file_and_any_path_mounts(image, tmp_path):
+    """--ca-bundle: a folder, an empty or a DER file is refused in one line before anything runs (pip
+    would ignore it and fail later with CERTIFICATE_VERIFY_FAILED); commas and colons in the path
+    mount fine (the --mount source is quoted)."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "ok.py").write_text("print('ok')\n")
+    open_up(vol)
+    pem = Path("/etc/ssl/certs/ca-certificates.crt").read_text()
+    (tmp_path / "empty.pem").write_text("")
+    (tmp_path / "der.cer").write_bytes(b"\x30\x82\x05\x00not pem")
+    for bad, says in (
+        (tmp_path, "is not a readable regular file"),
+        (tmp_path / "empty.pem", "holds no PEM certificate"),
+        (tmp_path / "der.cer", "holds no PEM certificate"),
+    ):
+        proc = launch(image, vol, "--dry-run", "--ca-bundle", str(bad), "ok.py")
+        lines = proc.stderr.splitlines()
+        assert proc.returncode == 1 and proc.stdout == "" and len(lines) == 1 and says in lines[0], (
+            bad,
+            lines,
+        )
+    odd = tmp_path / "a,b:c.pem"
+    odd.write_text(pem)
+    (vol / "ca.py").write_text(
+        "print('byo-ca-mount:', open('/run/hfgpu-ca-bundle.pem').readline().strip())\n"
+    )
+    open_up(vol)
+    proc = launch(image, vol, "--ca-bundle", str(odd), "ca.py")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "byo-ca-mount: -----BEGIN CERTIFICATE-----" in proc.stdout, proc.stdout
+
+
+FAKE_CONFIG_SCRIPT = """# Reads one JSON config as HfArgumentParser scripts do;
+# passes resume_from_checkpoint on to Trainer.
+import json, pathlib, sys
+cfg = json.load(open(sys.argv[1]))
+if "resume_from_checkpoint" in cfg:
+    print("fake-config: resumed from", cfg["resume_from_checkpoint"], flush=True)
+    sys.exit(0)
+ckpt = pathlib.Path(cfg["output_dir"], "checkpoint-2")
+ckpt.mkdir(parents=True, exist_ok=True)
+(ckpt / "trainer_state.json").write_text('{"global_step": 2, "max_steps": 4}')
+print("fake-config: stopped at step 2", flush=True)
+sys.exit(143)
+"""
+
+
+def test_a_config_restart_says_so_when_its_resume_copy_cannot_be_written(image, tmp_path):
+    """A JSON-config run stopped after checkpoint-2 (a fake script: no training) resumes from a private
+    copy of its config; when the copy cannot be written, the restart's line says it starts over
+    with its own config instead of promising a resume."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "fake.py").write_text(FAKE_CONFIG_SCRIPT)
+    (vol / "a.json").write_text(json.dumps({"output_dir": "/volume/out"}))
+    open_up(vol)
+    args = ["--restart-on-preemption", "--max-restarts", "1", "fake.py", "--", "a.json"]
+    good = launch(image, vol, *args)
+    assert good.returncode == 0, good.stderr[-2000:]
+    assert "fake-config: resumed from /volume/out/checkpoint-2" in good.stdout, good.stdout
+    shutil.rmtree(vol / "out")
+    shutil.rmtree(vol / ".hfgpu")
+    (vol / ".hfgpu").write_text("not a folder\n")  # the copy's folder cannot be made
+    bad = launch(image, vol, *args)
+    note = next(line for line in bad.stderr.splitlines() if "exited 143; starting it again" in line)
+    assert "with its own a.json, FROM STEP 0 unless it resumes by itself" in note, note
+    assert "to resume from step" not in note, note
