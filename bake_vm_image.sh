@@ -50,6 +50,8 @@ TIMEOUT_S=1800
 POLL_S=15
 FAMILY=
 BAKE_VM=
+PULL_REF=    # what the bake VM pulls: IMAGE_REF's registry digest when this machine knows it
+DEP_LAYERS=  # how many of the image's layers the family covers (the VM checks what it pulled)
 VM_CREATED=0
 STARTUP=
 
@@ -98,6 +100,15 @@ validate() {
     die "image $IMAGE_REF is not on this machine: the baked family is named after its layers;" \
       "build it here (./build_and_push.sh) or docker pull $IMAGE_REF first"
   BAKE_VM=hfgpu-bake-${FAMILY#hfgpu-deps-}
+  DEP_LAYERS=$(dep_layer_count "$IMAGE_REF")
+  if PULL_REF=$(registry_digest_ref "$IMAGE_REF"); then
+    log "the bake VM pulls $PULL_REF (what the registry holds of this machine's $IMAGE_REF)"
+  else
+    PULL_REF=$IMAGE_REF
+    warn "$IMAGE_REF has no registry digest on this machine (not pushed from here, or rebuilt since):" \
+      "the bake VM pulls the tag as the registry has it now, and powers off only if its dependency layers" \
+      "are $FAMILY's; push it first (./build_and_push.sh) to bake exactly this image"
+  fi
 }
 
 # baked_already: the project has the family: print its image and succeed.
@@ -117,7 +128,9 @@ baked_already() {
 startup_script() {
   STARTUP=$(mktemp)
   {
-    printf '#!/bin/bash\n# bake_vm_image.sh: pull this image, then power off\nexport HFGPU_BAKE_IMAGE=%q\n' "$IMAGE_REF"
+    printf '#!/bin/bash\n# bake_vm_image.sh: pull this image; power off when its first %s layers are %s\n' \
+      "$DEP_LAYERS" "$FAMILY"
+    printf 'export HFGPU_BAKE_IMAGE=%q HFGPU_BAKE_FAMILY=%q HFGPU_BAKE_LAYERS=%q\n' "$PULL_REF" "$FAMILY" "$DEP_LAYERS"
     cat "$HFGPU_ROOT/deploy/vm-startup.sh"
   } >"$STARTUP"
 }
@@ -129,7 +142,7 @@ create_vm() {
     --metadata-from-file "startup-script=$STARTUP"
     --service-account "$SERVICE_ACCOUNT" --scopes cloud-platform --labels "hfgpu-bake=${FAMILY#hfgpu-deps-}")
   local out
-  log "bake VM: creating $BAKE_VM in $ZONE ($MACHINE_TYPE, from $SOURCE_FAMILY) to pull $IMAGE_REF"
+  log "bake VM: creating $BAKE_VM in $ZONE ($MACHINE_TYPE, from $SOURCE_FAMILY) to pull $PULL_REF"
   if [[ $DRY_RUN == 1 ]]; then
     quote_cmd "${create[@]}"
     return 0
