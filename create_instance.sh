@@ -422,9 +422,12 @@ choose_boot_image() {
   if out=$(gcloud compute images describe-from-family "$family" --project "$PROJECT" --format 'value(name)' 2>&1); then
     BOOT_FAMILY=$family BOOT_PROJECT=$PROJECT
     log "boot disk: baked image $out (family $family): the image's dependency layers are on it"
-  else
+  elif grep -qE 'was not found|NOT_FOUND' <<<"$out"; then
     log "boot disk: $IMAGE_FAMILY; no baked image for this image's dependency layers (family $family):" \
       "./bake_vm_image.sh makes one, and later VMs pull only the code layers"
+  else
+    warn "boot disk: cannot read the baked family $family ($(gcloud_error "$out")): booting from" \
+      "$IMAGE_FAMILY, whose VM pulls the whole image; grant roles/compute.viewer to use baked images"
   fi
 }
 

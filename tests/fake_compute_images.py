@@ -26,6 +26,9 @@ class FakeComputeImages(FakeGcp):
     # How many instances.get calls a VM inserted with a startup-script reads RUNNING before it reads
     # TERMINATED (its script powered it off); None: it never powers off (a pull that failed).
     gets_until_terminated: int | None = 2
+    # When set, images.getFromFamily of the project's own families answers 403 (a caller without
+    # compute.images.getFromFamily on the project).
+    refuse_own_families: bool = False
 
     def add_image(self, project: str, name: str, family: str) -> None:
         self.images.setdefault(project, {})[name] = self._image(project, name, family, "")
@@ -51,6 +54,17 @@ class FakeComputeImages(FakeGcp):
             # images.getFromFamily: "the latest image that is part of an image family and is not
             # deprecated" (compute/docs/reference/rest/v1/images/getFromFamily); 404 when there is none.
             project, family = m.groups()
+            if self.refuse_own_families:
+                # getFromFamily needs the IAM permission compute.images.getFromFamily on the project
+                # (compute/docs/reference/rest/v1/images/getFromFamily, "Authorization"); 403 with
+                # the legacy reason "forbidden" (wording unverified: scripts match nothing of it).
+                return _error(
+                    403,
+                    "PERMISSION_DENIED",
+                    f"Required 'compute.images.getFromFamily' permission for"
+                    f" 'projects/{project}/global/images/family/{family}'",
+                    reason="forbidden",
+                )
             found = [i for i in self.images[project].values() if i["family"] == family]
             if not found:
                 return self._not_found(f"projects/{project}/global/images/family/{family}")

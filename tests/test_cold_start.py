@@ -377,6 +377,26 @@ def test_create_instance_boots_from_the_baked_family_when_it_exists(
     assert compute.unhandled() == []
 
 
+def test_create_instance_says_why_when_the_baked_family_cannot_be_read(
+    compute: FakeComputeImages, local_ref: str, tmp_path: Path
+):
+    """Google refusing the lookup is not 'no baked image': the VM boots from the public family (a
+    full pull, still correct) and one warning names the refusal."""
+    family = family_of(local_ref)
+    compute.add_image("my-project", f"{family}-20260101000000", family)
+    compute.refuse_own_families = True
+    proc = run(ROOT / "create_instance.sh", compute, tmp_path, "--image", local_ref)
+    assert proc.returncode == 0, proc.stderr
+    (insert,) = compute.calls("POST", r"/zones/us-east4-a/instances$")
+    assert insert.body["disks"][0]["initializeParams"]["sourceImage"].endswith(
+        "projects/deeplearning-platform-release/global/images/family/common-cu129-ubuntu-2204-nvidia-580"
+    )
+    (line,) = [line for line in proc.stderr.splitlines() if family in line]
+    assert line.startswith(f"create_instance.sh: warning: boot disk: cannot read the baked family {family}")
+    assert "compute.images.getFromFamily" in line and "pulls the whole image" in line, line
+    assert "no baked image" not in proc.stderr
+
+
 def test_startup_script_installs_pigz_pulls_and_stays_up_without_systemd(image, tiny: TinyImages):
     """deploy/vm-startup.sh itself, as root in a Debian container with the host's Docker client and
     socket and the host's network (the loopback registry): pigz from Debian's archive, the engine's
