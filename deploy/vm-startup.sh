@@ -80,6 +80,11 @@ main() {
     return 0
   fi
   ensure_pigz
+  if ! command -v docker >/dev/null 2>&1; then
+    log "warning: no docker on PATH: this VM pulls no image (a Deep Learning VM image has it)"
+    [[ -z ${HFGPU_BAKE_IMAGE:-} ]] || { log "bake: error: nothing to pull with; not powering off" && return 1; }
+    return 0
+  fi
   local version
   if version=$(engine_version); then
     log "Docker engine $version (zstd images need 23.0 or newer)"

@@ -488,3 +488,20 @@ def test_startup_script_powers_off_only_for_the_family_it_was_named(same: bool, 
         f" not {family} (the tag points at another image now); not powering off: bake again from a machine"
         " that has the image you deploy",
     ]
+
+
+def test_startup_script_on_a_vm_without_docker_says_so_at_once():
+    """A VM image without Docker (or a broken install): one line, no two minutes of waiting for an
+    engine that cannot answer; pigz already there is left as it is."""
+    proc = docker(
+        "run", "--rm", "--network", "none",
+        "-v", "/usr/bin/unpigz:/usr/bin/unpigz:ro",
+        "-v", f"{STARTUP}:/startup.sh:ro",
+        "hfgpu-test-base:bookworm", "timeout", "60", "bash", "/startup.sh",
+        check=False, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "hfgpu-startup: unpigz present: /usr/bin/unpigz",
+        "hfgpu-startup: warning: no docker on PATH: this VM pulls no image (a Deep Learning VM image has it)",
+    ]
