@@ -12,7 +12,7 @@
 #   --machine-type TYPE     the bake VM: a cheap CPU type (default e2-standard-4)
 #   --image-family FAMILY   the Deep Learning VM family to start from (default: create_instance.sh's,
 #                           common-cu129-ubuntu-2204-nvidia-580, project deeplearning-platform-release)
-#   --boot-disk-size SIZE   the baked disk (default 100GB); VMs booted from it need at least as much
+#   --boot-disk-size SIZE   the baked disk (default 100GB; 1TB too); VMs booted from it need at least as much
 #   --service-account EMAIL the bake VM's identity, which pulls the image (default the one
 #                           create_instance.sh makes: hfgpu-vm@PROJECT.iam.gserviceaccount.com)
 #   --timeout SECONDS       how long the bake VM may take to pull and power off (default 1800)
@@ -87,9 +87,15 @@ validate() {
     die "invalid machine type '$MACHINE_TYPE': use a type like e2-standard-4"
   [[ $SOURCE_FAMILY =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] ||
     die "invalid image family '$SOURCE_FAMILY': see gcloud compute images list --project $SOURCE_PROJECT"
-  DISK_GB=${DISK_GB%GB}
-  [[ $DISK_GB =~ ^[0-9]+$ && $DISK_GB -ge 50 ]] ||
-    die "invalid --boot-disk-size '$DISK_GB': give at least 50GB (the Deep Learning VM image plus about 9 GB of layers)"
+  # 100, 100GB or 1TB, as create_instance.sh reads them (gcloud's TB is 1024 GB).
+  local gb=0
+  if [[ $DISK_GB =~ ^([0-9]{1,9})(GB|TB)?$ ]]; then
+    gb=$((10#${BASH_REMATCH[1]}))
+    [[ ${BASH_REMATCH[2]} == TB ]] && gb=$((gb * 1024))
+  fi
+  ((gb >= 50 && gb <= 65536)) ||
+    die "invalid --boot-disk-size '$DISK_GB': give 50GB to 64TB (the Deep Learning VM image plus about 9 GB of layers)"
+  DISK_GB=$gb
   config_default_project
   [[ -n $PROJECT ]] || die "preflight: no project set; pass --project ID or run: gcloud config set project ID"
   validate_project "$PROJECT" "$(config_origin PROJECT)"

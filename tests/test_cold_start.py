@@ -505,3 +505,37 @@ def test_startup_script_on_a_vm_without_docker_says_so_at_once():
         "hfgpu-startup: unpigz present: /usr/bin/unpigz",
         "hfgpu-startup: warning: no docker on PATH: this VM pulls no image (a Deep Learning VM image has it)",
     ]
+
+
+def test_a_bake_on_a_larger_disk_is_used_only_by_vms_with_as_much(
+    compute: FakeComputeImages, local_ref: str, tmp_path: Path
+):
+    """bake_vm_image.sh --boot-disk-size 1TB (read as create_instance.sh reads it) makes a 1024 GB
+    image; a VM with the default 200 GB boot disk cannot boot from it, so it uses the public family
+    and says how to use the baked one; with --boot-disk-size 1TB it boots from the bake."""
+    family = family_of(local_ref)
+    proc = run(
+        BAKE, compute, tmp_path, "--image", local_ref, "--poll-seconds", "1", "--boot-disk-size", "1TB"
+    )
+    assert proc.returncode == 0, proc.stderr
+    (insert,) = compute.calls("POST", r"/zones/us-east4-a/instances$")
+    assert insert.body["disks"][0]["initializeParams"]["diskSizeGb"] == "1024"
+    (name,) = compute.images["my-project"]
+    compute.clear()
+    proc = run(ROOT / "create_instance.sh", compute, tmp_path, "--image", local_ref)
+    assert proc.returncode == 0, proc.stderr
+    (insert,) = compute.calls("POST", r"/zones/us-east4-a/instances$")
+    assert "/deeplearning-platform-release/" in insert.body["disks"][0]["initializeParams"]["sourceImage"]
+    assert (
+        f"create_instance.sh: warning: boot disk: the baked image {name} is 1024GB, more than this VM's"
+        " 200GB: booting from common-cu129-ubuntu-2204-nvidia-580, whose VM pulls the whole image; pass"
+        " --boot-disk-size 1024GB to use it"
+    ) in proc.stderr.splitlines()
+    compute.instances.clear()
+    compute.clear()
+    proc = run(
+        ROOT / "create_instance.sh", compute, tmp_path, "--image", local_ref, "--boot-disk-size", "1TB"
+    )
+    assert proc.returncode == 0, proc.stderr
+    (insert,) = compute.calls("POST", r"/zones/us-east4-a/instances$")
+    assert insert.body["disks"][0]["initializeParams"]["sourceImage"].endswith(f"/images/family/{family}")
