@@ -100,6 +100,8 @@ validate() {
   [[ -n $PROJECT ]] || die "preflight: no project set; pass --project ID or run: gcloud config set project ID"
   validate_project "$PROJECT" "$(config_origin PROJECT)"
   SERVICE_ACCOUNT=${SERVICE_ACCOUNT:-hfgpu-vm@$PROJECT.iam.gserviceaccount.com}
+  [[ $SERVICE_ACCOUNT =~ ^[a-z0-9._-]+@[a-z0-9.-]+\.gserviceaccount\.com$ ]] ||
+    die "invalid service account '$SERVICE_ACCOUNT': use its e-mail, NAME@PROJECT.iam.gserviceaccount.com"
   IMAGE_REF=${IMAGE_REF:-${CONTAINER_NAME:-$(registry_image)}}
   need_cmd docker "the baked family is named after the image's layers, read from the local Docker engine"
   FAMILY=$(baked_family "$IMAGE_REF") ||
@@ -128,6 +130,18 @@ baked_already() {
   grep -qE 'was not found|NOT_FOUND' <<<"$out" ||
     gcp_fail "preflight: cannot read image family $FAMILY" "$out" compute.googleapis.com "roles/compute.viewer"
   return 1
+}
+
+# check_service_account: the bake VM's identity exists (create_instance.sh makes the default one).
+check_service_account() {
+  local out
+  [[ $DRY_RUN == 1 ]] && return 0
+  out=$(gcloud iam service-accounts describe "$SERVICE_ACCOUNT" --project "$PROJECT" --format 'value(email)' 2>&1) &&
+    return 0
+  grep -qE 'NOT_FOUND|not found|Unknown service account' <<<"$out" &&
+    die "service account $SERVICE_ACCOUNT not found: the bake VM pulls the image as it; run ./create_instance.sh" \
+      "once (it makes it) or pass --service-account EMAIL"
+  gcp_fail "preflight: cannot read service account $SERVICE_ACCOUNT" "$out" iam.googleapis.com "roles/iam.serviceAccountViewer"
 }
 
 # startup_script: the bake VM's startup script: deploy/vm-startup.sh with the image to pull.
@@ -218,6 +232,7 @@ main() {
     printf '%s\n' "$FAMILY"
     return 0
   fi
+  check_service_account
   trap cleanup EXIT
   startup_script
   create_vm

@@ -235,6 +235,7 @@ REPO = "projects/my-project/locations/us-east4/repositories/gpu-transformers"
 def compute() -> Iterator[FakeComputeImages]:
     with FakeComputeImages() as f:
         f.repositories[REPO] = {"name": REPO, "format": "DOCKER"}
+        f.add_service_account("hfgpu-vm@my-project.iam.gserviceaccount.com")  # create_instance.sh made it
         yield f
 
 
@@ -539,3 +540,29 @@ def test_a_bake_on_a_larger_disk_is_used_only_by_vms_with_as_much(
     assert proc.returncode == 0, proc.stderr
     (insert,) = compute.calls("POST", r"/zones/us-east4-a/instances$")
     assert insert.body["disks"][0]["initializeParams"]["sourceImage"].endswith(f"/images/family/{family}")
+
+
+def test_bake_without_the_vms_service_account_stops_before_any_vm(compute: FakeComputeImages, local_ref: str,
+                                                                   tmp_path: Path):  # fmt: skip
+    """The bake VM pulls as create_instance.sh's service account: without it, one line saying how to
+    make it, and no VM; a malformed --service-account is refused before any request."""
+
+    def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+        return [line for line in proc.stderr.splitlines() if line.startswith("bake_vm_image.sh: error:")]
+
+    compute.service_accounts.clear()
+    proc = run(BAKE, compute, tmp_path, "--image", local_ref)
+    assert proc.returncode == 1
+    assert error_lines(proc) == [
+        "bake_vm_image.sh: error: service account hfgpu-vm@my-project.iam.gserviceaccount.com not found: the"
+        " bake VM pulls the image as it; run ./create_instance.sh once (it makes it) or pass"
+        " --service-account EMAIL"
+    ]
+    assert compute.mutations() == []
+    compute.clear()
+    proc = run(BAKE, compute, tmp_path, "--image", local_ref, "--service-account", "not an email")
+    assert proc.returncode == 1 and error_lines(proc) == [
+        "bake_vm_image.sh: error: invalid service account 'not an email': use its e-mail,"
+        " NAME@PROJECT.iam.gserviceaccount.com"
+    ]
+    assert compute.requests == []
