@@ -12,7 +12,7 @@
 #   --machine-type TYPE     the bake VM: a cheap CPU type (default e2-standard-4)
 #   --image-family FAMILY   the Deep Learning VM family to start from (default: create_instance.sh's,
 #                           common-cu129-ubuntu-2204-nvidia-580, project deeplearning-platform-release)
-#   --boot-disk-size SIZE   the baked disk (default 100GB); VMs booted from it need at least as much
+#   --boot-disk-size SIZE   the baked disk (default 100GB; 1TB too); VMs booted from it need at least as much
 #   --service-account EMAIL the bake VM's identity, which pulls the image (default the one
 #                           create_instance.sh makes: hfgpu-vm@PROJECT.iam.gserviceaccount.com)
 #   --timeout SECONDS       how long the bake VM may take to pull and power off (default 1800)
@@ -50,6 +50,8 @@ TIMEOUT_S=1800
 POLL_S=15
 FAMILY=
 BAKE_VM=
+PULL_REF=    # what the bake VM pulls: IMAGE_REF's registry digest when this machine knows it
+DEP_LAYERS=  # how many of the image's layers the family covers (the VM checks what it pulled)
 VM_CREATED=0
 STARTUP=
 
@@ -85,19 +87,36 @@ validate() {
     die "invalid machine type '$MACHINE_TYPE': use a type like e2-standard-4"
   [[ $SOURCE_FAMILY =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] ||
     die "invalid image family '$SOURCE_FAMILY': see gcloud compute images list --project $SOURCE_PROJECT"
-  DISK_GB=${DISK_GB%GB}
-  [[ $DISK_GB =~ ^[0-9]+$ && $DISK_GB -ge 50 ]] ||
-    die "invalid --boot-disk-size '$DISK_GB': give at least 50GB (the Deep Learning VM image plus about 9 GB of layers)"
+  # 100, 100GB or 1TB, as create_instance.sh reads them (gcloud's TB is 1024 GB).
+  local gb=0
+  if [[ $DISK_GB =~ ^([0-9]{1,9})(GB|TB)?$ ]]; then
+    gb=$((10#${BASH_REMATCH[1]}))
+    [[ ${BASH_REMATCH[2]} == TB ]] && gb=$((gb * 1024))
+  fi
+  ((gb >= 50 && gb <= 65536)) ||
+    die "invalid --boot-disk-size '$DISK_GB': give 50GB to 64TB (the Deep Learning VM image plus about 9 GB of layers)"
+  DISK_GB=$gb
   config_default_project
   [[ -n $PROJECT ]] || die "preflight: no project set; pass --project ID or run: gcloud config set project ID"
   validate_project "$PROJECT" "$(config_origin PROJECT)"
   SERVICE_ACCOUNT=${SERVICE_ACCOUNT:-hfgpu-vm@$PROJECT.iam.gserviceaccount.com}
+  [[ $SERVICE_ACCOUNT =~ ^[a-z0-9._-]+@[a-z0-9.-]+\.gserviceaccount\.com$ ]] ||
+    die "invalid service account '$SERVICE_ACCOUNT': use its e-mail, NAME@PROJECT.iam.gserviceaccount.com"
   IMAGE_REF=${IMAGE_REF:-${CONTAINER_NAME:-$(registry_image)}}
   need_cmd docker "the baked family is named after the image's layers, read from the local Docker engine"
   FAMILY=$(baked_family "$IMAGE_REF") ||
     die "image $IMAGE_REF is not on this machine: the baked family is named after its layers;" \
       "build it here (./build_and_push.sh) or docker pull $IMAGE_REF first"
   BAKE_VM=hfgpu-bake-${FAMILY#hfgpu-deps-}
+  DEP_LAYERS=$(dep_layer_count "$IMAGE_REF")
+  if PULL_REF=$(registry_digest_ref "$IMAGE_REF"); then
+    log "the bake VM pulls $PULL_REF (what the registry holds of this machine's $IMAGE_REF)"
+  else
+    PULL_REF=$IMAGE_REF
+    warn "$IMAGE_REF has no registry digest on this machine (not pushed from here, or rebuilt since):" \
+      "the bake VM pulls the tag as the registry has it now, and powers off only if its dependency layers" \
+      "are $FAMILY's; push it first (./build_and_push.sh) to bake exactly this image"
+  fi
 }
 
 # baked_already: the project has the family: print its image and succeed.
@@ -113,11 +132,25 @@ baked_already() {
   return 1
 }
 
+# check_service_account: the bake VM's identity exists (create_instance.sh makes the default one).
+check_service_account() {
+  local out
+  [[ $DRY_RUN == 1 ]] && return 0
+  out=$(gcloud iam service-accounts describe "$SERVICE_ACCOUNT" --project "$PROJECT" --format 'value(email)' 2>&1) &&
+    return 0
+  grep -qE 'NOT_FOUND|not found|Unknown service account' <<<"$out" &&
+    die "service account $SERVICE_ACCOUNT not found: the bake VM pulls the image as it; run ./create_instance.sh" \
+      "once (it makes it) or pass --service-account EMAIL"
+  gcp_fail "preflight: cannot read service account $SERVICE_ACCOUNT" "$out" iam.googleapis.com "roles/iam.serviceAccountViewer"
+}
+
 # startup_script: the bake VM's startup script: deploy/vm-startup.sh with the image to pull.
 startup_script() {
   STARTUP=$(mktemp)
   {
-    printf '#!/bin/bash\n# bake_vm_image.sh: pull this image, then power off\nexport HFGPU_BAKE_IMAGE=%q\n' "$IMAGE_REF"
+    printf '#!/bin/bash\n# bake_vm_image.sh: pull this image; power off when its first %s layers are %s\n' \
+      "$DEP_LAYERS" "$FAMILY"
+    printf 'export HFGPU_BAKE_IMAGE=%q HFGPU_BAKE_FAMILY=%q HFGPU_BAKE_LAYERS=%q\n' "$PULL_REF" "$FAMILY" "$DEP_LAYERS"
     cat "$HFGPU_ROOT/deploy/vm-startup.sh"
   } >"$STARTUP"
 }
@@ -129,7 +162,7 @@ create_vm() {
     --metadata-from-file "startup-script=$STARTUP"
     --service-account "$SERVICE_ACCOUNT" --scopes cloud-platform --labels "hfgpu-bake=${FAMILY#hfgpu-deps-}")
   local out
-  log "bake VM: creating $BAKE_VM in $ZONE ($MACHINE_TYPE, from $SOURCE_FAMILY) to pull $IMAGE_REF"
+  log "bake VM: creating $BAKE_VM in $ZONE ($MACHINE_TYPE, from $SOURCE_FAMILY) to pull $PULL_REF"
   if [[ $DRY_RUN == 1 ]]; then
     quote_cmd "${create[@]}"
     return 0
@@ -199,6 +232,7 @@ main() {
     printf '%s\n' "$FAMILY"
     return 0
   fi
+  check_service_account
   trap cleanup EXIT
   startup_script
   create_vm

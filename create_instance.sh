@@ -419,12 +419,24 @@ choose_boot_image() {
   local family out
   [[ $DRY_RUN == 1 ]] && return 0
   family=$(baked_family "$(image_ref)") || return 0
-  if out=$(gcloud compute images describe-from-family "$family" --project "$PROJECT" --format 'value(name)' 2>&1); then
+  if out=$(gcloud compute images describe-from-family "$family" --project "$PROJECT" \
+    --format 'value(name,diskSizeGb)' 2>&1); then
+    local name size
+    read -r name size <<<"$out"
+    # A boot disk may not be smaller than its image (Image.diskSizeGb: bake_vm_image.sh --boot-disk-size).
+    if ((${size:-0} > BOOT_DISK_GB)); then
+      warn "boot disk: the baked image $name is ${size}GB, more than this VM's ${BOOT_DISK_GB}GB: booting from" \
+        "$IMAGE_FAMILY, whose VM pulls the whole image; pass --boot-disk-size ${size}GB to use it"
+      return 0
+    fi
     BOOT_FAMILY=$family BOOT_PROJECT=$PROJECT
-    log "boot disk: baked image $out (family $family): the image's dependency layers are on it"
-  else
+    log "boot disk: baked image $name (family $family): the image's dependency layers are on it"
+  elif grep -qE 'was not found|NOT_FOUND' <<<"$out"; then
     log "boot disk: $IMAGE_FAMILY; no baked image for this image's dependency layers (family $family):" \
       "./bake_vm_image.sh makes one, and later VMs pull only the code layers"
+  else
+    warn "boot disk: cannot read the baked family $family ($(gcloud_error "$out")): booting from" \
+      "$IMAGE_FAMILY, whose VM pulls the whole image; grant roles/compute.viewer to use baked images"
   fi
 }
 

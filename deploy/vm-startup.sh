@@ -9,7 +9,9 @@
 # - prints the Docker engine's version (an image with zstd layers needs Docker 23.0 or newer);
 # - with HFGPU_BAKE_IMAGE=REF set (bake_vm_image.sh puts that line above this script), pulls REF
 #   so that the disk holds its layers, then powers the VM off; when the pull fails it stays up,
-#   and its serial console says why.
+#   and its serial console says why. With HFGPU_BAKE_FAMILY=hfgpu-deps-<16 hex> and
+#   HFGPU_BAKE_LAYERS=N set too, it powers off only when the first N layers it pulled are the
+#   family's (lib/baked.sh's digest): a tag moved since the family was named is never baked under it.
 # Lines go to stderr, which Compute Engine copies to the serial console (google_metadata_script_runner).
 set -euo pipefail
 
@@ -52,6 +54,16 @@ bake() {
     log "bake: error: pulling $ref failed (see above); not powering off"
     return 1
   fi
+  if [[ -n ${HFGPU_BAKE_FAMILY:-} ]]; then
+    local got
+    got=hfgpu-deps-$(docker image inspect --format '{{range .RootFS.Layers}}{{println .}}{{end}}' "$ref" |
+      grep . | head -n "${HFGPU_BAKE_LAYERS:?HFGPU_BAKE_LAYERS is needed with HFGPU_BAKE_FAMILY}" | sha256sum | cut -c1-16)
+    if [[ $got != "$HFGPU_BAKE_FAMILY" ]]; then
+      log "bake: error: the dependency layers of $ref are $got, not $HFGPU_BAKE_FAMILY (the tag points at" \
+        "another image now); not powering off: bake again from a machine that has the image you deploy"
+      return 1
+    fi
+  fi
   log "bake: done: $(docker image inspect --format '{{len .RootFS.Layers}}' "$ref") layers of $ref on this disk"
   sync
   if [[ -d /run/systemd/system ]]; then
@@ -68,6 +80,11 @@ main() {
     return 0
   fi
   ensure_pigz
+  if ! command -v docker >/dev/null 2>&1; then
+    log "warning: no docker on PATH: this VM pulls no image (a Deep Learning VM image has it)"
+    [[ -z ${HFGPU_BAKE_IMAGE:-} ]] || { log "bake: error: nothing to pull with; not powering off" && return 1; }
+    return 0
+  fi
   local version
   if version=$(engine_version); then
     log "Docker engine $version (zstd images need 23.0 or newer)"

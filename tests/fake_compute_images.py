@@ -26,20 +26,25 @@ class FakeComputeImages(FakeGcp):
     # How many instances.get calls a VM inserted with a startup-script reads RUNNING before it reads
     # TERMINATED (its script powered it off); None: it never powers off (a pull that failed).
     gets_until_terminated: int | None = 2
+    # When set, images.getFromFamily of the project's own families answers 403 (a caller without
+    # compute.images.getFromFamily on the project).
+    refuse_own_families: bool = False
 
-    def add_image(self, project: str, name: str, family: str) -> None:
-        self.images.setdefault(project, {})[name] = self._image(project, name, family, "")
+    def add_image(self, project: str, name: str, family: str, disk_gb: int = 100) -> None:
+        self.images.setdefault(project, {})[name] = self._image(project, name, family, "", disk_gb)
 
-    def _image(self, project: str, name: str, family: str, source_disk: str) -> dict:
+    def _image(self, project: str, name: str, family: str, source_disk: str, disk_gb: int) -> dict:
         # Image resource (compute/docs/reference/rest/v1/images): name, family, status READY once made,
-        # sourceDisk, creationTimestamp (RFC 3339), selfLink.
+        # sourceDisk, diskSizeGb ("Size of the image when restored onto a persistent disk (in GB)": the
+        # source disk's size; a VM's boot disk from it may not be smaller), creationTimestamp
+        # (RFC 3339), selfLink.
         return {
             "kind": "compute#image",
             "name": name,
             "family": family,
             "status": "READY",
             "sourceDisk": source_disk,
-            "diskSizeGb": "100",
+            "diskSizeGb": str(disk_gb),
             "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000-00:00", time.gmtime()),
             "selfLink": f"{self.url}{COMPUTE_PREFIX}projects/{project}/global/images/{name}",
         }
@@ -51,6 +56,17 @@ class FakeComputeImages(FakeGcp):
             # images.getFromFamily: "the latest image that is part of an image family and is not
             # deprecated" (compute/docs/reference/rest/v1/images/getFromFamily); 404 when there is none.
             project, family = m.groups()
+            if self.refuse_own_families:
+                # getFromFamily needs the IAM permission compute.images.getFromFamily on the project
+                # (compute/docs/reference/rest/v1/images/getFromFamily, "Authorization"); 403 with
+                # the legacy reason "forbidden" (wording unverified: scripts match nothing of it).
+                return _error(
+                    403,
+                    "PERMISSION_DENIED",
+                    f"Required 'compute.images.getFromFamily' permission for"
+                    f" 'projects/{project}/global/images/family/{family}'",
+                    reason="forbidden",
+                )
             found = [i for i in self.images[project].values() if i["family"] == family]
             if not found:
                 return self._not_found(f"projects/{project}/global/images/family/{family}")
@@ -149,7 +165,10 @@ class FakeComputeImages(FakeGcp):
                 f"The resource 'projects/{project}/global/images/{name}' already exists",
                 reason="alreadyExists",
             )
-        self.images.setdefault(project, {})[name] = self._image(project, name, body.get("family", ""), disk)
+        size = (instance.get("disks") or [{}])[0].get("initializeParams", {}).get("diskSizeGb", "10")
+        self.images.setdefault(project, {})[name] = self._image(
+            project, name, body.get("family", ""), disk, int(size)
+        )
         op = f"operation-{uuid.uuid4().hex[:12]}-image"
         self.operations[op] = {
             "project": project,

@@ -12,6 +12,7 @@ bench/cold_start.py):
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -234,6 +235,7 @@ REPO = "projects/my-project/locations/us-east4/repositories/gpu-transformers"
 def compute() -> Iterator[FakeComputeImages]:
     with FakeComputeImages() as f:
         f.repositories[REPO] = {"name": REPO, "format": "DOCKER"}
+        f.add_service_account("hfgpu-vm@my-project.iam.gserviceaccount.com")  # create_instance.sh made it
         yield f
 
 
@@ -262,11 +264,22 @@ def run(script: Path, fake: FakeGcp, tmp: Path, *args: str) -> subprocess.Comple
     )
 
 
-def test_baked_family_covers_the_layers_up_to_the_final_sync(image):
-    """The family is named after the layers up to the `uv pip sync` step, not the code above it."""
+def code_layers() -> int:
     proc = subprocess.run(["bash", "-c", "source lib/baked.sh && code_layer_count"], capture_output=True,
                           text=True, cwd=ROOT, env={**os.environ, "HFGPU_ROOT": str(ROOT)})  # fmt: skip
-    above = int(proc.stdout)
+    return int(proc.stdout)
+
+
+def deps_family(diff_ids: list[str], keep: int) -> str:
+    """lib/baked.sh's family name, computed here from the diff_ids."""
+    return (
+        "hfgpu-deps-" + hashlib.sha256("".join(f"{d}\n" for d in diff_ids[:keep]).encode()).hexdigest()[:16]
+    )
+
+
+def test_baked_family_covers_the_layers_up_to_the_final_sync(image):
+    """The family is named after the layers up to the `uv pip sync` step, not the code above it."""
+    above = code_layers()
     layers = docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", image.tag).stdout.splitlines()
     code = [by for by in layers if by.startswith(("COPY", "RUN"))]
     newest = code[:above]
@@ -291,7 +304,13 @@ def test_bake_makes_an_image_in_the_dependency_family_and_deletes_the_vm(
     )
     items = {i["key"]: i["value"] for i in body["metadata"]["items"]}
     script = items["startup-script"]
-    assert f"export HFGPU_BAKE_IMAGE={local_ref}\n" in script and STARTUP.read_text() in script
+    layers = docker("image", "inspect", "--format", "{{len .RootFS.Layers}}", local_ref).stdout.strip()
+    keep = int(layers) - code_layers()
+    assert (
+        f"export HFGPU_BAKE_IMAGE={local_ref} HFGPU_BAKE_FAMILY={family} HFGPU_BAKE_LAYERS={keep}\n" in script
+    )
+    assert STARTUP.read_text() in script
+    assert f"{local_ref} has no registry digest on this machine" in proc.stderr, "never pushed: the tag, said"
     # The image is made from the VM's disk only once the VM powered itself off, then the VM goes.
     order = [
         (r.method, r.path.rsplit("/", 1)[-1])
@@ -359,6 +378,26 @@ def test_create_instance_boots_from_the_baked_family_when_it_exists(
     assert compute.unhandled() == []
 
 
+def test_create_instance_says_why_when_the_baked_family_cannot_be_read(
+    compute: FakeComputeImages, local_ref: str, tmp_path: Path
+):
+    """Google refusing the lookup is not 'no baked image': the VM boots from the public family (a
+    full pull, still correct) and one warning names the refusal."""
+    family = family_of(local_ref)
+    compute.add_image("my-project", f"{family}-20260101000000", family)
+    compute.refuse_own_families = True
+    proc = run(ROOT / "create_instance.sh", compute, tmp_path, "--image", local_ref)
+    assert proc.returncode == 0, proc.stderr
+    (insert,) = compute.calls("POST", r"/zones/us-east4-a/instances$")
+    assert insert.body["disks"][0]["initializeParams"]["sourceImage"].endswith(
+        "projects/deeplearning-platform-release/global/images/family/common-cu129-ubuntu-2204-nvidia-580"
+    )
+    (line,) = [line for line in proc.stderr.splitlines() if family in line]
+    assert line.startswith(f"create_instance.sh: warning: boot disk: cannot read the baked family {family}")
+    assert "compute.images.getFromFamily" in line and "pulls the whole image" in line, line
+    assert "no baked image" not in proc.stderr
+
+
 def test_startup_script_installs_pigz_pulls_and_stays_up_without_systemd(image, tiny: TinyImages):
     """deploy/vm-startup.sh itself, as root in a Debian container with the host's Docker client and
     socket and the host's network (the loopback registry): pigz from Debian's archive, the engine's
@@ -383,3 +422,147 @@ def test_startup_script_installs_pigz_pulls_and_stays_up_without_systemd(image, 
     ]
     assert image_exists(tiny.gzip), "the layers are on the engine's disk"
     docker("image", "rm", tiny.gzip)
+
+
+def test_bake_of_a_pushed_image_pulls_its_registry_digest(compute: FakeComputeImages, tmp_path: Path):
+    """A tag can move (another push) between naming the family here and the VM's pull: the VM pulls
+    the digest the registry gave this machine's image, so the family holds what it is named after."""
+    (tmp_path / "ctx").mkdir()
+    lines = ["FROM scratch"]
+    for i in range(code_layers() + 2):  # two "dependency" layers below the code layers
+        (tmp_path / "ctx" / f"f{i}").write_text(f"{i} {uuid.uuid4().hex}\n")
+        lines.append(f"COPY f{i} /f{i}")
+    (tmp_path / "ctx" / "Dockerfile").write_text("\n".join(lines) + "\n")
+    registry = Registry().start()
+    ref = f"{registry.host}/cold/bake-{uuid.uuid4().hex[:6]}:v1"
+    try:
+        subprocess.run([DOCKER, "build", "-q", "-t", ref, str(tmp_path / "ctx")], check=True,
+                       capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})  # fmt: skip
+        docker("push", ref)
+        (digest,) = docker("image", "inspect", "--format", '{{join .RepoDigests " "}}', ref).stdout.split()
+        proc = run(BAKE, compute, tmp_path, "--image", ref, "--poll-seconds", "1")
+        assert proc.returncode == 0, proc.stderr
+        (insert,) = compute.calls("POST", r"/zones/us-east4-a/instances$")
+        items = {i["key"]: i["value"] for i in insert.body["metadata"]["items"]}
+        family = proc.stdout.splitlines()[-1]
+        repo = ref.split("/", 1)[1].rsplit(":", 1)[0]
+        diff_ids = registry.diff_ids(repo, digest.split("@")[1])
+        assert family == deps_family(diff_ids, 2), "lib/baked.sh and the VM's check name it alike"
+        assert (
+            f"export HFGPU_BAKE_IMAGE={digest} HFGPU_BAKE_FAMILY={family} HFGPU_BAKE_LAYERS=2\n"
+            in items["startup-script"]
+        )
+        assert "no registry digest" not in proc.stderr
+    finally:
+        docker("image", "rm", ref, check=False)
+        registry.stop()
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["its-family", "another-family"])
+def test_startup_script_powers_off_only_for_the_family_it_was_named(same: bool, tiny: TinyImages):
+    """The bake VM checks what it pulled against the family's digest (as lib/baked.sh computes it):
+    a tag that moved since stays up with one error line, and no image is made of its disk."""
+    repo = tiny.gzip.split("/", 1)[1].rsplit(":", 1)[0]
+    diff_ids = tiny.registry.diff_ids(repo, tiny.registry.digest(repo, "gzip"))
+    family = deps_family(diff_ids, 1) if same else "hfgpu-deps-0123456789abcdef"
+    proc = docker(
+        "run", "--rm", "--network", "host",
+        "-v", "/var/run/docker.sock:/var/run/docker.sock",
+        "-v", f"{Path(DOCKER).resolve()}:/usr/bin/docker:ro",
+        "-v", "/usr/bin/unpigz:/usr/bin/unpigz:ro",  # present: no apt run here
+        "-v", f"{STARTUP}:/startup.sh:ro", "-e", f"HFGPU_BAKE_IMAGE={tiny.gzip}",
+        "-e", f"HFGPU_BAKE_FAMILY={family}", "-e", "HFGPU_BAKE_LAYERS=1",
+        "hfgpu-test-base:bookworm", "bash", "/startup.sh",
+        check=False, timeout=300,
+    )  # fmt: skip
+    docker("image", "rm", tiny.gzip, check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("hfgpu-startup: bake:")]
+    if same:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert lines[-2] == f"hfgpu-startup: bake: done: 1 layers of {tiny.gzip} on this disk"
+        return
+    assert proc.returncode == 1
+    pulled = deps_family(diff_ids, 1)
+    assert lines == [
+        f"hfgpu-startup: bake: pulling {tiny.gzip}",
+        f"hfgpu-startup: bake: error: the dependency layers of {tiny.gzip} are {pulled},"
+        f" not {family} (the tag points at another image now); not powering off: bake again from a machine"
+        " that has the image you deploy",
+    ]
+
+
+def test_startup_script_on_a_vm_without_docker_says_so_at_once():
+    """A VM image without Docker (or a broken install): one line, no two minutes of waiting for an
+    engine that cannot answer; pigz already there is left as it is."""
+    proc = docker(
+        "run", "--rm", "--network", "none",
+        "-v", "/usr/bin/unpigz:/usr/bin/unpigz:ro",
+        "-v", f"{STARTUP}:/startup.sh:ro",
+        "hfgpu-test-base:bookworm", "timeout", "60", "bash", "/startup.sh",
+        check=False, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "hfgpu-startup: unpigz present: /usr/bin/unpigz",
+        "hfgpu-startup: warning: no docker on PATH: this VM pulls no image (a Deep Learning VM image has it)",
+    ]
+
+
+def test_a_bake_on_a_larger_disk_is_used_only_by_vms_with_as_much(
+    compute: FakeComputeImages, local_ref: str, tmp_path: Path
+):
+    """bake_vm_image.sh --boot-disk-size 1TB (read as create_instance.sh reads it) makes a 1024 GB
+    image; a VM with the default 200 GB boot disk cannot boot from it, so it uses the public family
+    and says how to use the baked one; with --boot-disk-size 1TB it boots from the bake."""
+    family = family_of(local_ref)
+    proc = run(
+        BAKE, compute, tmp_path, "--image", local_ref, "--poll-seconds", "1", "--boot-disk-size", "1TB"
+    )
+    assert proc.returncode == 0, proc.stderr
+    (insert,) = compute.calls("POST", r"/zones/us-east4-a/instances$")
+    assert insert.body["disks"][0]["initializeParams"]["diskSizeGb"] == "1024"
+    (name,) = compute.images["my-project"]
+    compute.clear()
+    proc = run(ROOT / "create_instance.sh", compute, tmp_path, "--image", local_ref)
+    assert proc.returncode == 0, proc.stderr
+    (insert,) = compute.calls("POST", r"/zones/us-east4-a/instances$")
+    assert "/deeplearning-platform-release/" in insert.body["disks"][0]["initializeParams"]["sourceImage"]
+    assert (
+        f"create_instance.sh: warning: boot disk: the baked image {name} is 1024GB, more than this VM's"
+        " 200GB: booting from common-cu129-ubuntu-2204-nvidia-580, whose VM pulls the whole image; pass"
+        " --boot-disk-size 1024GB to use it"
+    ) in proc.stderr.splitlines()
+    compute.instances.clear()
+    compute.clear()
+    proc = run(
+        ROOT / "create_instance.sh", compute, tmp_path, "--image", local_ref, "--boot-disk-size", "1TB"
+    )
+    assert proc.returncode == 0, proc.stderr
+    (insert,) = compute.calls("POST", r"/zones/us-east4-a/instances$")
+    assert insert.body["disks"][0]["initializeParams"]["sourceImage"].endswith(f"/images/family/{family}")
+
+
+def test_bake_without_the_vms_service_account_stops_before_any_vm(compute: FakeComputeImages, local_ref: str,
+                                                                   tmp_path: Path):  # fmt: skip
+    """The bake VM pulls as create_instance.sh's service account: without it, one line saying how to
+    make it, and no VM; a malformed --service-account is refused before any request."""
+
+    def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+        return [line for line in proc.stderr.splitlines() if line.startswith("bake_vm_image.sh: error:")]
+
+    compute.service_accounts.clear()
+    proc = run(BAKE, compute, tmp_path, "--image", local_ref)
+    assert proc.returncode == 1
+    assert error_lines(proc) == [
+        "bake_vm_image.sh: error: service account hfgpu-vm@my-project.iam.gserviceaccount.com not found: the"
+        " bake VM pulls the image as it; run ./create_instance.sh once (it makes it) or pass"
+        " --service-account EMAIL"
+    ]
+    assert compute.mutations() == []
+    compute.clear()
+    proc = run(BAKE, compute, tmp_path, "--image", local_ref, "--service-account", "not an email")
+    assert proc.returncode == 1 and error_lines(proc) == [
+        "bake_vm_image.sh: error: invalid service account 'not an email': use its e-mail,"
+        " NAME@PROJECT.iam.gserviceaccount.com"
+    ]
+    assert compute.requests == []
