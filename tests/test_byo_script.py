@@ -18,9 +18,7 @@ import random
 import re
 import shlex
 import shutil
-import socket
 import subprocess
-import sys
 import time
 import uuid
 import zipfile
@@ -28,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, docker, run_in_image
+from emulator import storage_emulator
 
 USER = "4321:4321"  # neither root nor the image's own 1000
 ENV = {"HF_HUB_OFFLINE": "1"}
@@ -787,38 +786,11 @@ BUCKET = "hfgpu-byo-checkpoints"
 
 @pytest.fixture(scope="module")
 def emulator():
-    """gcp-storage-emulator on loopback with one bucket (as tests/test_bucket.py starts it)."""
-    storage = pytest.importorskip("google.cloud.storage", reason="pip install -r tests/requirements.txt")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = Path(sys.executable).parent / "gcp-storage-emulator"
-    cmd = [str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    host = f"http://127.0.0.1:{port}"
-    saved = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = host
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, (
-                    "gcp-storage-emulator did not start"
-                )
-                time.sleep(0.2)
-        client = storage.Client()
-        client.create_bucket(BUCKET)
-        yield host, client
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        if saved is None:
-            os.environ.pop("STORAGE_EMULATOR_HOST", None)
-        else:
-            os.environ["STORAGE_EMULATOR_HOST"] = saved
+    """gcp-storage-emulator on loopback with one bucket (tests/emulator.py, as tests/test_bucket.py)."""
+    from google.cloud import storage
+
+    with storage_emulator(BUCKET) as host:
+        yield host, storage.Client()
 
 
 def test_a_plain_trainer_script_checkpoints_to_the_bucket_and_resumes_from_it(image, vol, emulator):
