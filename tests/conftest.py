@@ -26,6 +26,8 @@ TEST_BASE_IMAGE = os.environ.get("HFGPU_TEST_BASE", "hfgpu-test-base:bookworm")
 # in no layer. Fixed, so that cached layers were built with the same secret.
 CANARY = "hfgpu-canary-7f3a9c2e-not-a-real-secret"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# The session image's label arguments (a rebuild with the same ones differs only where it must).
+SESSION_BUILD_ARGS = ("VERSION=9.9.9-test", "REVISION=testrev", "CREATED=2026-01-01T00:00:00Z")
 
 
 def docker_bin() -> str:
@@ -163,7 +165,7 @@ def image(engine: str, canary_bundle: Path) -> Iterator[BuildResult]:
     started = time.monotonic()
     result = build_image(
         tag,
-        build_args=["VERSION=9.9.9-test", "REVISION=testrev", "CREATED=2026-01-01T00:00:00Z"],
+        build_args=SESSION_BUILD_ARGS,
         secret_file=canary_bundle,
     )
     IMAGE_BUILD_SECONDS.append(time.monotonic() - started)

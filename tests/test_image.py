@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import CANARY, ROOT, TEST_BASE_IMAGE, build_image, docker, run_in_image
+from conftest import CANARY, ROOT, SESSION_BUILD_ARGS, TEST_BASE_IMAGE, build_image, docker, run_in_image
 
 PROBES = ROOT / "tests" / "probes"
 LOCK = ROOT / "build_image" / "requirements.lock"
@@ -282,21 +282,21 @@ def test_the_secret_scan_finds_a_canary_planted_in_a_layer(engine, tmp_path, can
         docker("image", "rm", "--force", tag, check=False)
 
 
-def test_code_only_change_rebuilds_only_the_code_layer(image, tmp_path, canary_bundle):
+def copy_context(tmp_path: Path) -> Path:
+    """A copy of what the build reads (build_image/, app/, lib/, .dockerignore), to edit and rebuild."""
     context = tmp_path / "context"
     for part in ("build_image", "app", "lib"):
         shutil.copytree(ROOT / part, context / part)
     shutil.copy(ROOT / ".dockerignore", context / ".dockerignore")
-    changed = context / "app" / "one_line_change.py"
-    changed.write_text(f"# a one-line change {uuid.uuid4().hex}\n")
+    return context
+
+
+def test_code_only_change_rebuilds_only_the_code_layer(image, tmp_path, canary_bundle):
+    context = copy_context(tmp_path)
+    (context / "app" / "one_line_change.py").write_text(f"# a one-line change {uuid.uuid4().hex}\n")
     tag = f"gpu_transformers:rebuild-{uuid.uuid4().hex[:8]}"
     try:
-        rebuilt = build_image(
-            tag,
-            context=context,
-            build_args=["VERSION=9.9.9-test", "REVISION=testrev", "CREATED=2026-01-01T00:00:00Z"],
-            secret_file=canary_bundle,
-        )
+        rebuilt = build_image(tag, context=context, build_args=SESSION_BUILD_ARGS, secret_file=canary_bundle)
         assert len(rebuilt.layers) == len(image.layers)
         assert rebuilt.layers[:-1] == image.layers[:-1], "a dependency layer was rebuilt"
         assert rebuilt.layers[-1] != image.layers[-1], "the code layer must carry the change"
@@ -437,20 +437,12 @@ def test_dependency_layers_hold_each_file_once(image):
 def test_a_lock_change_outside_the_parts_reuses_every_part_layer(image, tmp_path, canary_bundle):
     """A lock edit that changes no part (here a comment; in life a transformers bump) rebuilds only
     from the final sync on: each part's step mounts only its own file, whose content is unchanged."""
-    context = tmp_path / "context"
-    for part in ("build_image", "app", "lib"):
-        shutil.copytree(ROOT / part, context / part)
-    shutil.copy(ROOT / ".dockerignore", context / ".dockerignore")
+    context = copy_context(tmp_path)
     with open(context / "build_image" / "requirements.lock", "a") as f:
         f.write(f"# an edit outside every part {uuid.uuid4().hex}\n")
     tag = f"gpu_transformers:lockedit-{uuid.uuid4().hex[:8]}"
     try:
-        rebuilt = build_image(
-            tag,
-            context=context,
-            build_args=["VERSION=9.9.9-test", "REVISION=testrev", "CREATED=2026-01-01T00:00:00Z"],
-            secret_file=canary_bundle,
-        )
+        rebuilt = build_image(tag, context=context, build_args=SESSION_BUILD_ARGS, secret_file=canary_bundle)
         parts = [i for i, (_, by) in enumerate(layer_history(image.tag)) if "uv pip install" in by]
         assert len(parts) == len(layer_parts())
         assert rebuilt.layers[: parts[-1] + 1] == image.layers[: parts[-1] + 1], "a part's layer was rebuilt"
