@@ -46,7 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from gcp_env import Registry  # Debian's docker-registry on loopback, as the tests use it
-from report import ROOT, table, update_block
+from report import ROOT, publish, table
 
 DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
 BASE = os.environ.get("HFGPU_TEST_BASE", "hfgpu-test-base:bookworm")
@@ -406,11 +406,7 @@ def main(args: Args) -> None:
             table(["case", "image", "engine", "pull", "import", "total", "vs today"], rows),
         ]
     )
-    print(body)
-    path = ROOT / "docs" / "bench-image.md"
-    if not update_block(path, "cold", body):
-        raise SystemExit(f"bench: {path.relative_to(ROOT)} has no <!-- bench:cold --> block")
-    print(f"bench: wrote {path.relative_to(ROOT)}")
+    publish("bench-image.md", "cold", body)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import ROOT, table, update_block
+from report import ROOT, publish, table
 
 DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
 BASE = os.environ.get("HFGPU_TEST_BASE", "hfgpu-test-base:bookworm")
@@ -250,12 +250,8 @@ def main(args: Args) -> None:
             table(["size", "layer"], size_rows),
         ]
     )
-    print(body)
     # The numbers live once, in docs/bench-image.md; README.md links there.
-    path = ROOT / "docs" / "bench-image.md"
-    if not update_block(path, "image", body):
-        raise SystemExit(f"bench: {path.relative_to(ROOT)} has no <!-- bench:image --> block")
-    print(f"bench: wrote {path.relative_to(ROOT)}")
+    publish("bench-image.md", "image", body)
 
 
 if __name__ == "__main__":

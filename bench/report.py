@@ -28,6 +28,15 @@ def update_block(path: Path, name: str, body: str) -> bool:
     return True
 
 
+def publish(page: str, name: str, body: str) -> None:
+    """Print BODY and write it into the block NAME of docs/PAGE; stop if the page has no such block."""
+    print(body)
+    path = ROOT / "docs" / page
+    if not update_block(path, name, body):
+        raise SystemExit(f"bench: docs/{page} has no <!-- bench:{name} --> block")
+    print(f"bench: wrote docs/{page}")
+
+
 def table(headers: list[str], rows: list[list[object]]) -> str:
     """A Markdown table."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
