@@ -201,13 +201,16 @@ gcp_ensure_binding() {
 
 # gcloud_error TEXT: gcloud's error from its output, as one line. gcloud prints an operation's
 # error as YAML ("Could not fetch resource:" / "---" / "code: X" / "message: ..." wrapped over
-# indented lines, perhaps "errorDetails:" after it); that becomes "X: message". A google.rpc
+# indented lines, perhaps "errorDetails:" after it); that becomes "X: message". The line
+# add-iam-policy-binding puts first ("Policy modification failed. For a binding with condition ...",
+# whatever the cause) is dropped. A google.rpc
 # Status's details ("- '@type': ...ErrorInfo") and a quota's tab-indented details are cut. The note on
 # the access-token file and the "ERROR: (gcloud.command)" prefix are dropped. Without an
 # ERROR line: the last line.
 gcloud_error() {
   local err
   err=$(sed -n '/^ERROR:/,$p' <<<"$1" | sed -E \
+    -e '/^ERROR: Policy modification failed\./d' \
     -e 's/^ERROR: \(gcloud[^)]*\) //' \
     -e '/^---$/d' \
     -e '/^ *(- )?errorDetails:/,$d' \

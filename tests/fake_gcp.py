@@ -290,6 +290,8 @@ class FakeGcp(RecordingServer):
     exhausted_zones: set[str] = field(default_factory=set)
     # A quota metric (e.g. "NVIDIA_H100_GPUS") whose limit is 0: inserts end in QUOTA_EXCEEDED.
     quota_exceeded: str = ""
+    # Another wording for that error's message (format fields: metric, region), e.g. a translated one.
+    quota_message: str = ""
     # APIs (keys of API_HOSTS) not enabled in the project: every call answers 403 SERVICE_DISABLED.
     disabled_apis: set[str] = field(default_factory=set)
     # APIs the caller has no role on: every call answers 403 IAM_PERMISSION_DENIED.
@@ -761,7 +763,9 @@ class FakeGcp(RecordingServer):
                     "limit": 0,
                 }
             }
-            message = f"Quota '{metric}' exceeded.  Limit: 0.0 in region {region}."
+            message = (
+                self.quota_message or "Quota '{metric}' exceeded.  Limit: 0.0 in region {region}."
+            ).format(metric=metric, region=region)
             error = (
                 {"errors": [{"code": "QUOTA_EXCEEDED", "message": message, "errorDetails": [detail]}]},
                 403,
