@@ -306,6 +306,9 @@ class FakeGcp(RecordingServer):
     ar_create_polls: int = 2
     # Zone -> machine types it does not offer: an insert answers 400 (see _no_machine_type).
     zones_without: dict[str, set[str]] = field(default_factory=dict)
+    # Refuse every cleanup-policy change with 400 INVALID_ARGUMENT (a limit Google may have but does not
+    # document; the script must push anyway).
+    fail_cleanup_policy: bool = False
     # Another wording for that 400 (format fields: project, zone, machine), e.g. a translated one.
     machine_type_message: str = ""
     # Eventual consistency: IAM does not know a service account this fake created for its first N
@@ -506,6 +509,9 @@ class FakeGcp(RecordingServer):
         mask = [f for f in ",".join(rec.query.get("updateMask") or []).split(",") if f]
         if "cleanupPolicies" in mask:
             problem = cleanup_policy_problem(body.get("cleanupPolicies") or {})
+            if self.fail_cleanup_policy:
+                # Google's generic 400 text (wording unverified; the script reads neither code nor text).
+                problem = problem or "Request contains an invalid argument."
             if problem:
                 return _error(400, "INVALID_ARGUMENT", f"Invalid cleanup policy: {problem}")
         repo = self.repositories[name]
