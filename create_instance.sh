@@ -225,7 +225,6 @@ choose_offer() {
         PROVISIONING=spot-default
       fi
       ;;
-    reservation) ;;
     flex-start)
       machine_offers flex-start ||
         die "Compute Engine does not offer $what as Flex-start (offered: $offered); use --spot, or an" \

@@ -14,7 +14,7 @@ Each behaviour answers with the shape Google documents; the source is named in a
 
 Errors, as Google sends them (see the knobs on `FakeGcp`): operation errors
 (ZONE_RESOURCE_POOL_EXHAUSTED, QUOTA_EXCEEDED), 400 for a machine type and accelerator that
-do not go together and for on-demand A3 High 1/2/4g, 404 for an unknown zone, image family,
+do not go together and for on-demand or reserved A3 High 1/2/4g, 404 for an unknown zone, image family,
 machine type or operation, 403 SERVICE_DISABLED and IAM_PERMISSION_DENIED, 409 ALREADY_EXISTS
 (a concurrent create) and 409 ABORTED (a stale IAM policy etag).
 
@@ -93,6 +93,8 @@ NO_ON_DEMAND = {
     "a3-ultragpu-8g",
     "a4-highgpu-8g",
 }
+# A3 High 1/2/4g: Spot or Flex-start only, so no reservation either (the same table).
+SPOT_OR_FLEX_ONLY = {"a3-highgpu-1g", "a3-highgpu-2g", "a3-highgpu-4g"}
 # Flex-start: "all accelerator-optimized machine types (except A4X and G4)", so not N1 nor
 # general-purpose types (cloud.google.com/compute/docs/instances/about-flex-start-vms).
 FLEX_START_SERIES = ("a2-", "a3-", "a4-", "g2-")
@@ -834,6 +836,11 @@ class FakeGcp(RecordingServer):
         ) == "SPECIFIC_RESERVATION"
         # The wording of the refusals below is not published; the rules are (see the tables above),
         # so the scripts check them before sending and never read these texts.
+        if reserved and machine in SPOT_OR_FLEX_ONLY:
+            return self._invalid(
+                f"Invalid value for field 'resource.reservationAffinity': machine type {machine} is offered "
+                "as Spot or Flex-start only."
+            )
         if machine in NO_ON_DEMAND and model not in ("SPOT", "FLEX_START") and not reserved:
             return self._invalid(
                 f"Invalid value for field 'resource.scheduling.provisioningModel': '{model}'. Machine type "

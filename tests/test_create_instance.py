@@ -425,6 +425,8 @@ BAD_INPUTS = [
      "n2-standard-8 takes no GPUs: --accelerator attaches GPUs to N1 types only"),
     (["--machine-type", "a3-highgpu-3g"], {}, "a3-highgpu-3g is not a GPU machine type lib/machines.sh"),
     (["--machine-type", "g4-standard-48", "--spot"], {}, "g4-standard-48 is not a GPU machine type"),
+    (["--reservation", "my-h100s"], {},
+     "a3-highgpu-1g (A3 High) is not offered as reservation on Compute Engine (offered: spot, flex-start)"),
     (["--spot", "--flex-start"], {}, "--flex-start conflicts with --spot"),
     (["--flex-start", "--max-run-duration", "9d"], {}, "--max-run-duration must be from 10m to 7d"),
     (["--max-run-duration", "1d"], {}, "--max-run-duration goes with --flex-start"),
