@@ -173,6 +173,10 @@ validate_inputs() {
   [[ -z $RESERVATION || $RESERVATION =~ ^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$ ]] ||
     die "invalid reservation name '$RESERVATION': use the name gcloud compute reservations list shows"
   parse_bucket
+  # checked here, before the service account is made; lib/gcp.sh reads it
+  # shellcheck disable=SC2034 # only checked
+  local iam_wait
+  to_int iam_wait HFGPU_IAM_WAIT_SECONDS "${HFGPU_IAM_WAIT_SECONDS:-120}" 0 3600
   validate_location "$LOCATION" "$(config_origin LOCATION)"
   validate_repo "$REPO_NAME" "$(config_origin REPO_NAME)"
   validate_image "$IMAGE_NAME" "$(config_origin IMAGE_NAME)"

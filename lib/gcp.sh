@@ -191,7 +191,10 @@ gcp_ensure_binding() {
     else
       local fix
       fix=$(gcp_fix "$out" "$api" "$admin")
-      ((waited == 0)) || fix="waited ${waited}s for IAM to know ${member#serviceAccount:}; run the script again in a few minutes"
+      if [[ $member == serviceAccount:* ]] && grep -qE "$GCP_UNKNOWN_MEMBER_RE" <<<"$out"; then
+        fix="waited ${waited}s for IAM to know ${member#serviceAccount:}; run the script again in a few minutes"
+        fix+=" (HFGPU_IAM_WAIT_SECONDS=$limit)"
+      fi
       die "roles: granting $role on $what failed: $(gcloud_error "$out"); $fix"
     fi
   done

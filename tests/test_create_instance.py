@@ -246,13 +246,17 @@ def test_a_new_account_and_a_new_bucket_are_waited_for_and_soft_delete_is_off(fa
     assert len(inserts(fake)) == 1
 
 
-def test_the_wait_for_a_new_service_account_is_bounded(fake: FakeGcp, tmp_path: Path):
+@pytest.mark.parametrize("wait", ["3", "0"])
+def test_the_wait_for_a_new_service_account_is_bounded(wait: str, fake: FakeGcp, tmp_path: Path):
     fake.sa_unknown_writes = 100
-    err = one_error(run_script(fake, tmp_path, "--machine-type", "g2-standard-8", HFGPU_IAM_WAIT_SECONDS="3"))
+    err = one_error(
+        run_script(fake, tmp_path, "--machine-type", "g2-standard-8", HFGPU_IAM_WAIT_SECONDS=wait)
+    )
     assert f"failed: INVALID_ARGUMENT: Service account {VM_SA} does not exist.;" in err
     assert "binding with condition" not in err, "gcloud's generic first line is not the cause"
-    assert f"waited 3s for IAM to know {VM_SA}; run the script again in a few minutes" in err
-    assert len(fake.calls("POST", ":setIamPolicy$")) == 3
+    fix = f"waited {wait}s for IAM to know {VM_SA}; run the script again in a few minutes"
+    assert err.endswith(f"{fix} (HFGPU_IAM_WAIT_SECONDS={wait})")
+    assert len(fake.calls("POST", ":setIamPolicy$")) == (3 if wait == "3" else 1)
     assert inserts(fake) == []
 
 
@@ -427,6 +431,8 @@ BAD_INPUTS = [
     (["--machine-type", "g4-standard-48", "--spot"], {}, "g4-standard-48 is not a GPU machine type"),
     (["--reservation", "my-h100s"], {},
      "a3-highgpu-1g (A3 High) is not offered as reservation on Compute Engine (offered: spot, flex-start)"),
+    ([], {"HFGPU_IAM_WAIT_SECONDS": "abc"}, "HFGPU_IAM_WAIT_SECONDS must be a whole number from 0 to 3600"),
+    ([], {"HFGPU_IAM_WAIT_SECONDS": "-5"}, "HFGPU_IAM_WAIT_SECONDS must be a whole number from 0 to 3600"),
     (["--spot", "--flex-start"], {}, "--flex-start conflicts with --spot"),
     (["--flex-start", "--max-run-duration", "9d"], {}, "--max-run-duration must be from 10m to 7d"),
     (["--max-run-duration", "1d"], {}, "--max-run-duration goes with --flex-start"),
