@@ -173,6 +173,10 @@ validate_inputs() {
   [[ -z $RESERVATION || $RESERVATION =~ ^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$ ]] ||
     die "invalid reservation name '$RESERVATION': use the name gcloud compute reservations list shows"
   parse_bucket
+  # checked here, before the service account is made; lib/gcp.sh reads it
+  # shellcheck disable=SC2034 # only checked
+  local iam_wait
+  to_int iam_wait HFGPU_IAM_WAIT_SECONDS "${HFGPU_IAM_WAIT_SECONDS:-120}" 0 3600
   validate_location "$LOCATION" "$(config_origin LOCATION)"
   validate_repo "$REPO_NAME" "$(config_origin REPO_NAME)"
   validate_image "$IMAGE_NAME" "$(config_origin IMAGE_NAME)"
@@ -186,7 +190,30 @@ validate_inputs() {
 # facts (lib/machines.sh), before any API call. Without a choice: on demand where Google offers it,
 # else Spot (said in one line).
 choose_offer() {
-  machine_facts "$MACHINE_TYPE" || true
+  local no_gpu=''
+  if ! machine_facts "$MACHINE_TYPE"; then
+    # An accelerator-optimized family (A*, G*) whose type no row knows: its GPUs, boot disk and
+    # offers are unknown here, and Google refuses a name it does not have only after the account,
+    # roles and bucket are made.
+    [[ ! $MACHINE_TYPE =~ ^(a[0-9]+x?|g[0-9]+)- ]] ||
+      die "$MACHINE_TYPE is not a GPU machine type lib/machines.sh knows (A2, A3 High/Mega/Ultra, A4, G2, N1);" \
+        "check the name (gcloud compute machine-types list --filter name=$MACHINE_TYPE), or add its row there"
+    if [[ -n $ACC_TYPE ]]; then
+      die "$MACHINE_TYPE takes no GPUs: --accelerator attaches GPUs to N1 types only (e.g. --machine-type" \
+        "n1-standard-8); or pick a GPU machine type (g2-standard-8, a3-highgpu-1g) without --accelerator"
+    fi
+    no_gpu="$MACHINE_TYPE has no GPU: launch_training.sh needs one; pick a GPU machine type (g2-standard-8,"
+    no_gpu+=" a3-highgpu-1g) or an N1 type with --accelerator"
+  fi
+  if [[ $MF_GPU == attach ]]; then
+    if [[ -z $ACC_TYPE ]]; then
+      no_gpu="$MACHINE_TYPE (N1) has no GPU without --accelerator: launch_training.sh needs one; add e.g."
+      no_gpu+=" --accelerator nvidia-tesla-t4,count=1"
+    elif gpu_facts "$ACC_TYPE" && [[ $GF_N1 != yes ]]; then
+      die "$ACC_TYPE cannot be attached to $MACHINE_TYPE: N1 takes $(n1_gpus) only; for $ACC_TYPE pick its" \
+        "machine type (docs/spot-and-zones.md) and leave out --accelerator"
+    fi
+  fi
   if [[ -n $MF_GPU && $MF_GPU != attach && -n $ACC_TYPE ]] &&
     [[ $ACC_TYPE != "$MF_GPU" || $ACC_COUNT != "$MF_COUNT" ]]; then
     die "$MACHINE_TYPE comes with $MF_COUNT x $MF_GPU attached; leave out --accelerator (or pick a" \
@@ -202,7 +229,6 @@ choose_offer() {
         PROVISIONING=spot-default
       fi
       ;;
-    reservation) ;;
     flex-start)
       machine_offers flex-start ||
         die "Compute Engine does not offer $what as Flex-start (offered: $offered); use --spot, or an" \
@@ -227,6 +253,8 @@ choose_offer() {
       die "--max-run-duration must be from 10m to 7d for Flex-start; got '$MAX_RUN_DURATION'"
     MAX_RUN_DURATION=${seconds}s
   fi
+  # After every refusal above: a bad combination stays one line.
+  [[ -z $no_gpu ]] || warn "$no_gpu"
   if [[ $PROVISIONING == spot-default ]]; then
     PROVISIONING=spot
     log "$what is not offered on demand (offered: $offered): creating a Spot VM (pass --flex-start for a" \
@@ -462,6 +490,31 @@ zone_lacks_type() {
   grep -qE "does not exist in zone|machineTypes/$MACHINE_TYPE'? was not found" <<<"$out"
 }
 
+# quota_of OUT: the quota a refused insert ran out of (e.g. NVIDIA_L4_GPUS), from gcloud's rendering
+# of the error's quotaInfo details ("metric name = compute.googleapis.com/nvidia_l4_gpus", seen with
+# gcloud 528: it prints no QUOTA_EXCEEDED code for it), else from Google's message ("Quota 'X'
+# exceeded"). Returns 1 when OUT is not a quota error.
+quota_of() {
+  local metric
+  metric=$(grep -oE 'metric name = [a-z0-9.-]+/[A-Za-z0-9_]+' <<<"$1" | head -n1 || true)
+  metric=${metric##*/}
+  [[ -n $metric || ! $1 =~ Quota\ \'([A-Za-z0-9_]+)\'\ exceeded ]] || metric=${BASH_REMATCH[1]}
+  [[ -n $metric ]] || return 1
+  printf '%s\n' "${metric^^}"
+}
+
+# quota_limit OUT: "Limit: N in region R" from the quotaInfo details gcloud printed, else from the message.
+quota_limit() {
+  local limit region
+  limit=$(sed -nE 's/^[[:space:]]*limit = ([0-9.]+)$/\1/p' <<<"$1" | head -n1)
+  region=$(sed -nE 's/^[[:space:]]*dimensions = region: ([a-z0-9-]+).*$/\1/p' <<<"$1" | head -n1)
+  if [[ -n $limit ]]; then
+    printf 'Limit: %s%s\n' "$limit" "${region:+ in region $region}"
+  else
+    grep -oE 'Limit: [^ ]+ in [a-z]+ ?[a-z0-9-]*' <<<"$1" | head -n1 || true
+  fi
+}
+
 # insert_error ZONE OUT: die with the one line for a refused insert in ZONE, naming the fix.
 insert_error() {
   local zone=$1 out=$2 why
@@ -514,7 +567,7 @@ ensure_instance() {
     if grep -qE 'ZONE_RESOURCE_POOL_EXHAUSTED|does not have enough resources' <<<"$out"; then
       log "instance: $zone has no $MACHINE_TYPE capacity now (stockout); trying the next zone"
       next=1
-    elif [[ ! $out =~ Quota\ \'([A-Za-z0-9_]+)\'\ exceeded ]] && zone_lacks_type "$zone" "$out"; then
+    elif ! quota_of "$out" >/dev/null && zone_lacks_type "$zone" "$out"; then
       log "instance: $zone does not offer $MACHINE_TYPE; trying the next zone"
       lacking+=("$zone")
       next=1
@@ -526,10 +579,10 @@ ensure_instance() {
       fi
       continue
     fi
-    if [[ $out =~ Quota\ \'([A-Za-z0-9_]+)\'\ exceeded ]]; then
-      local quota=${BASH_REMATCH[1]}
+    local quota
+    if quota=$(quota_of "$out"); then
       local limit
-      limit=$(grep -oE 'Limit: [^ ]+ in [a-z]+ ?[a-z0-9-]*' <<<"$out" | head -n1 || true)
+      limit=$(quota_limit "$out")
       die "instance: quota $quota exceeded in $zone (${limit:-no limit given}); ask for more at" \
         "https://console.cloud.google.com/iam-admin/quotas?project=$PROJECT (filter $quota, Edit quotas; Spot VMs" \
         "use it too unless PREEMPTIBLE_$quota is granted, which only keeps them off it), or try another --machine-type"

@@ -237,6 +237,7 @@ resolve_machine() {
     die "--machine-type '$machine' is not a machine type like a3-highgpu-1g or g2-standard-8"
   if [[ -n $opt_accelerator ]]; then
     parse_accelerator "$opt_accelerator"
+    check_machine_gpus "$machine"
   else
     machine_gpus "$machine"
   fi
@@ -254,6 +255,30 @@ parse_accelerator() {
     die "--accelerator type '$type' is not a Vertex AI GPU;" \
       "use one of $(gpu_names 2) (or its Compute Engine name, e.g. nvidia-h100-80gb)"
   acc_type=$GF_VERTEX
+}
+
+# check_machine_gpus TYPE: --accelerator (acc_type, acc_count) fits TYPE, as lib/machines.sh says:
+# A2/A3/A4/G2 types come with their own GPUs, N1 takes T4/V100/P100/P4, other types none. Vertex AI
+# would refuse the job only after the script upload; refused here first in one line.
+check_machine_gpus() {
+  local want_type want_count=$acc_count
+  if ! machine_facts "$1"; then
+    [[ $1 =~ ^(a[0-9]+x?|g[0-9]+)- ]] && return 0 # a GPU type the table does not know: Vertex decides
+    die "$1 takes no GPUs: --accelerator goes with N1 types only (e.g. --machine-type n1-standard-8);" \
+      "or pick a GPU machine type (g2-standard-8, a3-highgpu-1g) without --accelerator"
+  fi
+  if [[ $MF_GPU == attach ]]; then
+    gpu_facts "$acc_type"
+    [[ $GF_N1 == yes ]] ||
+      die "$acc_type cannot be attached to $1: N1 takes T4, V100, P100 and P4 only; for $acc_type pick" \
+        "its machine type (docs/vertex.md) and leave out --accelerator"
+    return 0
+  fi
+  gpu_facts "$MF_GPU" || return 0
+  want_type=$GF_VERTEX
+  [[ $acc_type == "$want_type" && $want_count == "$MF_COUNT" ]] ||
+    die "$1 comes with $MF_COUNT x $want_type; leave out --accelerator (or pick a machine type for" \
+      "$acc_count x $acc_type)"
 }
 
 # machine_gpus TYPE: the GPUs a GPU machine type comes with (A2, A3, A4, G2: lib/machines.sh);

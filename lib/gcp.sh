@@ -191,7 +191,10 @@ gcp_ensure_binding() {
     else
       local fix
       fix=$(gcp_fix "$out" "$api" "$admin")
-      ((waited == 0)) || fix="waited ${waited}s for IAM to know ${member#serviceAccount:}; run the script again in a few minutes"
+      if [[ $member == serviceAccount:* ]] && grep -qE "$GCP_UNKNOWN_MEMBER_RE" <<<"$out"; then
+        fix="waited ${waited}s for IAM to know ${member#serviceAccount:}; run the script again in a few minutes"
+        fix+=" (HFGPU_IAM_WAIT_SECONDS=$limit)"
+      fi
       die "roles: granting $role on $what failed: $(gcloud_error "$out"); $fix"
     fi
   done
@@ -201,13 +204,16 @@ gcp_ensure_binding() {
 
 # gcloud_error TEXT: gcloud's error from its output, as one line. gcloud prints an operation's
 # error as YAML ("Could not fetch resource:" / "---" / "code: X" / "message: ..." wrapped over
-# indented lines, perhaps "errorDetails:" after it); that becomes "X: message". A google.rpc
+# indented lines, perhaps "errorDetails:" after it); that becomes "X: message". The line
+# add-iam-policy-binding puts first ("Policy modification failed. For a binding with condition ...",
+# whatever the cause) is dropped. A google.rpc
 # Status's details ("- '@type': ...ErrorInfo") and a quota's tab-indented details are cut. The note on
 # the access-token file and the "ERROR: (gcloud.command)" prefix are dropped. Without an
 # ERROR line: the last line.
 gcloud_error() {
   local err
   err=$(sed -n '/^ERROR:/,$p' <<<"$1" | sed -E \
+    -e '/^ERROR: Policy modification failed\./d' \
     -e 's/^ERROR: \(gcloud[^)]*\) //' \
     -e '/^---$/d' \
     -e '/^ *(- )?errorDetails:/,$d' \

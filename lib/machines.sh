@@ -116,3 +116,11 @@ gpu_names() {
     cut -d';' -f"$1" <<<"$row"
   done | sort | tr '\n' ' ' | sed 's/ $//'
 }
+
+# n1_gpus: the GPUs N1 types take (Compute Engine names, from GPU_FACTS), for messages.
+n1_gpus() {
+  local row
+  for row in "${GPU_FACTS[@]}"; do
+    [[ $(cut -d';' -f4 <<<"$row") == yes ]] && cut -d';' -f1 <<<"$row"
+  done | paste -sd, - | sed 's/,/, /g'
+}

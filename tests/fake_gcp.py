@@ -14,7 +14,7 @@ Each behaviour answers with the shape Google documents; the source is named in a
 
 Errors, as Google sends them (see the knobs on `FakeGcp`): operation errors
 (ZONE_RESOURCE_POOL_EXHAUSTED, QUOTA_EXCEEDED), 400 for a machine type and accelerator that
-do not go together and for on-demand A3 High 1/2/4g, 404 for an unknown zone, image family,
+do not go together and for on-demand or reserved A3 High 1/2/4g, 404 for an unknown zone, image family,
 machine type or operation, 403 SERVICE_DISABLED and IAM_PERMISSION_DENIED, 409 ALREADY_EXISTS
 (a concurrent create) and 409 ABORTED (a stale IAM policy etag).
 
@@ -93,6 +93,8 @@ NO_ON_DEMAND = {
     "a3-ultragpu-8g",
     "a4-highgpu-8g",
 }
+# A3 High 1/2/4g: Spot or Flex-start only, so no reservation either (the same table).
+SPOT_OR_FLEX_ONLY = {"a3-highgpu-1g", "a3-highgpu-2g", "a3-highgpu-4g"}
 # Flex-start: "all accelerator-optimized machine types (except A4X and G4)", so not N1 nor
 # general-purpose types (cloud.google.com/compute/docs/instances/about-flex-start-vms).
 FLEX_START_SERIES = ("a2-", "a3-", "a4-", "g2-")
@@ -290,6 +292,8 @@ class FakeGcp(RecordingServer):
     exhausted_zones: set[str] = field(default_factory=set)
     # A quota metric (e.g. "NVIDIA_H100_GPUS") whose limit is 0: inserts end in QUOTA_EXCEEDED.
     quota_exceeded: str = ""
+    # Another wording for that error's message (format fields: metric, region), e.g. a translated one.
+    quota_message: str = ""
     # APIs (keys of API_HOSTS) not enabled in the project: every call answers 403 SERVICE_DISABLED.
     disabled_apis: set[str] = field(default_factory=set)
     # APIs the caller has no role on: every call answers 403 IAM_PERMISSION_DENIED.
@@ -304,6 +308,9 @@ class FakeGcp(RecordingServer):
     ar_create_polls: int = 2
     # Zone -> machine types it does not offer: an insert answers 400 (see _no_machine_type).
     zones_without: dict[str, set[str]] = field(default_factory=dict)
+    # Refuse every cleanup-policy change with 400 INVALID_ARGUMENT (a limit Google may have but does not
+    # document; the script must push anyway).
+    fail_cleanup_policy: bool = False
     # Another wording for that 400 (format fields: project, zone, machine), e.g. a translated one.
     machine_type_message: str = ""
     # Eventual consistency: IAM does not know a service account this fake created for its first N
@@ -504,6 +511,9 @@ class FakeGcp(RecordingServer):
         mask = [f for f in ",".join(rec.query.get("updateMask") or []).split(",") if f]
         if "cleanupPolicies" in mask:
             problem = cleanup_policy_problem(body.get("cleanupPolicies") or {})
+            if self.fail_cleanup_policy:
+                # Google's generic 400 text (wording unverified; the script reads neither code nor text).
+                problem = problem or "Request contains an invalid argument."
             if problem:
                 return _error(400, "INVALID_ARGUMENT", f"Invalid cleanup policy: {problem}")
         repo = self.repositories[name]
@@ -761,7 +771,9 @@ class FakeGcp(RecordingServer):
                     "limit": 0,
                 }
             }
-            message = f"Quota '{metric}' exceeded.  Limit: 0.0 in region {region}."
+            message = (
+                self.quota_message or "Quota '{metric}' exceeded.  Limit: 0.0 in region {region}."
+            ).format(metric=metric, region=region)
             error = (
                 {"errors": [{"code": "QUOTA_EXCEEDED", "message": message, "errorDetails": [detail]}]},
                 403,
@@ -824,6 +836,11 @@ class FakeGcp(RecordingServer):
         ) == "SPECIFIC_RESERVATION"
         # The wording of the refusals below is not published; the rules are (see the tables above),
         # so the scripts check them before sending and never read these texts.
+        if reserved and machine in SPOT_OR_FLEX_ONLY:
+            return self._invalid(
+                f"Invalid value for field 'resource.reservationAffinity': machine type {machine} is offered "
+                "as Spot or Flex-start only."
+            )
         if machine in NO_ON_DEMAND and model not in ("SPOT", "FLEX_START") and not reserved:
             return self._invalid(
                 f"Invalid value for field 'resource.scheduling.provisioningModel': '{model}'. Machine type "

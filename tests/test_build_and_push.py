@@ -379,6 +379,10 @@ BAD_INPUTS = [
     (["--frobnicate"], {}, "unknown option --frobnicate"),
     (["stray"], {}, "unexpected argument 'stray': build_and_push.sh takes options only"),
     (["--keep", "many"], {}, "--keep must be a whole number from 0 to 10000; got 'many'"),
+    (["--keep="], {}, "--keep must be a whole number from 0 to 10000; got ''"),
+    (["--keep", "-1"], {}, "--keep must be a whole number from 0 to 10000; got '-1'"),
+    (["--keep", "99999"], {}, "--keep must be from 0 to 10000; got '99999'"),
+    (["--keep", "1e3"], {}, "--keep must be a whole number from 0 to 10000; got '1e3'"),
 ]
 
 
@@ -863,6 +867,21 @@ def test_keep_sets_a_cleanup_policy_that_keeps_the_newest_and_every_named_tag(
     proc = run_script(env, "--keep", "3", *NO_BUILD)
     assert "repository: the cleanup policy keeps the newest 3 sha-* versions (set already)" in proc.stderr
     assert fake.mutations() == []
+
+
+def test_a_refused_cleanup_policy_is_one_warning_and_the_build_goes_on(
+    fake: FakeGcp, bindir: Path, tmp_path: Path
+):
+    """Whatever Google says to the policy (here a 400, e.g. a limit it does not document), pushing
+    does not depend on it: one warning line, then the build (which NO_BUILD makes fail at once)."""
+    fake.fail_cleanup_policy = True
+    proc = run_script(script_env(fake, tmp_path, bindir), "--keep", "5", *NO_BUILD)
+    (patch,) = fake.calls("PATCH", f"^/v1/{REPO_NAME}$")
+    assert patch.status == 400
+    (line,) = [x for x in proc.stderr.splitlines() if "cleanup policy" in x]
+    assert line.startswith("build_and_push.sh: warning: repository: setting the cleanup policy failed:")
+    assert "old sha-* versions stay" in line
+    assert "build: docker build failed" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("case", ["own-policy", "keep-0"])

@@ -262,6 +262,17 @@ BAD_INPUTS = [
         "offered only for L4, A100, H100, H200 and B200 GPUs, not NVIDIA_TESLA_T4; use --spot",
     ),
     ("--flex-start --machine-type n2-standard-8", "--flex-start on Vertex AI needs GPUs"),
+    # GPUs that do not fit the machine type (lib/machines.sh), refused before any request.
+    (
+        "--machine-type g2-standard-8 --accelerator NVIDIA_TESLA_T4,count=1",
+        "g2-standard-8 comes with 1 x NVIDIA_L4",
+    ),
+    ("--machine-type a3-highgpu-1g --accelerator nvidia-h100-80gb,count=8", "a3-highgpu-1g comes with 1 x"),
+    (
+        "--machine-type n1-standard-8 --accelerator NVIDIA_L4,count=1",
+        "NVIDIA_L4 cannot be attached to n1-standard-8",
+    ),
+    ("--machine-type n2-standard-8 --accelerator nvidia-tesla-t4,count=1", "n2-standard-8 takes no GPUs"),
     ("--max-wait 2h", "--max-wait applies to --flex-start only"),
     ("--flex-start --max-wait soon", "--max-wait must be a duration"),
     ("--output /tmp/out", "--output must be gs://BUCKET"),
