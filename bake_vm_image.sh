@@ -37,11 +37,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/flags.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib/gcp.sh"
 # shellcheck source=lib/baked.sh disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/lib/baked.sh"
+# shellcheck source=lib/machines.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/lib/machines.sh"
 # shellcheck disable=SC2034 # read by lib/common.sh's log/warn/die
 PROG=bake_vm_image.sh
 
-readonly SOURCE_PROJECT=deeplearning-platform-release
-SOURCE_FAMILY=common-cu129-ubuntu-2204-nvidia-580
+readonly SOURCE_PROJECT=$DLVM_PROJECT
+SOURCE_FAMILY=$DLVM_FAMILY
 MACHINE_TYPE=e2-standard-4
 DISK_GB=100
 SERVICE_ACCOUNT=

@@ -68,7 +68,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/machines.sh"
 # shellcheck disable=SC2034 # read by lib/common.sh's log/warn/die
 PROG=create_instance.sh
 
-readonly IMAGE_PROJECT=deeplearning-platform-release
+readonly IMAGE_PROJECT=$DLVM_PROJECT
 readonly READER_ROLE=roles/artifactregistry.reader
 readonly LOG_ROLE=roles/logging.logWriter
 readonly BUCKET_ROLE=roles/storage.objectUser
@@ -83,7 +83,7 @@ SERVICE_ACCOUNT=
 PROVISIONING=
 RESERVATION=
 MAX_RUN_DURATION=
-IMAGE_FAMILY=common-cu129-ubuntu-2204-nvidia-580
+IMAGE_FAMILY=$DLVM_FAMILY
 BOOT_FAMILY='' BOOT_PROJECT='' # choose_boot_image: a baked family of the project's own, when one matches
 IMAGE_REF=
 ZONES_FLAG=

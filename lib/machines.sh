@@ -72,6 +72,12 @@ readonly GPU_FACTS=(
 # The GPUs Vertex AI's Flex-start takes, for messages (from GPU_FACTS).
 readonly VERTEX_FLEX_GPUS="L4, A100, H100, H200 and B200"
 
+# The Deep Learning VM images every VM boots from (the GPU VMs, and the CPU VM that bakes an
+# image): docs.cloud.google.com/deep-learning-vm/docs/images (updated 2026-04-10; driver 580,
+# CUDA 12.9, supported until 2028-08). The family is a default; the project is fixed.
+readonly DLVM_PROJECT=deeplearning-platform-release
+readonly DLVM_FAMILY=common-cu129-ubuntu-2204-nvidia-580
+
 # machine_facts TYPE: the row of TYPE as MF_SERIES, MF_GPU, MF_COUNT, MF_BOOT, MF_GCE and
 # MF_SOURCES. Returns 1 (with the defaults of a type without GPUs) when no row matches.
 machine_facts() {
