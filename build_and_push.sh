@@ -153,7 +153,10 @@ build() {
   cmd+=(--build-arg "REVISION=$REVISION")
   cmd+=(--build-arg "CREATED=$CREATED")
   cmd+=(--build-arg "SOURCE=$SOURCE")
-  cmd+=(--build-arg BUILDKIT_INLINE_CACHE=1)
+  # No BUILDKIT_INLINE_CACHE here (cloudbuild.yaml sets it for its --cache-from): BuildKit 0.8
+  # writes the inline cache's records into the image config in an unstable order when steps
+  # share a command (the dependency part steps), so a clean commit would not rebuild to the
+  # same digest. Nothing of ours reads a local build's inline cache.
   [[ -n $BASE_IMAGE ]] && cmd+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
   [[ -n $CA_BUNDLE ]] && cmd+=(--secret "id=ca_bundle,src=$CA_BUNDLE")
   if [[ $COMPRESSION == zstd ]]; then
