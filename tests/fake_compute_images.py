@@ -181,12 +181,9 @@ class FakeComputeImages(FakeGcp):
     def _global_poll(self, name: str) -> tuple[int, dict]:
         # globalOperations.get / .wait (compute/docs/reference/rest/v1/globalOperations/wait): the
         # operation, PENDING -> RUNNING -> DONE; wait may return before DONE, so gcloud loops.
-        op = self.operations.get(name)
-        if op is None or not op.get("global"):
-            return _error(
-                404, "NOT_FOUND", f"The resource 'operations/{name}' was not found", reason="notFound"
-            )
-        status = op["states"].pop(0) if len(op["states"]) > 1 else op["states"][0]
+        status = self._next_status(name, lambda op: op.get("global"))
+        if status is None:
+            return self._not_found(f"operations/{name}")
         return 200, self._global_op(name, status)
 
     def _global_op(self, name: str, status: str) -> dict:

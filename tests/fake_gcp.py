@@ -883,13 +883,18 @@ class FakeGcp(RecordingServer):
         """zoneOperations.get / .wait: each answer moves PENDING -> RUNNING -> DONE. `wait` returns
         the operation when it is DONE *or* when its deadline passes, so gcloud must loop
         (compute/docs/reference/rest/v1/zoneOperations/wait)."""
-        op = self.operations.get(name)
-        if op is None or "states" not in op:
-            return _error(
-                404, "NOT_FOUND", f"The resource 'operations/{name}' was not found", reason="notFound"
-            )
-        status = op["states"].pop(0) if len(op["states"]) > 1 else op["states"][0]
+        status = self._next_status(name, lambda op: "states" in op)
+        if status is None:
+            return self._not_found(f"operations/{name}")
         return 200, self._zone_op(name, status)
+
+    def _next_status(self, name: str, ours) -> str | None:
+        """Operation NAME's next status (PENDING -> RUNNING -> DONE, then DONE again), or None when
+        there is no such operation or OURS(operation) says it is of another kind."""
+        op = self.operations.get(name)
+        if op is None or not ours(op):
+            return None
+        return op["states"].pop(0) if len(op["states"]) > 1 else op["states"][0]
 
     def _zone_op(self, name: str, status: str) -> dict:
         op = self.operations[name]
