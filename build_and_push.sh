@@ -1,35 +1,11 @@
 #!/usr/bin/env bash
 # Summary: build the training image with BuildKit and push it to Google Artifact Registry.
-# Usage: build_and_push.sh [--project ID] [--location REGION] [--repo NAME] [--image-name NAME]
-#                          [--tag TAG] [--base-image IMAGE] [--ca-bundle FILE]
-#                          [--registry-host HOST] [--compression gzip|zstd] [--keep N] [--no-push]
-#                          [--dry-run] [-h|--help]
+# Usage: build_and_push.sh [OPTIONS]     (the options: below, declared in lib/options/build_and_push.sh)
 #
-#   --project ID          Google Cloud project (PROJECT; default: gcloud config)
-#   --location REGION     Artifact Registry region, e.g. us-east4 (LOCATION)
-#   --repo NAME           Artifact Registry repository (REPO_NAME; gpu-transformers)
-#   --image-name NAME     image name (IMAGE_NAME; gpu_transformers); --image is its old name
-#   --tag TAG             the release tag (TAG; default: the VERSION file)
-#   --base-image IMAGE    build argument BASE_IMAGE (BASE_IMAGE; default: the Dockerfile's CUDA 12 base)
-#   --ca-bundle FILE      extra CA bundle (PEM) for the build behind a TLS-intercepting proxy
-#                         (CA_BUNDLE; --ca-cert is its old name), given to BuildKit as the
-#                         secret ca_bundle: it is never stored in a layer
-#   --registry-host HOST  registry host (REGISTRY_HOST; default LOCATION-docker.pkg.dev)
-#   --compression gzip|zstd   how the pushed layers are compressed (default gzip). zstd inflates
-#                         about 2.5x faster on the VM but needs Docker >= 23.0 there, and a client
-#                         with the buildx plugin here (BuildKit's image exporter writes it); without
-#                         one the script stops before it creates anything. See docs/cold-start.md
-#   --keep N              the repository's cleanup policy keeps the newest N
-#                         sha-* versions of each image (default 20; 0: no policy set); latest and
-#                         any other tag are never deleted; a repository with cleanup policies of
-#                         its own is left alone (said in one line)
-#   --no-push             build and tag locally only (IMAGE:TAG, IMAGE:sha-..., IMAGE:latest);
-#                         the last line on stdout is the local reference IMAGE:TAG
-#   --dry-run             print every command, quoted, and change nothing
-#
-# Steps: preflight, repository and its cleanup policy (before the build, as in cloudbuild.yaml: a
-# disabled API or a missing role shows at once), build, auth, push. Configuration: flags, then the
-# environment, then ./.env (or CONFIG_FILE), then defaults (names in parentheses).
+# Steps: every input checked (nothing is created before), preflight, repository and its cleanup
+# policy (before the build, as in cloudbuild.yaml: a disabled API or a missing role shows at once),
+# build, auth, push. Configuration: flags, then the environment, then ./.env (or CONFIG_FILE), then
+# the defaults (each option's env name is in its line below).
 # Tags: TAG, sha-<commit>, latest (pushed in that order: latest moves only when the others
 # landed). A dirty checkout (build_image/, app/ or lib/kv.sh changed, or untracked files in
 # them) is tagged TAG and sha-<commit>-dirty only: latest never points at a dirty build.
@@ -45,6 +21,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib/flags.sh"
 # shellcheck source=lib/gcp.sh disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/lib/gcp.sh"
+# shellcheck source=lib/options.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/lib/options.sh"
+# shellcheck source=lib/options/build_and_push.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/lib/options/build_and_push.sh"
 # shellcheck disable=SC2034 # read by lib/common.sh's log/warn/die
 PROG=build_and_push.sh
 
@@ -349,78 +329,25 @@ push() {
   printf '%s@%s\n' "$repo_ref" "$digest"
 }
 
-parse_args() {
-  while (($#)); do
-    flag_begin "$1"
-    case $FLAG in
-      -h | --help)
-        flag_switch
-        usage "${BASH_SOURCE[0]}"
-        exit 0
-        ;;
-      --no-push) flag_switch && NO_PUSH=1 ;;
-      --keep) flag_value "$@" && to_int KEEP --keep "$VALUE" 0 10000 ;;
-      --dry-run) flag_switch && DRY_RUN=1 ;;
-      --project) flag_value "$@" && config_set_flag PROJECT "$FLAG" "$VALUE" ;;
-      --location) flag_value "$@" && config_set_flag LOCATION "$FLAG" "$VALUE" ;;
-      --repo) flag_value "$@" && config_set_flag REPO_NAME "$FLAG" "$VALUE" ;;
-      --image-name) flag_value "$@" && config_set_flag IMAGE_NAME "$FLAG" "$VALUE" ;;
-      --image) flag_value "$@" && flag_deprecated --image-name && config_set_flag IMAGE_NAME "$FLAG" "$VALUE" ;;
-      --tag) flag_value "$@" && config_set_flag TAG "$FLAG" "$VALUE" ;;
-      --base-image) flag_value "$@" && config_set_flag BASE_IMAGE "$FLAG" "$VALUE" ;;
-      --ca-bundle) flag_value "$@" && config_set_flag CA_BUNDLE "$FLAG" "$VALUE" ;;
-      --ca-cert) flag_value "$@" && flag_deprecated --ca-bundle && config_set_flag CA_BUNDLE "$FLAG" "$VALUE" ;;
-      --registry-host) flag_value "$@" && config_set_flag REGISTRY_HOST "$FLAG" "$VALUE" ;;
-      --compression) flag_value "$@" && COMPRESSION=$VALUE ;;
-      -*) flag_unknown ;;
-      *) die "unexpected argument '$FLAG': build_and_push.sh takes options only; see --help" ;;
-    esac
-    shift "$FLAG_SHIFT"
-  done
-}
-
-# check_ca_bundle: CA_BUNDLE, when set, is a readable regular file whose path BuildKit's
-# --secret id=...,src=PATH can carry (a comma would split it); made absolute.
-check_ca_bundle() {
-  [[ -n $CA_BUNDLE ]] || return 0
-  local from
-  from=$(config_origin CA_BUNDLE)
-  [[ $CA_BUNDLE != *,* && $CA_BUNDLE != *\"* ]] ||
-    die "CA bundle '$CA_BUNDLE' ($from): the path has a comma or a quote, which BuildKit's --secret cannot carry;" \
-      "copy the bundle to a path without one"
-  [[ ! -d $CA_BUNDLE ]] || die "CA bundle '$CA_BUNDLE' ($from) is a folder; give the PEM bundle file itself"
-  [[ -f $CA_BUNDLE && -r $CA_BUNDLE ]] ||
-    die "CA bundle '$CA_BUNDLE' ($from): not a readable file; give a PEM bundle file"
-  CA_BUNDLE=$(cd "$(dirname "$CA_BUNDLE")" && pwd)/$(basename "$CA_BUNDLE")
-}
-
-# validate: every input, before anything runs; each error names where the value came from.
+# validate: what the option table cannot say, before anything runs (lib/options.sh has checked
+# each value, from flags, environment and .env alike, and the conflicts).
 validate() {
-  validate_location "$LOCATION" "$(config_origin LOCATION)"
-  validate_repo "$REPO_NAME" "$(config_origin REPO_NAME)"
-  validate_image "$IMAGE_NAME" "$(config_origin IMAGE_NAME)"
-  validate_tag "$TAG" "$(config_origin TAG)"
-  [[ -z $REGISTRY_HOST ]] || validate_registry_host "$REGISTRY_HOST" "$(config_origin REGISTRY_HOST)"
-  [[ -z $BASE_IMAGE || $BASE_IMAGE =~ ^[A-Za-z0-9][A-Za-z0-9._/:@-]*$ ]] ||
-    die "invalid base image '$BASE_IMAGE' ($(config_origin BASE_IMAGE)): give an image reference like" \
-      "nvidia/cuda:12.1.0-base-ubuntu22.04"
-  check_ca_bundle
-  [[ $COMPRESSION == gzip || $COMPRESSION == zstd ]] ||
-    die "invalid --compression '$COMPRESSION': give gzip (the default) or zstd"
-  [[ $COMPRESSION == gzip || $NO_PUSH == 0 ]] ||
-    die "--compression zstd compresses the pushed layers, and --no-push pushes none (a local image is" \
-      "stored uncompressed); drop one of them"
   if [[ $NO_PUSH == 0 ]]; then
     config_default_project
     [[ -n $PROJECT ]] ||
       die "preflight: no project set; pass --project ID or run: gcloud config set project ID"
+    validate_project "$PROJECT" "$(config_origin PROJECT)"
   fi
-  [[ -z $PROJECT ]] || validate_project "$PROJECT" "$(config_origin PROJECT)"
+  # BuildKit's --secret src= wants a path it resolves the same from any folder.
+  [[ -z $CA_BUNDLE ]] || CA_BUNDLE=$(realpath -e -- "$CA_BUNDLE")
 }
 
 main() {
   config_init
-  parse_args "$@"
+  opt_parse "$@"
+  ((${#OPT_ARGS[@]} + ${#OPT_REST[@]} == 0)) ||
+    die "unexpected argument $(q "${OPT_ARGS[0]:-${OPT_REST[0]:-}}"): build_and_push.sh takes options only; see --help"
+  opt_check_config
   validate
   VERSION=$(tr -d '[:space:]' <"$HFGPU_ROOT/VERSION")
 

@@ -55,6 +55,17 @@ usage() {
   sed -n '2,/^$/{/^$/d;s/^# \{0,1\}//;p}' "$1"
 }
 
+# q VALUE: VALUE quoted for a message, as a shell would read it back: 'VALUE' in single quotes,
+# or printf %q's form when it holds a quote or a control character ($'a\nb'), so that a newline
+# never breaks the one-line error.
+q() {
+  if [[ $1 != *[\'[:cntrl:]]* ]]; then
+    printf "'%s'" "$1"
+  else
+    printf '%q' "$1"
+  fi
+}
+
 # quote_cmd ARGS...: the command as one line a user can paste into a shell.
 quote_cmd() {
   local out
@@ -93,20 +104,39 @@ readonly HFGPU_CONFIG_NAMES=(LOCATION PROJECT REPO_NAME IMAGE_NAME TAG REGISTRY_
 declare -gA HFGPU_CONFIG_ORIGIN=()
 
 # config_load_file FILE: set configuration names from a KEY=VALUE file (lib/kv.sh), for
-# the names the environment does not already set. Surrounding quotes are dropped.
+# the names the environment does not already set, as dotenv reads one: the last of a repeated
+# name wins, surrounding quotes are dropped, blank lines and # comments are skipped, and any
+# other line that does not parse is an error naming the file and line. Runs with xtrace off:
+# HFGPU_DEBUG=1 never shows a value from the file (it may hold a token).
 config_load_file() {
-  local file=$1 line key value
+  local traced=0
+  [[ $- == *x* ]] && traced=1
+  { set +x; } 2>/dev/null
+  _config_load_file "$@"
+  ((traced == 0)) || set -x
+}
+
+_config_load_file() {
+  local file=$1 line key value n=0
+  local -A from_file=()
   [[ -f $file ]] || return 0
   while IFS= read -r line || [[ -n $line ]]; do
-    kv_parse "$line" || continue
+    n=$((n + 1))
+    [[ $line =~ ^[[:space:]]*(#.*)?$ ]] && continue
+    kv_parse "$line" ||
+      die "$file:$n: not a NAME=VALUE line; write NAME=VALUE (a # starts a comment), or remove the line"
     key=$KV_KEY value=$KV_VALUE
     if [[ $value =~ ^\"(.*)\"$ || $value =~ ^\'(.*)\'$ ]]; then
       value=${BASH_REMATCH[1]}
+    elif [[ $value == [\"\']* ]]; then
+      die "$file:$n: the value of $key opens a quote it does not close; close it on the same line"
     fi
     [[ $key == INSTANCE_NAME ]] && key=VM_NAME
-    if [[ " ${HFGPU_CONFIG_NAMES[*]} " == *" $key "* && -z ${HFGPU_CONFIG_ORIGIN[$key]:-} ]]; then
+    if [[ " ${HFGPU_CONFIG_NAMES[*]} " == *" $key "* ]] &&
+      [[ -z ${HFGPU_CONFIG_ORIGIN[$key]:-} || -n ${from_file[$key]:-} ]]; then
       printf -v "$key" '%s' "$value"
-      HFGPU_CONFIG_ORIGIN[$key]="$key in $file"
+      HFGPU_CONFIG_ORIGIN[$key]="$key in $file:$n"
+      from_file[$key]=1
     fi
   done <"$file"
 }

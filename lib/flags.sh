@@ -40,14 +40,14 @@ flag_value() {
     return 0
   fi
   (($# >= 2)) || die "$FLAG needs a value; see ${PROG:-${0##*/}} --help"
-  [[ $2 != --* ]] || die "$FLAG needs a value but got the option '$2'; give the value, or write $FLAG=$2 if you mean it"
+  [[ $2 != --* ]] || die "$FLAG needs a value but got the option $(q "$2"); give the value, or write $FLAG=$2 if you mean it"
   VALUE=$2 FLAG_SHIFT=2
 }
 
 # flag_switch: an on/off flag; refuse --flag=VALUE rather than ignore VALUE.
 flag_switch() {
   ((FLAG_HAS_INLINE == 0)) ||
-    die "$FLAG is an on/off flag and takes no value (got '$FLAG=$FLAG_INLINE');" \
+    die "$FLAG is an on/off flag and takes no value (got $(q "$FLAG=$FLAG_INLINE"));" \
       "write $FLAG alone to turn it on, or leave it out"
   FLAG_SHIFT=1
 }
@@ -69,12 +69,12 @@ to_int() {
   local -n _to_int_var=$1
   local what=$2 value=$3 min=$4 max=${5:-} digits
   [[ $value =~ ^[0-9]{1,18}$ ]] ||
-    die "$what must be a whole number${max:+ from $min to $max}; got '$value'"
+    die "$what must be a whole number${max:+ from $min to $max}; got $(q "$value")"
   digits=$((10#$value))
   if [[ -n $max ]] && ((digits < min || digits > max)); then
-    die "$what must be from $min to $max; got '$value'"
+    die "$what must be from $min to $max; got $(q "$value")"
   fi
-  ((digits >= min)) || die "$what must be at least $min; got '$value'"
+  ((digits >= min)) || die "$what must be at least $min; got $(q "$value")"
   # shellcheck disable=SC2034 # a nameref: the caller's variable
   _to_int_var=$digits
 }

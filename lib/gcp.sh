@@ -14,55 +14,55 @@ _from() { printf '%s' "${1:+ ($1)}"; }
 validate_location() {
   local loc=$1
   [[ $loc =~ ^[a-z]+-[a-z]+[0-9]+-[a-z]$ ]] &&
-    die "invalid location '$loc'$(_from "${2:-}"): that is a zone; use its region, e.g. --location ${loc%-*}"
+    die "invalid location $(q "$loc")$(_from "${2:-}"): that is a zone; use its region, e.g. --location ${loc%-*}"
   [[ $loc =~ ^([a-z]+-[a-z]+[0-9]+|us|europe|asia)$ ]] ||
-    die "invalid location '$loc'$(_from "${2:-}"): use a region like us-east4" \
+    die "invalid location $(q "$loc")$(_from "${2:-}"): use a region like us-east4" \
       "or a multi-region (us, europe, asia)"
 }
 
 validate_repo() {
   [[ $1 =~ ^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$ ]] ||
-    die "invalid repository name '$1'$(_from "${2:-}"): use 1-63 lowercase letters, digits and hyphens," \
+    die "invalid repository name $(q "$1")$(_from "${2:-}"): use 1-63 lowercase letters, digits and hyphens," \
       "starting with a letter and not ending with a hyphen"
 }
 
 validate_image() {
   local part='[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*'
   [[ $1 =~ ^$part(/$part)*$ && ${#1} -le 255 ]] ||
-    die "invalid image name '$1'$(_from "${2:-}"): use lowercase letters and digits," \
+    die "invalid image name $(q "$1")$(_from "${2:-}"): use lowercase letters and digits," \
       "separated by '.', '_', '__' or '-' (and '/')"
 }
 
 validate_tag() {
   [[ $1 =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] ||
-    die "invalid tag '$1'$(_from "${2:-}"): use up to 128 letters, digits, '_', '.' and '-'," \
+    die "invalid tag $(q "$1")$(_from "${2:-}"): use up to 128 letters, digits, '_', '.' and '-'," \
       "not starting with '.' or '-'"
 }
 
 validate_project() {
   local p=$1
   [[ $p == *:* ]] &&
-    die "invalid project id '$p'$(_from "${2:-}"): domain-scoped projects are not supported;" \
+    die "invalid project id $(q "$p")$(_from "${2:-}"): domain-scoped projects are not supported;" \
       "use a project whose id has no ':'"
   [[ $p =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] ||
-    die "invalid project id '$p'$(_from "${2:-}"): use 6-30 lowercase letters, digits and hyphens," \
+    die "invalid project id $(q "$p")$(_from "${2:-}"): use 6-30 lowercase letters, digits and hyphens," \
       "starting with a letter and not ending with a hyphen (the project ID, not its name or number)"
 }
 
 validate_registry_host() {
   [[ $1 =~ ^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$ ]] ||
-    die "invalid registry host '$1'$(_from "${2:-}"): use a host name with an optional :port," \
+    die "invalid registry host $(q "$1")$(_from "${2:-}"): use a host name with an optional :port," \
       "e.g. us-east4-docker.pkg.dev"
 }
 
 validate_zone() {
   [[ $1 =~ ^[a-z]+-[a-z]+[0-9]+-[a-z]$ ]] ||
-    die "invalid zone '$1'$(_from "${2:-}"): use a zone like us-east4-a (region plus a letter)"
+    die "invalid zone $(q "$1")$(_from "${2:-}"): use a zone like us-east4-a (region plus a letter)"
 }
 
 validate_vm_name() {
   [[ $1 =~ ^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$ ]] ||
-    die "invalid VM name '$1'$(_from "${2:-}"): use 1-63 lowercase letters, digits and hyphens," \
+    die "invalid VM name $(q "$1")$(_from "${2:-}"): use 1-63 lowercase letters, digits and hyphens," \
       "starting with a letter and not ending with a hyphen"
 }
 
