@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -122,13 +124,18 @@ class Sweep:
     results: dict[str, subprocess.CompletedProcess] = field(default_factory=dict)
 
 
+# Every docker command the scripts run goes through tool_bin's docker (the real client, logged):
+# the sweep must run none that changes something. Read from the log, not from the engine, so
+# that other tests' containers and images (tests run side by side) never count.
+DOCKER_LOG = Path(tempfile.mkdtemp(prefix="hfgpu-sweep-")) / "docker.log"
+DOCKER_CHANGES = {"build", "buildx", "run", "create", "tag", "push", "pull", "rm", "rmi", "start", "stop",
+                  "kill", "commit", "load", "import", "login", "exec", "cp", "volume", "network"}  # fmt: skip
+
+
 def docker_state() -> set[str]:
-    """Every container and image tag the engine holds (the sweep must add none)."""
-    ps = subprocess.run([DOCKER, "ps", "-aq", "--no-trunc"], capture_output=True, text=True).stdout.split()
-    images = subprocess.run(
-        [DOCKER, "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True
-    ).stdout.split()
-    return {*ps, *images}
+    """The docker commands that change something, run so far through tool_bin's docker."""
+    lines = DOCKER_LOG.read_text().splitlines() if DOCKER_LOG.exists() else []
+    return {line for line in lines if line.split(" ", 1)[0] in DOCKER_CHANGES}
 
 
 @pytest.fixture(scope="module")
@@ -138,10 +145,15 @@ def fake() -> Iterator[FakeGcp]:
 
 
 def tool_bin(tmp: Path) -> Path:
+    """A folder for the front of PATH: the BuildKit-capable docker, each call logged (docker_state)."""
     bindir = tmp / "bin"
     bindir.mkdir(exist_ok=True)
-    if not (bindir / "docker").exists():
-        (bindir / "docker").symlink_to(DOCKER)
+    wrapper = bindir / "docker"
+    if not wrapper.exists():
+        wrapper.write_text(
+            f'#!/bin/sh\nprintf "%s\\n" "$*" >>{shlex.quote(str(DOCKER_LOG))}\nexec {DOCKER} "$@"\n'
+        )
+        wrapper.chmod(0o755)
     return bindir
 
 
@@ -227,11 +239,76 @@ def test_every_option_refuses_every_hostile_value_in_one_line_and_changes_nothin
     assert len(sweep.mutations()) == mutated, "a case sent a request that changes something"
     assert sweep.snapshot() == before, "a case made an image tag or a container"
     print(f"{script}: {len(all_cases)} cases, all refused in one line")
+    section = doc_section(
+        script, options, {c.id: p for c, p in zip(all_cases, procs, strict=True)}, len(all_cases)
+    )
+    start, end = f"<!-- sweep:{script} -->", f"<!-- /sweep:{script} -->"
+    text = DOC.read_text()
+    committed = text[text.index(start) : text.index(end) + len(end)] if start in text and end in text else ""
     if os.environ.get("HFGPU_BAD_INPUTS_DOC"):
-        write_doc_section(
-            script, options, dict(zip([c.id for c in all_cases], procs, strict=True)), len(all_cases)
+        text = text.replace(committed, section) if committed else f"{text.rstrip()}\n\n{section}\n"
+        DOC.write_text(text)
+    else:
+        assert committed == section, f"{DOC.relative_to(ROOT)} is out of date; rewrite it: {REWRITE}"
+
+
+REWRITE = "HFGPU_BAD_INPUTS_DOC=1 .venv/bin/pytest tests/test_option_sweep.py"
+
+
+def doc_section(
+    script: str, options: list[Option], procs: dict[str, subprocess.CompletedProcess], count: int
+) -> str:
+    """The doc's part for SCRIPT: each option, its type and env name, how many hostile values it was
+    given, and the line one of them gives (the first of its type's traps, else an empty value)."""
+    rows = [
+        start := f"<!-- sweep:{script} -->",
+        f"## {script}.sh: {count} cases, all refused in one line",
+        "",
+        "| option | type | env | values tried | the line one of them gives |",
+        "|---|---|---|---|---|",
+    ]
+    for o in options:
+        tried = sum(
+            1
+            for k in procs
+            if k.startswith((f"{o.name}=", f"{o.name} ")) or (o.env and k.startswith(f"{o.env}="))
         )
+        example = f"{o.name}=1" if o.type == "switch" else f"{o.name}={(o.bad or ('',))[0]!r}"
+        line = procs[example].stderr.strip().removeprefix(f"{script}.sh: error: ")
+        shown = f"`{example}`: {line}".replace("|", "\\|")
+        rows.append(f"| `{o.name}` | {o.type.replace('|', ',')} | {o.env or ''} | {tried} | {shown} |")
+    for k, proc in procs.items():
+        if " with " in k or " without " in k:
+            rows.append(
+                f"| {k} | conflict | | 1 | {proc.stderr.strip().removeprefix(f'{script}.sh: error: ')} |"
+            )
+    rows.append(f"<!-- /sweep:{script} -->")
+    assert start
+    return "\n".join(rows)
 
 
-def write_doc_section(script: str, options: list[Option], procs: dict, count: int) -> None:
-    pass
+CANARY = "hf_canary_c4n4ry_do_not_print"
+
+
+@pytest.mark.parametrize("script", SWEEPS)
+def test_no_secret_in_any_trace(script, fake, tmp_path):
+    """HFGPU_DEBUG=1 traces every command, never a secret: a token in .env, in the environment and in
+    --env-file (where the script has one) shows in no output, on a run that goes past its checks."""
+    sweep = SWEEPS[script](fake, tmp_path)
+    names = {o.name for o in table(script)}
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "sweep.env").write_text(
+        f"{sweep.dotenv}HF_TOKEN={CANARY}-dotenv\nexport WANDB_API_KEY={CANARY}-wandb\n"
+    )
+    (work / "secrets.env").write_text(f"HF_TOKEN={CANARY}-file\n")
+    args = [*sweep.args, *(["--dry-run"] if "--dry-run" in names else [])]
+    if "--env-file" in names:
+        args += ["--env-file", str(work / "secrets.env")]
+    env = {**sweep.env, "HOME": str(work), "CONFIG_FILE": str(work / "sweep.env"), "HFGPU_DEBUG": "1"}
+    env["HF_TOKEN"] = f"{CANARY}-env"
+    proc = subprocess.run(
+        [str(ROOT / f"{script}.sh"), *args], env=env, cwd=work, capture_output=True, text=True, timeout=300
+    )
+    assert "opt_check_config" in proc.stderr, f"the run did not get past its checks: {proc.stderr[-2000:]}"
+    assert CANARY not in proc.stdout + proc.stderr, "a secret's value is in the trace"
