@@ -312,3 +312,22 @@ def test_no_secret_in_any_trace(script, fake, tmp_path):
     )
     assert "opt_check_config" in proc.stderr, f"the run did not get past its checks: {proc.stderr[-2000:]}"
     assert CANARY not in proc.stdout + proc.stderr, "a secret's value is in the trace"
+
+
+@pytest.mark.parametrize("form", ["--ca-bundle=~/ca.pem", "CA_BUNDLE=~/ca.pem"])
+def test_a_leading_tilde_is_home_after_equals_too(form, fake, tmp_path):
+    """`--opt=~/x` (where the shell leaves ~ alone) and `NAME=~/x` in .env mean HOME/x, as
+    `--opt ~/x` does: never a folder literally named ~."""
+    sweep = sweep_build_and_push(fake, tmp_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "ca.pem").write_text(Path("/etc/ssl/certs/ca-certificates.crt").read_text())
+    (tmp_path / "sweep.env").write_text(sweep.dotenv + (form + "\n" if form.startswith("CA_") else ""))
+    env = {**sweep.env, "HOME": str(home), "CONFIG_FILE": str(tmp_path / "sweep.env")}
+    args = ["--no-push", "--dry-run", *([form] if form.startswith("--") else [])]
+    proc = subprocess.run(
+        [str(ROOT / "build_and_push.sh"), *args], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    build = next(shlex.split(line) for line in proc.stdout.splitlines() if " docker build " in line)
+    assert f"id=ca_bundle,src={home}/ca.pem" in build
