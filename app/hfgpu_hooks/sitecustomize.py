@@ -13,38 +13,11 @@ Python imports only the first one, so this one runs the next.
 
 from __future__ import annotations
 
-import importlib.abc
 import importlib.util
 import os
 import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _after_import(name: str, patch) -> None:
-    """Run PATCH(module) right after module NAME is imported (a meta-path finder wraps its loader)."""
-
-    class Finder(importlib.abc.MetaPathFinder):
-        def find_spec(self, fullname, path, target=None):
-            if fullname != name:
-                return None
-            sys.meta_path.remove(self)
-            try:
-                spec = importlib.util.find_spec(fullname)
-            finally:
-                sys.meta_path.insert(0, self)
-            if spec is None or spec.loader is None:
-                return spec
-            original = spec.loader.exec_module
-
-            def exec_module(module):
-                original(module)
-                patch(module)
-
-            spec.loader.exec_module = exec_module
-            return spec
-
-    sys.meta_path.insert(0, Finder())
 
 
 def _patch(module) -> None:
@@ -69,11 +42,12 @@ def _run_next_sitecustomize() -> None:
 
 
 if os.environ.get("HFGPU_TRAINER_BUCKET") == "1" and os.environ.get("CHECKPOINT_BUCKET", "").strip():
-    _after_import("transformers.trainer", _patch)
     sys.path.insert(0, _HERE)
     try:
         import hf_trainer_bucket as _hook
+        from hfgpu_after_import import after_import
 
+        after_import("transformers.trainer", _patch)
         _hook.watch_exit()
     finally:
         sys.path.remove(_HERE)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import atexit
 import errno
-import importlib.abc
 import os
 import re
 import shutil
@@ -38,33 +37,8 @@ import signal
 import sys
 import time
 
-
-def _after_import(name: str, patch) -> None:
-    """Run PATCH(module) right after module NAME is imported (a meta-path finder wraps its loader)."""
-
-    class Finder(importlib.abc.MetaPathFinder):
-        def find_spec(self, fullname, path, target=None):
-            if fullname != name:
-                return None
-            sys.meta_path.remove(self)
-            try:
-                from importlib.util import find_spec
-
-                spec = find_spec(fullname)
-            finally:
-                sys.meta_path.insert(0, self)
-            if spec is None or spec.loader is None:
-                return spec
-            original = spec.loader.exec_module
-
-            def exec_module(module):
-                original(module)
-                patch(module)
-
-            spec.loader.exec_module = exec_module
-            return spec
-
-    sys.meta_path.insert(0, Finder())
+# The image's one after-import finder (PYTHONPATH=/probes:/app: /app/hfgpu_hooks, a namespace package).
+from hfgpu_hooks.hfgpu_after_import import after_import as _after_import
 
 
 def _patch_trainkit(trainkit) -> None:
