@@ -169,13 +169,16 @@ create_vm() {
     quote_cmd "${create[@]}"
     return 0
   fi
+  # From here the VM may exist: a Ctrl-C while gcloud waits for the create leaves it at Google, so
+  # cleanup deletes it. A create that gcloud reports as failed made none (or someone else's).
+  VM_CREATED=1
   if ! out=$("${create[@]}" 2>&1); then
+    VM_CREATED=0
     grep -qE "$GCP_EXISTS_RE" <<<"$out" &&
       die "bake VM: $BAKE_VM exists already (an earlier bake still running, or left over); wait for it or" \
         "delete it: gcloud compute instances delete $BAKE_VM --zone $ZONE --project $PROJECT"
     gcp_fail "bake VM: creating $BAKE_VM failed" "$out" compute.googleapis.com "roles/compute.instanceAdmin.v1"
   fi
-  VM_CREATED=1
 }
 
 # wait_terminated: the bake VM powers itself off when its pull is done.
@@ -214,8 +217,14 @@ delete_vm() {
   ((VM_CREATED)) || return 0
   VM_CREATED=0
   log "bake VM: deleting $BAKE_VM"
-  gcloud compute instances delete "$BAKE_VM" --project "$PROJECT" --zone "$ZONE" --quiet >&2 ||
-    warn "deleting $BAKE_VM failed; delete it yourself: gcloud compute instances delete $BAKE_VM --zone $ZONE"
+  local out
+  out=$(gcloud compute instances delete "$BAKE_VM" --project "$PROJECT" --zone "$ZONE" --quiet 2>&1) && return 0
+  if grep -qE "$GCP_NOT_FOUND_RE" <<<"$out"; then
+    log "bake VM: $BAKE_VM was never made (stopped during its create)"
+    return 0
+  fi
+  printf '%s\n' "$out" >&2
+  warn "deleting $BAKE_VM failed; delete it yourself: gcloud compute instances delete $BAKE_VM --zone $ZONE"
 }
 
 cleanup() {
@@ -236,6 +245,9 @@ main() {
   fi
   check_service_account
   trap cleanup EXIT
+  # Ctrl-C or a kill: exit through the EXIT trap, which deletes the bake VM.
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
   startup_script
   create_vm
   wait_terminated

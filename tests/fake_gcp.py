@@ -320,6 +320,9 @@ class FakeGcp(RecordingServer):
     # Eventual consistency: the first N IAM policy writes on a bucket this fake created answer 412
     # (Cloud Storage's "conditionNotMet": storage/docs/json_api/v1/status-codes#412).
     new_bucket_policy_conflicts: int = 0
+    # Polls an instance insert stays RUNNING before DONE: a create that takes a while (an
+    # Operation is done only when its status is DONE: compute/docs/reference/rest/v1/zoneOperations).
+    insert_polls: int = 1
 
     def __post_init__(self) -> None:
         RecordingServer.__init__(self)
@@ -792,7 +795,7 @@ class FakeGcp(RecordingServer):
             "project": project,
             "zone": zone,
             "target": f"{base}{key}",
-            "states": ["RUNNING", "DONE"],
+            "states": ["RUNNING"] * self.insert_polls + ["DONE"],
             "error": error,
         }
         return 200, self._zone_op(op, "PENDING")

@@ -17,9 +17,11 @@ import io
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -566,3 +568,31 @@ def test_bake_without_the_vms_service_account_stops_before_any_vm(compute: FakeC
         " NAME@PROJECT.iam.gserviceaccount.com"
     ]
     assert compute.requests == []
+
+
+def test_ctrl_c_during_the_bake_vm_create_deletes_the_vm(
+    compute: FakeComputeImages, local_ref: str, tmp_path: Path
+):
+    """A Ctrl-C (SIGINT to the whole foreground group, gcloud included) while gcloud waits for the
+    VM's create: the VM exists at Google all the same, and the script deletes it on its way out."""
+    compute.insert_polls = 10_000  # the create never finishes by itself
+    proc = subprocess.Popen(
+        [str(BAKE), "--image", local_ref, "--poll-seconds", "1"], env=script_env(compute, tmp_path, tmp_path),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        for _ in range(600):
+            waiting = compute.calls(pattern=r"/zones/us-east4-a/operations/")
+            if compute.calls("POST", r"/zones/us-east4-a/instances$") and waiting:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the bake VM's create never started")
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert compute.calls("DELETE", r"/instances/hfgpu-bake-"), f"the bake VM is left at Google: {err}"
+    assert compute.instances == {}
