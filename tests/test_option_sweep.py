@@ -81,6 +81,7 @@ class Case:
 
 def cases(options: list[Option]) -> list[Case]:
     out: list[Case] = []
+    envs: set[str] = set()  # a configuration name two options share (--location, --region) is tried once
     for o in options:
         if o.type == "switch":
             out.append(Case(f"{o.name}=1", (f"{o.name}=1",), o.name))
@@ -89,7 +90,8 @@ def cases(options: list[Option]) -> list[Case]:
         out += [Case(f"{o.name}={v!r}", (f"{o.name}={v}",), o.name) for v in dict.fromkeys(values)]
         if o.bad:
             out.append(Case(f"{o.name} {o.bad[0]!r}", (o.name, o.bad[0]), o.name))
-        if o.env:
+        if o.env and o.env not in envs:
+            envs.add(o.env)
             for v in dict.fromkeys([" ", "x" * 1100, *o.bad]):
                 from_env = f"{o.env} from the environment"
                 out.append(Case(f"{o.env}={v!r} (env)", (), from_env, env=((o.env, v),)))
