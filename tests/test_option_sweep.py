@@ -163,7 +163,25 @@ def sweep_launch_training(fake: FakeGcp, tmp: Path) -> Sweep:
 
 
 def sweep_submit_vertex_job(fake: FakeGcp, tmp: Path) -> Sweep:
-    pytest.fail("submit_vertex_job.sh has no option table yet (issue 19)")
+    """A valid run submits a job: gcloud's aiplatform (and logging, storage for the gpt2 upload)
+    calls go to a FakeVertex that would accept it; every case must send it nothing that changes
+    anything (no job created, no script uploaded). The fake stops with the returned Sweep."""
+    import weakref
+
+    from fake_vertex import FakeVertex
+
+    vertex = FakeVertex().start()
+    env = script_env(fake, tmp, tool_bin(tmp), HFGPU_POLL_SECONDS="0")
+    for api, path in (("AIPLATFORM", "/"), ("LOGGING", "/"), ("STORAGE", "/storage/v1/")):
+        env[f"CLOUDSDK_API_ENDPOINT_OVERRIDES_{api}"] = vertex.url + path
+
+    def mutations() -> list:
+        changes = ("POST", "PUT", "PATCH", "DELETE")
+        return [*fake.mutations(), *(r for r in vertex.calls() if r.method in changes)]
+
+    sweep = Sweep("submit_vertex_job", env, args=("--output", "gs://sweep-bucket/run"), mutations=mutations)
+    weakref.finalize(sweep, vertex.stop)
+    return sweep
 
 
 SWEEPS = {
