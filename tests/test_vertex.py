@@ -378,6 +378,18 @@ def test_script_outputs_in_cloud_storage_are_taken(fake: FakeVertex, tmp_path: P
     assert spec["workerPoolSpecs"][0]["containerSpec"]["args"][2:] == args
 
 
+def test_bad_poll_settings_are_refused_before_submitting(fake: FakeVertex, tmp_path: Path):
+    """--follow's settings are read after the job is submitted: they are checked before it."""
+    for name in ("HFGPU_POLL_SECONDS", "HFGPU_LOG_GRACE_SECONDS"):
+        env = script_env(fake, tmp_path, tmp_path, **{name: "soon"})  # type: ignore[arg-type]
+        proc = subprocess.run([str(SCRIPT), "--follow", "--output", "gs://b-1/x"], env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 1
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith(f"{PROG_ERROR} {name} must be a whole number from 0 to"), line
+    assert not fake.requests
+
+
 def test_gpt2_without_output_and_no_project(fake: FakeVertex, tmp_path: Path):
     proc = submit(fake, tmp_path, "gpt2")
     (line,) = error_lines(proc)
