@@ -165,7 +165,7 @@ def sweep_launch_training(fake: FakeGcp, tmp: Path) -> Sweep:
 def sweep_submit_vertex_job(fake: FakeGcp, tmp: Path) -> Sweep:
     """A valid run submits a job: gcloud's aiplatform (and logging, storage for the gpt2 upload)
     calls go to a FakeVertex that would accept it; every case must send it nothing that changes
-    anything (no job created, no script uploaded). The fake stops with the returned Sweep."""
+    anything (no job created, no script upload begun). The fake stops with the returned Sweep."""
     import weakref
 
     from fake_vertex import FakeVertex
@@ -175,9 +175,10 @@ def sweep_submit_vertex_job(fake: FakeGcp, tmp: Path) -> Sweep:
     for api, path in (("AIPLATFORM", "/"), ("LOGGING", "/"), ("STORAGE", "/storage/v1/")):
         env[f"CLOUDSDK_API_ENDPOINT_OVERRIDES_{api}"] = vertex.url + path
 
-    def mutations() -> list:
+    def mutations() -> list:  # a job created, or any Cloud Storage call (the gpt2 upload starts with a GET)
         changes = ("POST", "PUT", "PATCH", "DELETE")
-        return [*fake.mutations(), *(r for r in vertex.calls() if r.method in changes)]
+        sent = [r for r in vertex.calls() if r.method in changes or r.path.startswith("/storage/")]
+        return [*fake.mutations(), *sent]
 
     sweep = Sweep("submit_vertex_job", env, args=("--output", "gs://sweep-bucket/run"), mutations=mutations)
     weakref.finalize(sweep, vertex.stop)
