@@ -130,38 +130,3 @@ n1_gpus() {
     [[ $(cut -d';' -f4 <<<"$row") == yes ]] && cut -d';' -f1 <<<"$row"
   done | paste -sd, - | sed 's/,/, /g'
 }
-
-# The lines both create_instance.sh and submit_vertex_job.sh give for a machine type or GPUs that
-# do not exist or do not fit (issue 19: the same mismatch gets the same line from both scripts).
-# Each dies (lib/common.sh's die) with one line; GPUs are named as Compute Engine names them.
-
-# machine_check_type TYPE [ORIGIN]: TYPE names an accelerator-optimized family (A*, G*) that no row
-# knows, e.g. a3-highgpu-3g: Google would refuse it only after the request (and, for a VM, after the
-# service account, roles and bucket are made). ORIGIN (a flag, `config_origin NAME`) is named.
-machine_check_type() {
-  machine_facts "$1" && return 0
-  [[ ! $1 =~ ^(a[0-9]+x?|g[0-9]+)- ]] ||
-    die "$1${2:+ ($2)} is not a GPU machine type lib/machines.sh knows (A2, A3 High/Mega/Ultra, A4, G2, N1);" \
-      "check the name (gcloud compute machine-types list --filter name=$1), or add its row there"
-  return 0
-}
-
-# machine_check_accelerator TYPE GPU COUNT: COUNT x GPU (Compute Engine's or Vertex AI's name) fit
-# TYPE: N1 takes T4, V100, P100 and P4 (GPU_FACTS), A2/A3/A4/G2 types come with their own GPUs
-# (exactly those), other types take none. A GPU no row knows is the caller's to refuse.
-machine_check_accelerator() {
-  local type=$1 gpu=$2 count=$3
-  ! gpu_facts "$gpu" || gpu=$GF_GCE
-  machine_facts "$type" ||
-    die "$type takes no GPUs: --accelerator attaches GPUs to N1 types only (e.g. --machine-type" \
-      "n1-standard-8); or pick a GPU machine type (g2-standard-8, a3-highgpu-1g) without --accelerator"
-  if [[ $MF_GPU == attach ]]; then
-    ! gpu_facts "$gpu" || [[ $GF_N1 == yes ]] ||
-      die "$gpu cannot be attached to $type: N1 takes $(n1_gpus) only; for $gpu pick its" \
-        "machine type (docs/spot-and-zones.md) and leave out --accelerator"
-    return 0
-  fi
-  [[ $gpu == "$MF_GPU" && $count == "$MF_COUNT" ]] ||
-    die "$type comes with $MF_COUNT x $MF_GPU attached; leave out --accelerator (or pick a" \
-      "machine type for $count x $gpu)"
-}
