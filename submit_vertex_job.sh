@@ -179,23 +179,21 @@ resolve_image() {
 }
 
 # resolve_machine: machine, acc_type and acc_count from the flags or the machine type; GPUs that do
-# not fit the type are refused in the line create_instance.sh gives (lib/machines.sh).
+# not fit the type are refused in the line create_instance.sh gives for them (lib/machines.sh).
 resolve_machine() {
+  local given why
   machine=${opt_machine:-$DEFAULT_MACHINE}
   if [[ -n $opt_accelerator ]]; then
-    parse_accelerator "$opt_accelerator"
-    machine_check_accelerator "$machine" "$acc_type" "$acc_count"
+    [[ $opt_accelerator =~ ^(type=)?([A-Za-z0-9_-]+),count=([0-9]+)$ ]] # the table's type checked it
+    given=${BASH_REMATCH[2]} acc_count=$((10#${BASH_REMATCH[3]}))
+    if why=$(machine_gpu_mismatch "$machine" "$given" "$acc_count"); then
+      die "$why"
+    fi
+    gpu_facts "$given"
+    acc_type=$GF_VERTEX
   else
     machine_gpus "$machine"
   fi
-}
-
-# parse_accelerator TEXT: [type=]TYPE,count=N in Vertex's or Compute Engine's spelling (the
-# table's accelerator type has checked it) -> acc_type (Vertex's name) and acc_count.
-parse_accelerator() {
-  [[ $1 =~ ^(type=)?([A-Za-z0-9_-]+),count=([0-9]+)$ ]]
-  gpu_facts "${BASH_REMATCH[2]}"
-  acc_type=$GF_VERTEX acc_count=$((10#${BASH_REMATCH[3]}))
 }
 
 # machine_gpus TYPE: the GPUs a GPU machine type comes with (A2, A3, A4, G2: lib/machines.sh);

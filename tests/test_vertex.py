@@ -267,20 +267,20 @@ BAD_INPUTS = [
     # create_instance.sh's words (test_a_mismatch_gets_the_same_line_as_create_instance).
     (
         "--machine-type g2-standard-8 --accelerator NVIDIA_TESLA_T4,count=1",
-        "g2-standard-8 comes with 1 x nvidia-l4 attached",
+        "g2-standard-8 comes with 1 x NVIDIA_L4 attached",
     ),
     (
         "--machine-type g2-standard-8 --accelerator NVIDIA_H100_80GB,count=1",
-        "g2-standard-8 comes with 1 x nvidia-l4 attached; leave out --accelerator",
+        "g2-standard-8 comes with 1 x NVIDIA_L4 attached; leave out --accelerator",
     ),
     ("--machine-type a3-highgpu-1g --accelerator nvidia-h100-80gb,count=8", "a3-highgpu-1g comes with 1 x"),
     (
         "--machine-type n1-standard-8 --accelerator NVIDIA_L4,count=1",
-        "nvidia-l4 cannot be attached to n1-standard-8",
+        "NVIDIA_L4 cannot be attached to n1-standard-8",
     ),
     ("--machine-type n2-standard-8 --accelerator nvidia-tesla-t4,count=1", "n2-standard-8 takes no GPUs"),
     # A machine type that does not exist: a GPU family lib/machines.sh has no row for.
-    ("--machine-type a3-highgpu-3g", "a3-highgpu-3g (--machine-type) is not a GPU machine type"),
+    ("--machine-type a3-highgpu-3g", "'a3-highgpu-3g' (--machine-type) is not a GPU machine type"),
     ("--machine-type A3-HIGHGPU-1G", "invalid machine type 'A3-HIGHGPU-1G' (--machine-type)"),
     ("--max-wait 2h", "--max-wait needs --flex-start"),
     ("--flex-start --max-wait soon", "--max-wait must be a duration"),
@@ -352,9 +352,10 @@ def test_location_is_another_name_of_region(fake: FakeVertex, tmp_path: Path):
 
 
 def test_a_mismatch_gets_the_same_line_as_create_instance(fake: FakeVertex, tmp_path: Path):
-    """The machine facts and their one line live in lib/machines.sh, for both scripts."""
+    """The machine facts and their one line live in lib/machines.sh, for both scripts (GPUs named
+    as given: create_instance.sh takes Compute Engine's names, submit_vertex_job.sh both)."""
     vertex = submit(fake, tmp_path, "--output", "gs://b-1/x", "--machine-type", "g2-standard-8",
-                    "--accelerator", "NVIDIA_H100_80GB,count=1")  # fmt: skip
+                    "--accelerator", "nvidia-h100-80gb,count=1")  # fmt: skip
     with FakeGcp() as gcp:
         env = script_env(gcp, tmp_path / "gce", tmp_path)
         gce = subprocess.run(

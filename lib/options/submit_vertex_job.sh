@@ -31,11 +31,15 @@ _opt_vertex_region() {
       "use a region like us-east4"
 }
 
-# A machine type's shape, and no accelerator-optimized name lib/machines.sh does not know.
+# A machine type's shape; an accelerator-optimized family (A*, G*) that lib/machines.sh has no row
+# for (a3-highgpu-3g) is refused, in create_instance.sh's words: Vertex AI would take the job, and
+# fail it, or run it without the GPUs meant.
 _opt_machine_type() {
   [[ $1 =~ ^[a-z][a-z0-9]*(-[a-z0-9]+)+$ ]] ||
     die "invalid machine type $(q "$1")$(_from "$2"): use a type like a3-highgpu-1g or g2-standard-8"
-  machine_check_type "$1" "$2"
+  machine_facts "$1" || [[ ! $1 =~ ^(a[0-9]+x?|g[0-9]+)- ]] ||
+    die "$(q "$1")$(_from "$2") is not a GPU machine type lib/machines.sh knows (A2, A3 High/Mega/Ultra, A4," \
+      "G2, N1); check the name (gcloud compute machine-types list --filter name=$1), or add its row there"
 }
 
 # [type=]TYPE,count=N, TYPE in Vertex AI's spelling or Compute Engine's (GPU_FACTS knows both).
