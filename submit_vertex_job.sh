@@ -2,7 +2,8 @@
 # Summary: run a training script on Vertex AI custom training: the project's image on one or
 # more GPU machines (Spot, Flex-start or on demand), outputs in Cloud Storage.
 #
-# Usage: submit_vertex_job.sh [options] [SCRIPT] [-- SCRIPT_ARGS...]
+# Usage: submit_vertex_job.sh [OPTIONS] [SCRIPT] [-- SCRIPT_ARGS...]
+#        (the options: below, declared in lib/options/submit_vertex_job.sh)
 #
 # SCRIPT (default: bert)
 #   bert                  the bundled /app/test_training_bert_base.py
@@ -10,36 +11,12 @@
 #                         OUTPUT/hfgpu-scripts/ (needs --output); read through /gcs
 #   NAME[.py], /app/NAME.py   a script bundled in the image's /app
 #   gs://BUCKET/PATH.py   a script in Cloud Storage, read through Vertex's /gcs mount
-# Everything after `--` goes to the script unchanged.
+# Everything after `--` goes to the script unchanged; an output path there (--output_dir,
+# --logging_dir, --model_dir...) must be in Cloud Storage, /gcs/BUCKET/PATH: the job's machines
+# and their disks go when the job ends. Without one, the programs write to the job's folders
+# under --output (AIP_CHECKPOINT_DIR, AIP_MODEL_DIR, AIP_TENSORBOARD_LOG_DIR).
 #
-# Options
-#   --image REF           image to run (default: CONTAINER_NAME, else the Artifact Registry
-#                         image LOCATION-docker.pkg.dev/PROJECT/REPO_NAME/IMAGE_NAME:TAG)
-#   --project ID          Google Cloud project (default: PROJECT, else gcloud's core/project)
-#   --region REGION       Vertex AI region (default: LOCATION, else us-east4)
-#   --machine-type TYPE   machine of every node (default a3-highgpu-1g)
-#   --accelerator TYPE,count=N
-#                         GPUs of every node, by Vertex's name (NVIDIA_H100_80GB) or Compute
-#                         Engine's (nvidia-h100-80gb); default: the machine type's own GPUs
-#                         (a3-*, a2-*, a4-*, g2-*: lib/machines.sh), none for other machine types
-#   --nodes N             machines (default 1): pool 0 holds the chief, pool 1 the other N-1
-#   --spot                Spot capacity: cheaper, can be preempted
-#   --flex-start          Flex-start (Dynamic Workload Scheduler): waits for capacity; L4, A100,
-#                         H100, H200 and B200 GPUs only
-#   --max-wait DURATION   with --flex-start: longest wait for capacity (30m, 4h, 1d, 3600s;
-#                         0 = no limit; Vertex's default 24h)
-#   --output gs://BUCKET/PATH
-#                         the job's base output directory: checkpoints, model, TensorBoard logs
-#   --service-account EMAIL   the identity the job runs as (see docs/vertex.md for its roles)
-#   --display-name NAME   the job's name in the console (default hfgpu-<user>-<script stem>)
-#   --env NAME=VALUE      a plain variable for the program (repeatable); stored in the job's
-#                         specification, so never a secret
-#   --secret NAME=SECRET  a Secret Manager secret as variable NAME (repeatable); SECRET is
-#                         projects/P/secrets/S/versions/V, or S[:VERSION] in PROJECT (latest)
-#   --follow              stream the job's logs (to stderr) and its state changes until it
-#                         ends; exit 0 when it succeeded, 1 otherwise
-#   --dry-run             print the job specification and the gcloud command; submit nothing
-#   -h, --help            this help
+# Every input is checked before anything is uploaded or submitted.
 #
 # Prints the job's resource name (projects/P/locations/R/customJobs/ID) on stdout.
 # Secrets: only their names go into the job; the image fetches the values from Secret Manager
@@ -47,7 +24,7 @@
 # Environment: HFGPU_POLL_SECONDS (default 30) between state checks of --follow,
 # HFGPU_LOG_GRACE_SECONDS (15) how long --follow still streams logs after the end; the
 # configuration names of lib/common.sh (LOCATION PROJECT REPO_NAME IMAGE_NAME TAG
-# REGISTRY_HOST CONTAINER_NAME).
+# REGISTRY_HOST CONTAINER_NAME), each option's in its line below.
 
 set -euo pipefail
 
@@ -56,93 +33,60 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 # shellcheck disable=SC1091
 source "$HFGPU_ROOT/lib/flags.sh"
+# shellcheck disable=SC1091
+source "$HFGPU_ROOT/lib/gcp.sh"
 # Google's machine facts (GPUs per machine type, Vertex AI's GPU names, Flex-start's GPUs).
 # shellcheck disable=SC1091
 source "$HFGPU_ROOT/lib/machines.sh"
+# Which script arguments hold an output path (script_output_option).
+# shellcheck disable=SC1091
+source "$HFGPU_ROOT/lib/script_support.sh"
+# shellcheck disable=SC1091
+source "$HFGPU_ROOT/lib/options.sh"
+# shellcheck disable=SC1091
+source "$HFGPU_ROOT/lib/options/submit_vertex_job.sh"
 
 # shellcheck disable=SC2034 # read by lib/common.sh's messages
 readonly PROG=submit_vertex_job.sh
 readonly DEFAULT_MACHINE=a3-highgpu-1g
 readonly SCRIPTS_FOLDER=hfgpu-scripts
-# Variables that carry secrets: refused by --env (use --secret). The launcher's list, plus
-# anything named like a credential.
-readonly SECRET_NAMES=(HF_TOKEN HUGGING_FACE_HUB_TOKEN WANDB_API_KEY COMET_API_KEY
-  NEPTUNE_API_TOKEN MLFLOW_TRACKING_TOKEN MLFLOW_TRACKING_PASSWORD)
+# Where Vertex AI's Cloud Storage FUSE mount shows the buckets in the container.
+readonly GCS_MOUNT=/gcs
 readonly TERMINAL_STATES=" JOB_STATE_SUCCEEDED JOB_STATE_FAILED JOB_STATE_CANCELLED JOB_STATE_EXPIRED
   JOB_STATE_PARTIALLY_SUCCEEDED "
 
-# Settings, filled by parse_args and the resolve_* functions.
-opt_image='' opt_machine='' opt_accelerator='' opt_nodes=1 opt_spot=0 opt_flex=0 opt_max_wait=''
-opt_output='' opt_sa='' opt_display_name='' opt_follow=0 opt_project='' opt_region=''
+# Settings, filled by the option table (lib/options/submit_vertex_job.sh) and the resolve_* functions.
+opt_machine='' opt_accelerator='' opt_nodes=1 opt_spot=0 opt_flex=0 opt_max_wait=''
+opt_output='' opt_sa='' opt_display_name='' opt_follow=0
 script_arg=bert
 script_args=() env_pairs=() secret_pairs=()
 image='' machine='' acc_type='' acc_count=0 max_wait='' script_path='' upload_src='' upload_dst=''
 display_name='' spec='' job_name='' tmp_dir='' logs_pid=''
 
-# ---------------------------------------------------------------- arguments
-
-parse_args() {
-  local positional=0
-  while (($#)); do
-    flag_begin "$1"
-    case $FLAG in
-      -h | --help) usage "${BASH_SOURCE[0]}"; exit 0 ;;
-      --image) flag_value "$@"; opt_image=$VALUE ;;
-      --project) flag_value "$@"; opt_project=$VALUE ;;
-      --region) flag_value "$@"; opt_region=$VALUE ;;
-      --machine-type) flag_value "$@"; opt_machine=$VALUE ;;
-      --accelerator) flag_value "$@"; opt_accelerator=$VALUE ;;
-      --nodes) flag_value "$@"; to_int opt_nodes --nodes "$VALUE" 1 1000 ;;
-      --spot) flag_switch; opt_spot=1 ;;
-      --flex-start) flag_switch; opt_flex=1 ;;
-      --max-wait) flag_value "$@"; opt_max_wait=$VALUE ;;
-      --output) flag_value "$@"; opt_output=$VALUE ;;
-      --service-account) flag_value "$@"; opt_sa=$VALUE ;;
-      --display-name) flag_value "$@"; opt_display_name=$VALUE ;;
-      --env) flag_value "$@"; env_pairs+=("$VALUE") ;;
-      --secret) flag_value "$@"; secret_pairs+=("$VALUE") ;;
-      --follow) flag_switch; opt_follow=1 ;;
-      --dry-run) flag_switch; DRY_RUN=1 ;;
-      --) shift; script_args=("$@"); break ;;
-      -*) flag_unknown ;;
-      *)
-        ((positional == 0)) || die "unexpected argument '$1': give one SCRIPT; its own arguments go after --"
-        script_arg=$1
-        positional=1
-        ;;
-    esac
-    shift "$FLAG_SHIFT"
-  done
-}
-
 # ------------------------------------------------------------ validation
 
+# validate: what the option table cannot say (lib/options.sh has checked each value, from flags,
+# environment and .env alike, and the conflicts), before any gcloud call.
 validate() {
-  ((opt_spot + opt_flex <= 1)) || die "--spot and --flex-start exclude each other; pick one"
-  if [[ -n $opt_max_wait ]]; then
-    ((opt_flex)) || die "--max-wait applies to --flex-start only; add --flex-start or drop --max-wait"
-    max_wait=$(duration_seconds "$opt_max_wait") ||
-      die "--max-wait must be a duration like 30m, 4h, 1d or 3600s; got '$opt_max_wait'"
-  fi
-  [[ $LOCATION =~ ^[a-z]+-[a-z]+[0-9]+$ ]] ||
-    die "region '$LOCATION' ($(config_origin LOCATION)) is not a Google Cloud region like us-east4; pass --region"
-  if [[ -n $opt_output ]]; then
-    [[ $opt_output =~ ^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/.*)?$ ]] ||
-      die "--output must be gs://BUCKET[/PATH] (a Cloud Storage folder); got '$opt_output'"
-    opt_output=${opt_output%/}
-  fi
-  if [[ -n $opt_sa && ! $opt_sa =~ ^[^@[:space:]]+@[^@[:space:]]+\.gserviceaccount\.com$ ]]; then
-    die "--service-account must be a service account email (NAME@PROJECT.iam.gserviceaccount.com); got '$opt_sa'"
-  fi
-  if [[ -n $opt_display_name ]] && ((${#opt_display_name} > 128)); then
-    die "--display-name is longer than Vertex AI's 128 characters; shorten it"
-  fi
-  validate_env
+  ((${#OPT_ARGS[@]} <= 1)) ||
+    die "unexpected argument $(q "${OPT_ARGS[1]}"): give one SCRIPT; its own arguments go after --"
+  script_arg=${OPT_ARGS[0]:-bert}
+  script_args=("${OPT_REST[@]}")
+  [[ -z $opt_output ]] || opt_output=${opt_output%/}
+  [[ -z $opt_max_wait ]] || max_wait=$(duration_seconds "$opt_max_wait")
+  check_image
+  resolve_machine
+  check_offer
+  resolve_script
+  check_script_outputs
+  local n
+  to_int n HFGPU_POLL_SECONDS "${HFGPU_POLL_SECONDS:-30}" 0 3600
+  to_int n HFGPU_LOG_GRACE_SECONDS "${HFGPU_LOG_GRACE_SECONDS:-15}" 0 600
 }
 
-# duration_seconds TEXT: 30m, 4h, 1d, 90s or 90 -> the seconds, as Vertex's "Ns" duration.
+# duration_seconds TEXT: 30m, 4h, 1d, 90s or 90 (the table's `wait` type) -> Vertex's "Ns" duration.
 duration_seconds() {
-  [[ $1 =~ ^([0-9]{1,9})([smhd]?)$ ]] || return 1
+  [[ $1 =~ ^([0-9]{1,9})([smhd]?)$ ]]
   local n=$((10#${BASH_REMATCH[1]}))
   case ${BASH_REMATCH[2]} in
     m) n=$((n * 60)) ;;
@@ -152,46 +96,47 @@ duration_seconds() {
   printf '%ss\n' "$n"
 }
 
-# is_secret_name NAME: NAME is one of the launcher's secret variables, or has a credential word
-# (TOKEN, PASSWORD, PASSWD, SECRET, API_KEY, ACCESS_KEY) between underscores, e.g. HF_TOKEN;
-# TOKENIZERS_PARALLELISM is not one.
-is_secret_name() {
-  local upper=${1^^}
-  [[ " ${SECRET_NAMES[*]} " == *" $1 "* ]] ||
-    [[ $upper =~ (^|_)(TOKEN|PASSWORD|PASSWD|SECRET|API_KEY|ACCESS_KEY)(_|$) ]]
-}
-
-validate_env() {
-  local pair name
-  for pair in "${env_pairs[@]}"; do
-    name=${pair%%=*}
-    [[ $pair == *=* && $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] ||
-      die "--env takes NAME=VALUE with NAME a variable name; got '$pair'"
-    if is_secret_name "$name"; then
-      die "--env $name=... would store a secret in the job's specification, readable by every Vertex viewer;" \
-        "use --secret $name=SECRET (Secret Manager)"
+# check_script_outputs: an output path among the script's arguments (after --) must be in Cloud
+# Storage (/gcs/BUCKET/...): anything else is on the job's machine, lost when the job ends. The
+# names lib/script_support.sh's script_output_option knows (--output_dir, --logging-dir...) and
+# trainkit's --model_dir, each occurrence.
+check_script_outputs() {
+  local i arg name value norm
+  local -a args=("${script_args[@]}")
+  for ((i = 0; i < ${#args[@]}; i++)); do
+    arg=${args[i]}
+    [[ $arg == --?* ]] || continue
+    name=${arg#--} value=''
+    if [[ $name == *=* ]]; then
+      value=${name#*=} name=${name%%=*}
+    elif ((i + 1 < ${#args[@]})); then
+      value=${args[i + 1]}
     fi
-    [[ $name != HFGPU_SECRETS && $name != CLUSTER_SPEC && $name != AIP_* ]] ||
-      die "--env $name is set by Vertex AI or by this script; leave it out"
+    script_output_option "$name" || [[ ${name//-/_} == model_dir ]] || continue # trainkit's --model_dir too
+    [[ -n $value && $value != --* ]] || continue
+    norm=$value
+    [[ $norm == /* ]] && norm=$(realpath -m -- "$norm")
+    [[ $norm =~ ^$GCS_MOUNT/[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/|$) ]] && continue
+    die "--$name $(q "$value") (after --) is on the job's machine, lost when the job ends; use a path in" \
+      "Cloud Storage, $GCS_MOUNT/BUCKET/PATH, or leave it out (with --output the programs write to the job's" \
+      "folders: AIP_CHECKPOINT_DIR, AIP_MODEL_DIR, AIP_TENSORBOARD_LOG_DIR)"
   done
 }
 
-# resolve_secrets: secret_pairs -> NAME=projects/P/secrets/S/versions/V, comma-joined.
+# resolve_secrets: secret_pairs (checked by the table's secret-pair type) ->
+# NAME=projects/P/secrets/S/versions/V, comma-joined.
 hfgpu_secrets=''
 resolve_secrets() {
   local pair name ref secret version
   local -a out=()
   for pair in "${secret_pairs[@]}"; do
     name=${pair%%=*} ref=${pair#*=}
-    [[ $pair == *=* && $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ && -n $ref ]] ||
-      die "--secret takes NAME=SECRET (SECRET: projects/P/secrets/S/versions/V, or S[:VERSION]); got '$pair'"
-    if [[ $ref =~ ^projects/[a-z0-9-]+/secrets/[A-Za-z0-9_-]{1,255}/versions/([0-9]+|latest)$ ]]; then
+    if [[ $ref == projects/* ]]; then
       out+=("$name=$ref")
-    elif [[ $ref =~ ^([A-Za-z0-9_-]{1,255})(:([0-9]+|latest))?$ ]]; then
+    else
+      [[ $ref =~ ^([A-Za-z0-9_-]{1,255})(:([0-9]+|latest))?$ ]]
       secret=${BASH_REMATCH[1]} version=${BASH_REMATCH[3]:-latest}
       out+=("$name=projects/$PROJECT/secrets/$secret/versions/$version")
-    else
-      die "--secret $name: '$ref' is not projects/P/secrets/S/versions/V (V a number or latest) nor S[:VERSION]"
     fi
   done
   local IFS=,
@@ -202,11 +147,9 @@ resolve_secrets() {
 
 resolve_project() {
   config_default_project
-  [[ $PROJECT =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] && return 0
   [[ -n $PROJECT ]] ||
     die "no Google Cloud project: pass --project ID, set PROJECT, or run gcloud config set project ID"
-  die "project '$PROJECT' ($(config_origin PROJECT)) is not a project ID (6-30 lowercase letters, digits, '-');" \
-    "pass --project ID"
+  validate_project "$PROJECT" "$(config_origin PROJECT)"
 }
 
 # has_registry REF: the reference names a registry host (Vertex must pull it from somewhere).
@@ -215,70 +158,42 @@ has_registry() {
   [[ $1 == */* && ($first == *.* || $first == *:* || $first == localhost) ]]
 }
 
-resolve_image() {
-  if [[ -n $opt_image ]]; then
-    image=$opt_image
-  elif [[ -n $CONTAINER_NAME ]]; then
-    image=$CONTAINER_NAME
-  else
-    image=$(registry_image)
+# check_image: the image given (--image, CONTAINER_NAME) names a registry; else the parts of the
+# Artifact Registry image build_and_push.sh pushed are names it could have pushed.
+check_image() {
+  if [[ -n $CONTAINER_NAME ]]; then
+    has_registry "$CONTAINER_NAME" ||
+      die "image $(q "$CONTAINER_NAME") ($(config_origin CONTAINER_NAME)) names no registry, and Vertex AI" \
+        "pulls the image: give --image HOST/PROJECT/REPO/IMAGE:TAG (push it first: ./build_and_push.sh)"
+    return 0
   fi
-  local origin=--image
-  [[ -n $opt_image ]] || origin=$(config_origin CONTAINER_NAME)
-  has_registry "$image" ||
-    die "image '$image' ($origin) names no registry: Vertex AI pulls the image;" \
-      "push it (./build_and_push.sh) and pass --image HOST/PROJECT/REPO/IMAGE:TAG"
+  validate_repo "$REPO_NAME" "$(config_origin REPO_NAME)"
+  validate_image "$IMAGE_NAME" "$(config_origin IMAGE_NAME)"
+  validate_tag "$TAG" "$(config_origin TAG)"
+  [[ -z $REGISTRY_HOST ]] || validate_registry_host "$REGISTRY_HOST" "$(config_origin REGISTRY_HOST)"
 }
 
-# resolve_machine: machine, acc_type and acc_count from the flags or the machine type.
+# resolve_image: --image, else CONTAINER_NAME, else the Artifact Registry image (needs PROJECT).
+resolve_image() {
+  image=${CONTAINER_NAME:-$(registry_image)}
+}
+
+# resolve_machine: machine, acc_type and acc_count from the flags or the machine type; GPUs that do
+# not fit the type are refused in the line create_instance.sh gives for them (lib/machines.sh).
 resolve_machine() {
+  local given why
   machine=${opt_machine:-$DEFAULT_MACHINE}
-  [[ $machine =~ ^[a-z][a-z0-9-]*[a-z0-9]$ ]] ||
-    die "--machine-type '$machine' is not a machine type like a3-highgpu-1g or g2-standard-8"
   if [[ -n $opt_accelerator ]]; then
-    parse_accelerator "$opt_accelerator"
-    check_machine_gpus "$machine"
+    [[ $opt_accelerator =~ ^(type=)?([A-Za-z0-9_-]+),count=([0-9]+)$ ]] # the table's type checked it
+    given=${BASH_REMATCH[2]} acc_count=$((10#${BASH_REMATCH[3]}))
+    if why=$(machine_gpu_mismatch "$machine" "$given" "$acc_count"); then
+      die "$why"
+    fi
+    gpu_facts "$given"
+    acc_type=$GF_VERTEX
   else
     machine_gpus "$machine"
   fi
-}
-
-# parse_accelerator TEXT: [type=]TYPE,count=N in Vertex's or Compute Engine's spelling
-# (lib/machines.sh's GPU_FACTS knows both).
-parse_accelerator() {
-  local text=$1 type count
-  [[ $text =~ ^(type=)?([A-Za-z0-9_-]+),count=([0-9]+)$ ]] ||
-    die "--accelerator must be TYPE,count=N (e.g. NVIDIA_H100_80GB,count=8 or nvidia-l4,count=1); got '$text'"
-  type=${BASH_REMATCH[2]} count=${BASH_REMATCH[3]}
-  to_int acc_count "--accelerator count" "$count" 1 16
-  gpu_facts "$type" ||
-    die "--accelerator type '$type' is not a Vertex AI GPU;" \
-      "use one of $(gpu_names 2) (or its Compute Engine name, e.g. nvidia-h100-80gb)"
-  acc_type=$GF_VERTEX
-}
-
-# check_machine_gpus TYPE: --accelerator (acc_type, acc_count) fits TYPE, as lib/machines.sh says:
-# A2/A3/A4/G2 types come with their own GPUs, N1 takes T4/V100/P100/P4, other types none. Vertex AI
-# would refuse the job only after the script upload; refused here first in one line.
-check_machine_gpus() {
-  local want_type want_count=$acc_count
-  if ! machine_facts "$1"; then
-    [[ $1 =~ ^(a[0-9]+x?|g[0-9]+)- ]] && return 0 # a GPU type the table does not know: Vertex decides
-    die "$1 takes no GPUs: --accelerator goes with N1 types only (e.g. --machine-type n1-standard-8);" \
-      "or pick a GPU machine type (g2-standard-8, a3-highgpu-1g) without --accelerator"
-  fi
-  if [[ $MF_GPU == attach ]]; then
-    gpu_facts "$acc_type"
-    [[ $GF_N1 == yes ]] ||
-      die "$acc_type cannot be attached to $1: N1 takes T4, V100, P100 and P4 only; for $acc_type pick" \
-        "its machine type (docs/vertex.md) and leave out --accelerator"
-    return 0
-  fi
-  gpu_facts "$MF_GPU" || return 0
-  want_type=$GF_VERTEX
-  [[ $acc_type == "$want_type" && $want_count == "$MF_COUNT" ]] ||
-    die "$1 comes with $MF_COUNT x $want_type; leave out --accelerator (or pick a machine type for" \
-      "$acc_count x $acc_type)"
 }
 
 # machine_gpus TYPE: the GPUs a GPU machine type comes with (A2, A3, A4, G2: lib/machines.sh);
@@ -321,19 +236,19 @@ resolve_script() {
       ;;
     gs://*)
       [[ $arg =~ ^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]/.+\.py$ ]] ||
-        die "script '$arg' must be a .py file in a bucket: gs://BUCKET/PATH/NAME.py"
+        die "script $(q "$arg") must be a .py file in a bucket: gs://BUCKET/PATH/NAME.py; upload it there and pass that path"
       script_path=$(gcs_path "$arg")
       ;;
     /app/*.py) script_path=$arg ;;
     */* | *.[!p]* | *.p | *.p[!y]*)
-      die "script '$arg' is not in the image nor in Cloud Storage:" \
+      die "script $(q "$arg") is not in the image nor in Cloud Storage:" \
         "upload it (gcloud storage cp FILE gs://BUCKET/PATH/) and pass its gs:// path;" \
         "bundled: $(bundled_scripts)"
       ;;
     *)
       [[ $arg == *.py ]] || arg=$arg.py
       [[ -f $HFGPU_ROOT/app/$arg ]] ||
-        die "script '$script_arg' is not bundled in the image (bundled: $(bundled_scripts));" \
+        die "script $(q "$script_arg") is not bundled in the image (bundled: $(bundled_scripts));" \
           "a script of your own: upload it and pass its gs:// path"
       script_path=/app/$arg
       ;;
@@ -484,9 +399,8 @@ cleanup() {
 # HFGPU_LOG_GRACE_SECONDS (15) after the end: Cloud Logging lists entries a few seconds late.
 follow() {
   local poll=${HFGPU_POLL_SECONDS:-30} grace=${HFGPU_LOG_GRACE_SECONDS:-15}
-  local state='' last='' message='' out failures=0
-  to_int poll HFGPU_POLL_SECONDS "$poll" 0 3600
-  to_int grace HFGPU_LOG_GRACE_SECONDS "$grace" 0 600
+  local state='' seen='' message='' out failures=0
+  poll=$((10#$poll)) grace=$((10#$grace)) # checked by validate
   log "following $job_name: its logs, then its state changes"
   gcloud ai custom-jobs stream-logs "$job_name" --project "$PROJECT" --region "$LOCATION" \
     --polling-interval "$((poll > 0 ? poll : 1))" >&2 &
@@ -501,9 +415,9 @@ follow() {
     fi
     failures=0
     IFS=$'\t' read -r state message <<<"$out"
-    if [[ $state != "$last" ]]; then
+    if [[ $state != "$seen" ]]; then
       log "$state"
-      last=$state
+      seen=$state
     fi
     [[ $TERMINAL_STATES == *" $state "* ]] && break
     sleep "$poll"
@@ -520,17 +434,13 @@ follow() {
 }
 
 main() {
-  parse_args "$@"
   config_init
-  [[ -z $opt_project ]] || config_set_flag PROJECT --project "$opt_project"
-  [[ -z $opt_region ]] || config_set_flag LOCATION --region "$opt_region"
+  opt_parse "$@"
+  opt_check_config
   validate
   resolve_project
   resolve_secrets
   resolve_image
-  resolve_machine
-  check_offer
-  resolve_script
   resolve_display_name
   if [[ -z $opt_output ]]; then
     warn "no --output: checkpoints and the model stay on the job's machines and are lost when it ends"

@@ -83,6 +83,7 @@ class Case:
 
 def cases(options: list[Option]) -> list[Case]:
     out: list[Case] = []
+    envs: set[str] = set()  # a configuration name two options share (--location, --region) is tried once
     for o in options:
         if o.type == "switch":
             out.append(Case(f"{o.name}=1", (f"{o.name}=1",), o.name))
@@ -91,7 +92,8 @@ def cases(options: list[Option]) -> list[Case]:
         out += [Case(f"{o.name}={v!r}", (f"{o.name}={v}",), o.name) for v in dict.fromkeys(values)]
         if o.bad:
             out.append(Case(f"{o.name} {o.bad[0]!r}", (o.name, o.bad[0]), o.name))
-        if o.env:
+        if o.env and o.env not in envs:
+            envs.add(o.env)
             for v in dict.fromkeys([" ", "x" * 1100, *o.bad]):
                 from_env = f"{o.env} from the environment"
                 out.append(Case(f"{o.env}={v!r} (env)", (), from_env, env=((o.env, v),)))
@@ -173,7 +175,26 @@ def sweep_launch_training(fake: FakeGcp, tmp: Path) -> Sweep:
 
 
 def sweep_submit_vertex_job(fake: FakeGcp, tmp: Path) -> Sweep:
-    pytest.fail("submit_vertex_job.sh has no option table yet (issue 19)")
+    """A valid run submits a job: gcloud's aiplatform (and logging, storage for the gpt2 upload)
+    calls go to a FakeVertex that would accept it; every case must send it nothing that changes
+    anything (no job created, no script upload begun). The fake stops with the returned Sweep."""
+    import weakref
+
+    from fake_vertex import FakeVertex
+
+    vertex = FakeVertex().start()
+    env = script_env(fake, tmp, tool_bin(tmp), HFGPU_POLL_SECONDS="0")
+    for api, path in (("AIPLATFORM", "/"), ("LOGGING", "/"), ("STORAGE", "/storage/v1/")):
+        env[f"CLOUDSDK_API_ENDPOINT_OVERRIDES_{api}"] = vertex.url + path
+
+    def mutations() -> list:  # a job created, or any Cloud Storage call (the gpt2 upload starts with a GET)
+        changes = ("POST", "PUT", "PATCH", "DELETE")
+        sent = [r for r in vertex.calls() if r.method in changes or r.path.startswith("/storage/")]
+        return [*fake.mutations(), *sent]
+
+    sweep = Sweep("submit_vertex_job", env, args=("--output", "gs://sweep-bucket/run"), mutations=mutations)
+    weakref.finalize(sweep, vertex.stop)
+    return sweep
 
 
 SWEEPS = {

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, docker
+from fake_gcp import FakeGcp
 from fake_vertex import FAILURE, SUCCESS, FakeMetadata, FakeSecretManager, FakeVertex
 from gcp_env import script_env
 
@@ -183,7 +184,7 @@ def test_image_from_the_config_layer_and_flags_win(fake: FakeVertex, tmp_path: P
     dotenv.write_text("CONTAINER_NAME=trainer:5\n")
     proc = submit(fake, tmp_path, "--output", "gs://b-1/x", CONFIG_FILE=str(dotenv))
     (line,) = error_lines(proc)
-    assert f"image 'trainer:5' (CONTAINER_NAME in {dotenv}) names no registry" in line
+    assert f"image 'trainer:5' (CONTAINER_NAME in {dotenv}:1) names no registry" in line
     assert not fake.requests
 
 
@@ -255,17 +256,22 @@ BAD_INPUTS = [
     ("--accelerator nvidia-k9000,count=1", "is not a Vertex AI GPU"),
     ("--accelerator NVIDIA_L4", "--accelerator must be TYPE,count=N"),
     ("--accelerator NVIDIA_L4,count=0", "--accelerator count must be from 1 to 16"),
-    ("--spot --flex-start", "--spot and --flex-start exclude each other"),
+    ("--spot --flex-start", "--spot and --flex-start cannot be given together"),
     # Vertex AI's Flex-start takes L4, A100, H100, H200 and B200 only (lib/machines.sh, vertexdws).
     (
         "--flex-start --machine-type n1-standard-8 --accelerator nvidia-tesla-t4,count=1",
         "offered only for L4, A100, H100, H200 and B200 GPUs, not NVIDIA_TESLA_T4; use --spot",
     ),
     ("--flex-start --machine-type n2-standard-8", "--flex-start on Vertex AI needs GPUs"),
-    # GPUs that do not fit the machine type (lib/machines.sh), refused before any request.
+    # GPUs that do not fit the machine type (lib/machines.sh), refused before any request, in
+    # create_instance.sh's words (test_a_mismatch_gets_the_same_line_as_create_instance).
     (
         "--machine-type g2-standard-8 --accelerator NVIDIA_TESLA_T4,count=1",
-        "g2-standard-8 comes with 1 x NVIDIA_L4",
+        "g2-standard-8 comes with 1 x NVIDIA_L4 attached",
+    ),
+    (
+        "--machine-type g2-standard-8 --accelerator NVIDIA_H100_80GB,count=1",
+        "g2-standard-8 comes with 1 x NVIDIA_L4 attached; leave out --accelerator",
     ),
     ("--machine-type a3-highgpu-1g --accelerator nvidia-h100-80gb,count=8", "a3-highgpu-1g comes with 1 x"),
     (
@@ -273,36 +279,116 @@ BAD_INPUTS = [
         "NVIDIA_L4 cannot be attached to n1-standard-8",
     ),
     ("--machine-type n2-standard-8 --accelerator nvidia-tesla-t4,count=1", "n2-standard-8 takes no GPUs"),
-    ("--max-wait 2h", "--max-wait applies to --flex-start only"),
+    # A machine type that does not exist: a GPU family lib/machines.sh has no row for.
+    ("--machine-type a3-highgpu-3g", "'a3-highgpu-3g' (--machine-type) is not a GPU machine type"),
+    ("--machine-type A3-HIGHGPU-1G", "invalid machine type 'A3-HIGHGPU-1G' (--machine-type)"),
+    ("--max-wait 2h", "--max-wait needs --flex-start"),
     ("--flex-start --max-wait soon", "--max-wait must be a duration"),
-    ("--output /tmp/out", "--output must be gs://BUCKET"),
-    ("--secret HF_TOKEN", "--secret takes NAME=SECRET"),
-    ("--secret HF_TOKEN=hf:v1", "is not projects/P/secrets/S/versions/V"),
+    ("--output /tmp/out", "invalid gs:// URL '/tmp/out' (--output)"),
+    ("--secret HF_TOKEN", "--secret must be NAME=SECRET"),
+    ("--secret HF_TOKEN=hf:v1", "must be projects/P/secrets/S/versions/V"),
     ("--env HF_TOKEN=hf_abc", "use --secret HF_TOKEN=SECRET"),
     ("--env=MY_DB_PASSWORD=x", "use --secret MY_DB_PASSWORD=SECRET"),
-    ("--env 1X=2", "--env takes NAME=VALUE"),
+    ("--env 1X=2", "--env must be NAME=VALUE"),
+    # A newline inside --env would end the variable's line in the job's specification.
+    ("--env 'RUN_NOTE=a\nb'", "--env has a newline or another control character in $'RUN_NOTE=a\\nb'"),
     ("./my_train.py", "upload it (gcloud storage cp"),
     ("gs://my-bucket/train.txt", "must be a .py file in a bucket"),
     ("nosuch", "is not bundled in the image"),
     ("--image gpu_transformers:0.1.0", "names no registry"),
-    ("--service-account bob", "--service-account must be a service account email"),
-    ("--region Europe", "is not a Google Cloud region"),
+    # A malformed digest: Vertex AI would accept the job and fail to pull the image at start.
+    (
+        "--image us-east4-docker.pkg.dev/my-project/gpu-transformers/gpu_transformers@sha256:abc",
+        "invalid image reference",
+    ),
+    ("--service-account bob", "invalid service account 'bob' (--service-account)"),
+    ("--region Europe", "invalid location 'Europe' (--region)"),
+    ("--location us", "Vertex AI runs a job in a region"),
+    ("--region us-east4 --location us-east4", "--location and --region cannot be given together"),
+    # An empty value is an error, never the default.
+    ("--display-name=", "--display-name is empty"),
+    ("--project=", "--project is empty"),
+    ("--region=", "--region is empty"),
+    ("--location=", "--location is empty"),
+    ("--image=", "--image is empty"),
+    ("--machine-type=", "--machine-type is empty"),
+    ("--output=", "--output is empty"),
+    # An output path after -- that is not in Cloud Storage is lost with the job's machines.
+    ("-- --output_dir /tmp/x", "--output_dir '/tmp/x' (after --) is on the job's machine"),
+    ("-- --logging-dir=runs", "--logging-dir 'runs' (after --) is on the job's machine"),
+    ("-- --model_dir /gcs/b-1/../../tmp/m", "--model_dir '/gcs/b-1/../../tmp/m' (after --) is on the job's"),
+    ("--display-name " + "x" * 129, "--display-name is 129 characters long; Vertex AI takes at most 128"),
     ("--spot=yes", "--spot is an on/off flag"),
-    ("--gpus 1", "unknown option --gpus"),
+    ("--gpus 1", "unknown option '--gpus'"),
     ("bert gpt2", "give one SCRIPT"),
+    ("--follow --dry-run", "--follow and --dry-run cannot be given together"),
 ]
 
 
 @pytest.mark.parametrize(("args", "message"), BAD_INPUTS, ids=[a for a, _ in BAD_INPUTS])
 def test_bad_input_is_one_line_and_submits_nothing(fake: FakeVertex, tmp_path: Path, args: str, message: str):
     extra = [] if "--output" in args else ["--output", "gs://b-1/x"]
-    proc = submit(fake, tmp_path, *shlex.split(args), *extra)
+    proc = submit(fake, tmp_path, *extra, *shlex.split(args))
     assert proc.returncode != 0
     (line,) = error_lines(proc)
     assert message in line, line
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not fake.creates() and not fake.requests
     assert proc.stdout == ""
+
+
+def test_location_is_another_name_of_region(fake: FakeVertex, tmp_path: Path):
+    """One vocabulary with the other scripts (--location, LOCATION); --region, gcloud's word, stays."""
+    for flag in ("--location", "--region"):
+        proc = submit(fake, tmp_path, "--dry-run", "--output", "gs://b-1/x", flag, "europe-west4")
+        assert proc.returncode == 0, proc.stderr
+        create = shlex.split(proc.stdout.splitlines()[-1])
+        assert create[create.index("--region") + 1] == "europe-west4", create
+    proc = submit(fake, tmp_path, "--dry-run", "--output", "gs://b-1/x", LOCATION="asia-east1")
+    assert "--region asia-east1" in proc.stdout
+    usage = submit(fake, tmp_path, "--help").stdout
+    assert "--location REGION" in usage and "--region REGION" in usage and "(env LOCATION)" in usage
+    assert not fake.requests
+
+
+def test_a_mismatch_gets_the_same_line_as_create_instance(fake: FakeVertex, tmp_path: Path):
+    """The machine facts and their one line live in lib/machines.sh, for both scripts (GPUs named
+    as given: create_instance.sh takes Compute Engine's names, submit_vertex_job.sh both)."""
+    vertex = submit(fake, tmp_path, "--output", "gs://b-1/x", "--machine-type", "g2-standard-8",
+                    "--accelerator", "nvidia-h100-80gb,count=1")  # fmt: skip
+    with FakeGcp() as gcp:
+        env = script_env(gcp, tmp_path / "gce", tmp_path)
+        gce = subprocess.run(
+            [str(ROOT / "create_instance.sh"), "--machine-type", "g2-standard-8",
+             "--accelerator", "nvidia-h100-80gb,count=1"],
+            env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )  # fmt: skip
+        assert not gcp.mutations()
+    assert not fake.requests
+    lines = [proc.stderr.strip().partition(": error: ")[2] for proc in (vertex, gce)]
+    assert lines[0] == lines[1], (vertex.stderr, gce.stderr)
+    assert lines[0].startswith("g2-standard-8 comes with 1 x nvidia-l4 attached; leave out --accelerator")
+
+
+def test_script_outputs_in_cloud_storage_are_taken(fake: FakeVertex, tmp_path: Path):
+    """The job's folders are Cloud Storage's, through /gcs: an output path there is kept as given."""
+    args = ["--output_dir", "/gcs/b-1/x/out", "--logging-dir=/gcs/b-1/x/logs", "--save_steps", "5"]
+    proc = submit(fake, tmp_path, "--dry-run", "--output", "gs://b-1/x", "bert", "--", *args)
+    assert proc.returncode == 0, proc.stderr
+    spec = json.loads(proc.stdout.partition("\n# ")[0])
+    assert spec["workerPoolSpecs"][0]["containerSpec"]["args"][2:] == args
+
+
+def test_bad_poll_settings_are_refused_before_submitting(fake: FakeVertex, tmp_path: Path):
+    """--follow's settings are read after the job is submitted: they are checked before it."""
+    for name in ("HFGPU_POLL_SECONDS", "HFGPU_LOG_GRACE_SECONDS"):
+        env = script_env(fake, tmp_path, tmp_path, **{name: "soon"})  # type: ignore[arg-type]
+        proc = subprocess.run([str(SCRIPT), "--follow", "--output", "gs://b-1/x"], env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 1
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith(f"{PROG_ERROR} {name} must be a whole number from 0 to"), line
+    assert not fake.requests
 
 
 def test_gpt2_without_output_and_no_project(fake: FakeVertex, tmp_path: Path):
