@@ -352,3 +352,15 @@ def test_a_leading_tilde_is_home_after_equals_too(form, fake, tmp_path):
     assert proc.returncode == 0, proc.stderr
     build = next(shlex.split(line) for line in proc.stdout.splitlines() if " docker build " in line)
     assert f"id=ca_bundle,src={home}/ca.pem" in build
+
+
+@pytest.mark.parametrize("script", ["launch_training", "submit_vertex_job"])
+def test_a_refused_env_value_is_never_echoed(script, fake, tmp_path):
+    """`--env 'BAD NAME=TOKEN'` (a typo in the name of a variable that holds a token) is refused
+    without printing the value: it may be a secret."""
+    sweep = SWEEPS[script](fake, tmp_path)
+    assert "--env" in {o.name for o in table(script)}
+    for bad in (f"BAD NAME={CANARY}", f"1X={CANARY}", f"NAME{CANARY}"):
+        proc = run_case(sweep, Case(f"--env {bad}", ("--env", bad), "--env"), tmp_path)
+        assert proc.returncode == 1 and "--env" in proc.stderr, proc.stderr
+        assert CANARY not in proc.stdout + proc.stderr, f"--env {bad!r} echoed the value"

@@ -69,8 +69,10 @@ _opt_display_name() {
 # NAME=VALUE: a plain variable, never a secret nor one Vertex AI sets.
 _opt_env_pair() {
   local name=${1%%=*}
-  [[ $1 == *=* && $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] ||
-    die "$2 must be NAME=VALUE, NAME a variable name (letters, digits, _); got $(q "$1")"
+  [[ $1 == *=* ]] || die "$2 must be NAME=VALUE; got no '=' (what was given is not shown: it may be a secret)"
+  [[ $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] ||
+    die "$2 must be NAME=VALUE, NAME a variable name (letters, digits, _); got the name $(q "$name")" \
+      "(the value is not shown: it may be a secret)"
   ! is_secret_name "$name" ||
     die "$2 $name=... would store a secret in the job's specification, readable by every Vertex viewer;" \
       "use --secret $name=SECRET (Secret Manager)"
