@@ -57,9 +57,10 @@ flag_unknown() {
   die "unknown option $FLAG; see ${PROG:-${0##*/}} --help"
 }
 
-# flag_deprecated NEW: warn that FLAG is an old spelling of NEW (kept for one release).
+# flag_deprecated NEW: warn that FLAG is an old spelling of NEW (kept for one release), with the
+# script's first progress line (warn_later): a bad input after it still gives one line.
 flag_deprecated() {
-  warn "$FLAG is deprecated and will be removed in the next release; use $1"
+  warn_later "$FLAG is deprecated and will be removed in the next release; use $1"
 }
 
 # to_int VAR WHAT VALUE MIN [MAX]: VALUE as a decimal whole number in MIN..MAX into VAR.
