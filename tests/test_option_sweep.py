@@ -10,7 +10,7 @@ The cases are generated from the option tables (lib/options/SCRIPT.sh, printed b
 - each option backed by a configuration name: the same traps from the environment and from .env,
   and an empty `NAME=` line in .env;
 - each declared conflict (both options with valid values) and need (the option alone);
-- `--=x` and `-h=x`, never taken for `--` or `-h`.
+- `--=x` and `-h=x`, never taken for `--` or `-h`; DRY_RUN=true, never a real run.
 Each case must end with exit status 1 and one stderr line `SCRIPT: error: ...` that names where the
 value came from (the flag, `NAME from the environment`, `NAME in FILE:LINE` with the case's own file
 and line) right after `error: ` or in parentheses, and a fix, and change nothing: no mutating
@@ -98,6 +98,7 @@ def cases(options: list[Option]) -> list[Case]:
     out: list[Case] = [
         Case("--=x", ("--=x",), "unknown option '--=x'"),
         Case("-h=x", ("-h=x",), "unknown option '-h=x'"),
+        Case("DRY_RUN='true' (env)", (), "DRY_RUN from the environment", env=(("DRY_RUN", "true"),)),
     ]
     for o in options:
         if o.type == "switch":
