@@ -340,8 +340,9 @@ _opt_pem_file() {
   _opt_file "$1" "$2"
   # BuildKit gets the resolved path (build_and_push.sh): a relative path or a link may add a comma.
   real=$(realpath -e -- "$1") || die "invalid file $(q "$1")$(_from "$2"): no readable file there; check the path"
-  [[ -f $real ]] && ! has_line_break "$real" ||
+  if [[ ! -f $real ]] || has_line_break "$real"; then
     die "invalid CA bundle $(q "$1")$(_from "$2"): its real path has a line break; copy the bundle to a plain path"
+  fi
   [[ $real != *,* && $real != *\"* ]] ||
     die "invalid CA bundle $(q "$1")$(_from "$2"): the path ($(q "$real")) has a comma or a double quote," \
       "which BuildKit's --secret cannot carry; copy the bundle to a path without one"

@@ -421,6 +421,23 @@ def test_a_ca_bundle_whose_real_path_has_a_comma_is_refused_before_anything(fake
         ]
 
 
+def test_a_ca_bundle_whose_real_path_has_a_line_break_is_refused(fake, tmp_path):
+    """The same for a link into a folder whose name holds a newline."""
+    sweep = sweep_build_and_push(fake, tmp_path)
+    folder = tmp_path / "certs\ncorp"
+    folder.mkdir()
+    (folder / "ca.pem").write_text(Path("/etc/ssl/certs/ca-certificates.crt").read_text())
+    (tmp_path / "link.pem").symlink_to(folder / "ca.pem")
+    env = {**sweep.env, "HOME": str(tmp_path), "CONFIG_FILE": str(tmp_path / "no.env")}
+    proc = subprocess.run([str(ROOT / "build_and_push.sh"), "--dry-run", "--ca-bundle=link.pem"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert proc.stderr.splitlines() == [
+        "build_and_push.sh: error: invalid CA bundle 'link.pem' (--ca-bundle): its real path has a line"
+        " break; copy the bundle to a plain path"
+    ]
+
+
 @pytest.mark.parametrize("keep", ["08", "010", "0000"])
 def test_a_number_is_stored_as_the_decimal_it_was_checked_as(keep, fake, tmp_path):
     """`--keep=08` is 8 (flags.sh: numbers are decimal): never bash's octal, which fails on 08 and
