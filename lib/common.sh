@@ -35,9 +35,6 @@ if [[ ${HFGPU_DEBUG:-0} == 1 ]]; then
   set -x
 fi
 
-# DRY_RUN=1 makes `run` print commands instead of executing them.
-DRY_RUN=${DRY_RUN:-0}
-
 # log MESSAGE...: a progress line on stderr, prefixed with the program's name.
 log() {
   warn_now
@@ -100,6 +97,12 @@ q() {
     LC_ALL=C printf '%q' "$1"
   fi
 }
+
+# DRY_RUN=1 makes `run` print commands instead of executing them (a script's --dry-run sets it).
+# From the environment only 1 or 0: DRY_RUN=true must not mean a real run.
+DRY_RUN=${DRY_RUN:-0}
+[[ $DRY_RUN == [01] ]] ||
+  die "DRY_RUN from the environment must be 1 or 0; got $(q "$DRY_RUN"); use --dry-run, or unset DRY_RUN"
 
 # quote_cmd ARGS...: the command as one line a user can paste into a shell.
 quote_cmd() {
