@@ -223,6 +223,15 @@ SWEEPS = {
 }
 
 
+def repo_state() -> tuple[str, list[str], list[str]]:
+    """The repository's files as git sees them, its top level and ./volume (a script might write
+    .env, volume/ or another file git ignores there instead of the working folder)."""
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    volume = ROOT / "volume"
+    return status, sorted(os.listdir(ROOT)), sorted(os.listdir(volume)) if volume.is_dir() else []
+
+
 def run_case(sweep: Sweep, case: Case, tmp: Path) -> subprocess.CompletedProcess:
     work = tmp / "work" / str(abs(hash(case.id)))
     home, tmpdir = work / "home", work / "tmp"
@@ -276,7 +285,7 @@ def test_every_option_refuses_every_hostile_value_in_one_line_and_changes_nothin
     sweep = SWEEPS[script](fake, tmp_path)
     options = table(script)
     assert options, f"lib/options/{script}.sh declares no option"
-    before, mutated = sweep.snapshot(), len(sweep.mutations())
+    before, mutated, repo = sweep.snapshot(), len(sweep.mutations()), repo_state()
     all_cases = cases(options)
     with ThreadPoolExecutor(WORKERS) as pool:
         procs = list(pool.map(lambda c: run_case(sweep, c, tmp_path), all_cases))
@@ -290,6 +299,7 @@ def test_every_option_refuses_every_hostile_value_in_one_line_and_changes_nothin
     )
     assert len(sweep.mutations()) == mutated, "a case sent a request that changes something"
     assert sweep.snapshot() == before, "a case made an image tag or a container, or ran docker or gcloud"
+    assert repo_state() == repo, "a case left a file in the repository"
     print(f"{script}: {len(all_cases)} cases, all refused in one line")
     section = doc_section(
         script, options, {c.id: p for c, p in zip(all_cases, procs, strict=True)}, len(all_cases)
