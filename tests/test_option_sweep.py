@@ -229,7 +229,8 @@ def repo_state() -> tuple[str, list[str], list[str]]:
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout  # fmt: skip
     volume = ROOT / "volume"
-    return status, sorted(os.listdir(ROOT)), sorted(os.listdir(volume)) if volume.is_dir() else []
+    top = sorted(n for n in os.listdir(ROOT) if not re.fullmatch(r"\.\w+_cache|__pycache__", n))
+    return status, top, sorted(os.listdir(volume)) if volume.is_dir() else []
 
 
 def run_case(sweep: Sweep, case: Case, tmp: Path) -> subprocess.CompletedProcess:
