@@ -343,8 +343,10 @@ _opt_pem_file() {
   if [[ ! -f $real ]] || has_line_break "$real"; then
     die "invalid CA bundle $(q "$1")$(_from "$2"): its real path has a line break; copy the bundle to a plain path"
   fi
+  local shown=''
+  [[ $real == "$1" ]] || shown=" ($(q "$real"))"
   [[ $real != *,* && $real != *\"* ]] ||
-    die "invalid CA bundle $(q "$1")$(_from "$2"): the path ($(q "$real")) has a comma or a double quote," \
+    die "invalid CA bundle $(q "$1")$(_from "$2"): the path$shown has a comma or a double quote," \
       "which BuildKit's --secret cannot carry; copy the bundle to a path without one"
   grep -q -- '-----BEGIN CERTIFICATE-----' "$1" ||
     die "invalid CA bundle $(q "$1")$(_from "$2"): no PEM certificate (-----BEGIN CERTIFICATE-----) in it;" \
