@@ -52,9 +52,11 @@ warn() {
 HFGPU_LATER=()
 warn_later() { HFGPU_LATER+=("$*"); }
 
-# warn_now: the warnings warn_later held back, now.
+# warn_now: the warnings warn_later held back, now (from the script's own shell: a subshell's
+# line would not clear them for the script, and they would show twice).
 warn_now() {
   local m
+  [[ $BASHPID == "$$" ]] || return 0
   for m in "${HFGPU_LATER[@]}"; do
     printf '%s: warning: %s\n' "${PROG:-${0##*/}}" "$m" >&2
   done

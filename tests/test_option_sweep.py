@@ -13,8 +13,10 @@ The cases are generated from the option tables (lib/options/SCRIPT.sh, printed b
 - `--=x` and `-h=x`, never taken for `--` or `-h`; DRY_RUN=true, never a real run.
 Each case must end with exit status 1 and one stderr line `SCRIPT: error: ...` that names where the
 value came from (the flag, `NAME from the environment`, `NAME in FILE:LINE` with the case's own file
-and line) right after `error: ` or in parentheses, and a fix, and change nothing: no mutating
-request to the fake API, no file in the working folder, HOME or TMPDIR, no image tag, no container.
+and line) right after `error: ` or in parentheses, and a fix; print nothing on stdout (where a
+script's result goes); and change nothing: no mutating request to the fake API, no file in the
+working folder, HOME, TMPDIR or the repository, no image tag, no container, no docker or gcloud
+configuration written (build_and_push: no gcloud call at all).
 All checks come before any gcloud or docker call, so the cases are quick.
 
 docs/bad-inputs/options.md lists, per script, every option with its type and one line it gives;
@@ -276,6 +278,8 @@ def problems(sweep: Sweep, case: Case, proc: subprocess.CompletedProcess) -> lis
         out.append(f"does not name {origin!r}")
     if not FIX_RE.search(line):
         out.append("names no fix")
+    if proc.stdout:
+        out.append(f"printed on stdout {proc.stdout[:100]!r}")
     if proc.left:  # type: ignore[attr-defined]
         out.append(f"left files {proc.left}")  # type: ignore[attr-defined]
     return out
