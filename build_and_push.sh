@@ -349,7 +349,7 @@ main() {
     die "unexpected argument $(q "${OPT_ARGS[0]:-${OPT_REST[0]:-}}"): build_and_push.sh takes options only; see --help"
   opt_check_config
   validate
-  VERSION=$(tr -d '[:space:]' <"$HFGPU_ROOT/VERSION")
+  VERSION=$(tr -d '[:space:]' 2>/dev/null <"$HFGPU_ROOT/VERSION" || true)
 
   preflight
   git_facts

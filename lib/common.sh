@@ -231,7 +231,12 @@ config_init() {
   config_default LOCATION us-east4
   config_default REPO_NAME gpu-transformers
   config_default IMAGE_NAME gpu_transformers
-  config_default TAG "$(tr -d '[:space:]' <"$HFGPU_ROOT/VERSION")"
+  # TAG's default is read from a file someone may edit: its origin is that file, so that the
+  # option table checks it like any other value (a "1.0+local" there is no docker tag).
+  if [[ -z ${TAG:-} ]]; then
+    TAG=$(tr -d '[:space:]' 2>/dev/null <"$HFGPU_ROOT/VERSION" || true)
+    HFGPU_CONFIG_ORIGIN[TAG]="TAG from $HFGPU_ROOT/VERSION"
+  fi
   for name in "${HFGPU_CONFIG_NAMES[@]}"; do
     printf -v "$name" '%s' "${!name:-}"
   done

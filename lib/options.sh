@@ -229,7 +229,9 @@ opt_check_config() {
   local -a others
   for name in "${OPT_NAMES[@]}"; do
     env=${OPT_ENV[$name]:-}
-    [[ -n $env && -z ${OPT_GIVEN[$name]:-} && -n ${!env:-} ]] || continue
+    # Not set (an empty environment variable is unset), or a default of lib/common.sh: nothing to
+    # check. Anything else with an origin is checked, empty too (TAG from an empty VERSION file).
+    [[ -n $env && -z ${OPT_GIVEN[$name]:-} && -n ${HFGPU_CONFIG_ORIGIN[$env]:-} ]] || continue
     [[ $(config_origin "$env") != "the default "* ]] || continue
     opt_check "$name" "${!env}" "$(config_origin "$env")"
     printf -v "$env" '%s' "$OPT_CHECKED"

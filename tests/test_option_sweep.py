@@ -29,6 +29,7 @@ import os
 import pwd
 import re
 import shlex
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -453,6 +454,29 @@ def test_a_ca_bundle_whose_real_path_has_a_line_break_is_refused(fake, tmp_path)
     ]
 
 
+VERSIONS = [("1.0.0+local\n", "invalid tag '1.0.0+local' ("), ("\n", "")]
+
+
+@pytest.mark.parametrize(("version", "problem"), VERSIONS)
+def test_the_tag_from_the_version_file_is_checked_like_any_value(version, problem, fake, tmp_path):
+    """TAG's default comes from VERSION, a file anyone may edit: a value docker refuses ("+" is
+    semver's, not docker's) or an empty file is one line naming the file, before the repository
+    is created (it used to fail in docker build, after)."""
+    sweep = sweep_build_and_push(fake, tmp_path)
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    shutil.copy(ROOT / "build_and_push.sh", checkout)
+    shutil.copytree(ROOT / "lib", checkout / "lib")
+    (checkout / "VERSION").write_text(version)
+    env = {**sweep.env, "HOME": str(tmp_path), "CONFIG_FILE": str(tmp_path / "no.env")}
+    proc = subprocess.run([str(checkout / "build_and_push.sh"), "--dry-run"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    origin = f"TAG from {checkout}/VERSION"
+    line = f"build_and_push.sh: error: {problem}{origin}{')' if problem else ' is empty'}"
+    assert (proc.returncode, proc.stdout) == (1, ""), proc.stdout
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith(line), proc.stderr
+
+
 @pytest.mark.parametrize("keep", ["08", "010", "0000"])
 def test_a_number_is_stored_as_the_decimal_it_was_checked_as(keep, fake, tmp_path):
     """`--keep=08` is 8 (flags.sh: numbers are decimal): never bash's octal, which fails on 08 and
@@ -495,7 +519,7 @@ DOTENV_CASES = [
     ("TAG=\nTAG=v2", "v2 | TAG in F:2"),
     ("TAG=v2\nTAG=", f"error: TAG in F:2 {EMPTY}"),
     ('TAG=""', f"error: TAG in F:1 {EMPTY}"),
-    ("HF_TOKEN=", "0.1.0 | the default TAG"),
+    ("HF_TOKEN=", f"{(ROOT / 'VERSION').read_text().strip()} | TAG from {ROOT}/VERSION"),
     ("TAG = v1", "error: F:1: a blank before '='; write NAME=VALUE with nothing between the name and the"),
     ('TAG="v1"x', "error: F:1: the value of TAG has text after its closing quote; put the whole value"),
     ("TAG='v1", "error: F:1: the value of TAG opens a quote it does not close; close it on the same line"),
