@@ -242,7 +242,8 @@ def run_case(sweep: Sweep, case: Case, tmp: Path) -> subprocess.CompletedProcess
     home.mkdir(parents=True)
     tmpdir.mkdir()
     env = {**sweep.env, "HOME": str(home), "TMPDIR": str(tmpdir), **dict(case.env)}
-    (work / "sweep.env").write_text(sweep.dotenv + case.dotenv)
+    baseline = sweep.dotenv if sweep.dotenv.endswith("\n") or not sweep.dotenv else f"{sweep.dotenv}\n"
+    (work / "sweep.env").write_text(baseline + case.dotenv)
     env["CONFIG_FILE"] = str(work / "sweep.env")
     proc = subprocess.run(
         [str(ROOT / f"{sweep.script}.sh"), *sweep.args, *case.args],
