@@ -343,6 +343,7 @@ validate() {
 }
 
 main() {
+  opt_help_first "$@"
   config_init
   opt_parse "$@"
   ((${#OPT_ARGS[@]} + ${#OPT_REST[@]} == 0)) ||

@@ -30,7 +30,8 @@
 # in a message is shown quoted (`q`), so an error stays one line; a path type expands a leading
 # `~` after '=' as the shell does after a space.
 #
-# A script's parse:  config_init; opt_parse "$@"; opt_check_config
+# A script's parse:  opt_help_first "$@"; config_init; opt_parse "$@"; opt_check_config
+# (opt_help_first: --help works whatever the environment and .env hold).
 # It then has its variables set, OPT_ARGS (arguments that are not options) and OPT_REST (those
 # after `--`), and OPT_GIVEN[--name]=1 for every option given. A value is stored as checked: a
 # number in decimal (--keep=08 is 8), a path with its ~ expanded. An old spelling's deprecation
@@ -205,6 +206,27 @@ opt_parse() {
       *) OPT_ARGS+=("$1") ;;
     esac
     shift "$FLAG_SHIFT"
+  done
+}
+
+# opt_help_first ARGS...: -h or --help among ARGS (before --, and not an option's value) prints the
+# usage and exits 0 before the configuration is read: a .env with a bad line must not hide --help.
+opt_help_first() {
+  local name
+  while (($#)); do
+    case $1 in
+      --) return 0 ;;
+      -h | --help)
+        opt_usage "$0"
+        exit 0
+        ;;
+      --*=*) ;;
+      -*)
+        name=${OPT_ALIAS[$1]:-$1}
+        if [[ ${OPT_TYPE[$name]:-switch} != switch ]] && (($# > 1)); then shift; fi
+        ;;
+    esac
+    shift
   done
 }
 

@@ -551,3 +551,16 @@ def test_dotenv_reads_as_dotenv(name, text, expected, tmp_path):
     assert out == expected if proc.returncode == 0 else out.startswith(expected), out
     assert len(proc.stderr.splitlines()) == (proc.returncode != 0)
     assert proc.returncode == (1 if expected.startswith("error:") else 0)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--dry-run", "-h"], ["--tag", "v1", "--help"]])
+def test_help_works_whatever_the_env_file_and_environment_hold(args, fake, tmp_path):
+    """--help is read before the configuration: a .env line that does not parse, or a bad value in
+    the environment, gives its error on a run, never instead of the help."""
+    sweep = sweep_build_and_push(fake, tmp_path)
+    (tmp_path / "bad.env").write_text("TAG=\nREPO_NAME = x\n")
+    env = {**sweep.env, "HOME": str(tmp_path), "CONFIG_FILE": str(tmp_path / "bad.env"), "LOCATION": "mars"}
+    proc = subprocess.run([str(ROOT / "build_and_push.sh"), *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True)  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout.startswith("Summary: build the training image") and "\nOptions:\n" in proc.stdout
