@@ -40,7 +40,9 @@ flag_value() {
     return 0
   fi
   (($# >= 2)) || die "$FLAG needs a value; see ${PROG:-${0##*/}} --help"
-  [[ $2 != --* ]] || die "$FLAG needs a value but got the option $(q "$2"); give the value, or write $FLAG=$2 if you mean it"
+  [[ $2 != --* ]] ||
+    die "$FLAG needs a value but got the option $(q "$2"); give the value, or write" \
+      "$FLAG=$(LC_ALL=C printf '%q' "$2") if you mean it"
   VALUE=$2 FLAG_SHIFT=2
 }
 

@@ -116,6 +116,8 @@ def cases(options: list[Option]) -> list[Case]:
         out += [Case(f"{old}={first!r}", (f"{old}={first}",), old) for old in o.old]
         if o.bad:
             out.append(Case(f"{o.name} {o.bad[0]!r}", (o.name, o.bad[0]), o.name))
+        # a separate value that looks like an option, with a newline: the advice must not echo it raw
+        out.append(Case(f"{o.name} '--x\\ny'", (o.name, "--x\ny"), o.name))
         if o.path:
             out.append(Case(f"{o.name}='~/x' (HOME unset)", (f"{o.name}=~/x",), o.name, env=(("HOME", ""),)))
         if o.env:
