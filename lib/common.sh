@@ -160,9 +160,11 @@ config_load_file() {
 }
 
 _config_load_file() {
-  local file=$1 line key name value n=0
+  local path=$1 file=$1 line key name value n=0
   local -A from_file=()
-  [[ -f $file ]] || return 0
+  [[ -f $path ]] || return 0
+  # The file's name as messages show it: quoted only when it would break the line.
+  ! has_line_break "$path" || file=$(q "$path")
   while IFS= read -r line || [[ -n $line ]]; do
     n=$((n + 1))
     ((n > 1)) || line=${line#$'\xef\xbb\xbf'}
@@ -185,7 +187,7 @@ _config_load_file() {
     printf -v "$name" '%s' "$value"
     HFGPU_CONFIG_ORIGIN[$name]="$key in $file:$n"
     from_file[$name]=$key
-  done <"$file"
+  done <"$path"
   for name in "${!from_file[@]}"; do
     [[ -n ${!name} ]] ||
       die "${HFGPU_CONFIG_ORIGIN[$name]} is empty; give a value, or remove the line for the default"

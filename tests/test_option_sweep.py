@@ -566,3 +566,14 @@ def test_help_works_whatever_the_env_file_and_environment_hold(args, fake, tmp_p
                           capture_output=True, text=True)  # fmt: skip
     assert (proc.returncode, proc.stderr) == (0, "")
     assert proc.stdout.startswith("Summary: build the training image") and "\nOptions:\n" in proc.stdout
+
+
+def test_an_env_file_whose_name_has_a_newline_is_named_on_one_line(tmp_path):
+    """CONFIG_FILE's name is part of every .env origin: quoted when it would break the line."""
+    path = tmp_path / "a\nb.env"
+    path.write_text("TAG=\n")
+    env = {**os.environ, "CONFIG_FILE": str(path)}
+    proc = subprocess.run(["bash", "-c", "source lib/common.sh; config_init"], cwd=ROOT, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [f"bash: error: TAG in $'{tmp_path}/a\\nb.env':1 {EMPTY}"]
