@@ -343,13 +343,14 @@ validate() {
 }
 
 main() {
+  opt_help_first "$@"
   config_init
   opt_parse "$@"
   ((${#OPT_ARGS[@]} + ${#OPT_REST[@]} == 0)) ||
     die "unexpected argument $(q "${OPT_ARGS[0]:-${OPT_REST[0]:-}}"): build_and_push.sh takes options only; see --help"
   opt_check_config
   validate
-  VERSION=$(tr -d '[:space:]' <"$HFGPU_ROOT/VERSION")
+  VERSION=$(tr -d '[:space:]' 2>/dev/null <"$HFGPU_ROOT/VERSION" || true)
 
   preflight
   git_facts

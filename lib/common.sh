@@ -35,14 +35,33 @@ if [[ ${HFGPU_DEBUG:-0} == 1 ]]; then
   set -x
 fi
 
-# DRY_RUN=1 makes `run` print commands instead of executing them.
-DRY_RUN=${DRY_RUN:-0}
-
 # log MESSAGE...: a progress line on stderr, prefixed with the program's name.
-log() { printf '%s: %s\n' "${PROG:-${0##*/}}" "$*" >&2; }
+log() {
+  warn_now
+  printf '%s: %s\n' "${PROG:-${0##*/}}" "$*" >&2
+}
 
 # warn MESSAGE...: a warning on stderr.
-warn() { printf '%s: warning: %s\n' "${PROG:-${0##*/}}" "$*" >&2; }
+warn() {
+  warn_now
+  printf '%s: warning: %s\n' "${PROG:-${0##*/}}" "$*" >&2
+}
+
+# warn_later MESSAGE...: a warning held back until the next log or warn line (the first progress
+# line: the inputs were accepted), so that an error about an input stays the only line.
+HFGPU_LATER=()
+warn_later() { HFGPU_LATER+=("$*"); }
+
+# warn_now: the warnings warn_later held back, now (from the script's own shell: a subshell's
+# line would not clear them for the script, and they would show twice).
+warn_now() {
+  local m
+  [[ $BASHPID == "$$" ]] || return 0
+  for m in "${HFGPU_LATER[@]}"; do
+    printf '%s: warning: %s\n' "${PROG:-${0##*/}}" "$m" >&2
+  done
+  HFGPU_LATER=()
+}
 
 # die MESSAGE...: one line on stderr naming the problem and the fix; exit 1.
 die() {
@@ -55,16 +74,37 @@ usage() {
   sed -n '2,/^$/{/^$/d;s/^# \{0,1\}//;p}' "$1"
 }
 
+# The characters that end a line besides \n and the other control characters: NEL (U+0085), LINE
+# SEPARATOR and PARAGRAPH SEPARATOR (U+2028, U+2029), as UTF-8 bytes, so that they are seen in the C
+# locale too (where [[:cntrl:]] matches no byte above 127).
+readonly HFGPU_LINE_BREAKS=($'\xc2\x85' $'\xe2\x80\xa8' $'\xe2\x80\xa9')
+
+# has_line_break VALUE: true when VALUE holds a control character or another line break.
+has_line_break() {
+  local b
+  [[ $1 != *[[:cntrl:]]* ]] || return 0
+  for b in "${HFGPU_LINE_BREAKS[@]}"; do
+    [[ $1 != *"$b"* ]] || return 0
+  done
+  return 1
+}
+
 # q VALUE: VALUE quoted for a message, as a shell would read it back: 'VALUE' in single quotes,
-# or printf %q's form when it holds a quote or a control character ($'a\nb'), so that a newline
+# or printf %q's form when it holds a quote or a line break ($'a\nb'), so that a newline
 # never breaks the one-line error.
 q() {
-  if [[ $1 != *[\'[:cntrl:]]* ]]; then
+  if [[ $1 != *\'* ]] && ! has_line_break "$1"; then
     printf "'%s'" "$1"
   else
-    printf '%q' "$1"
+    LC_ALL=C printf '%q' "$1"
   fi
 }
+
+# DRY_RUN=1 makes `run` print commands instead of executing them (a script's --dry-run sets it).
+# From the environment only 1 or 0: DRY_RUN=true must not mean a real run.
+DRY_RUN=${DRY_RUN:-0}
+[[ $DRY_RUN == [01] ]] ||
+  die "DRY_RUN from the environment must be 1 or 0; got $(q "$DRY_RUN"); use --dry-run, or unset DRY_RUN"
 
 # quote_cmd ARGS...: the command as one line a user can paste into a shell.
 quote_cmd() {
@@ -105,9 +145,12 @@ declare -gA HFGPU_CONFIG_ORIGIN=()
 
 # config_load_file FILE: set configuration names from a KEY=VALUE file (lib/kv.sh), for
 # the names the environment does not already set, as dotenv reads one: the last of a repeated
-# name wins, surrounding quotes are dropped, blank lines and # comments are skipped, and any
-# other line that does not parse is an error naming the file and line. Runs with xtrace off:
-# HFGPU_DEBUG=1 never shows a value from the file (it may hold a token).
+# name wins (VM_NAME over its old spelling INSTANCE_NAME, as in the environment); a value in
+# quotes is taken as it is, an unquoted one loses its surrounding blanks and a ` # comment`; blank
+# lines, # comments, a byte-order mark and CRLF line ends are skipped; an empty value is an error
+# (remove the line for the default), and so is any other line that does not parse, naming the
+# file and line. Runs with xtrace off: HFGPU_DEBUG=1 never shows a value from the file (it may
+# hold a token).
 config_load_file() {
   local traced=0
   [[ $- == *x* ]] && traced=1
@@ -117,28 +160,59 @@ config_load_file() {
 }
 
 _config_load_file() {
-  local file=$1 line key value n=0
+  local path=$1 file=$1 line key name value n=0
   local -A from_file=()
-  [[ -f $file ]] || return 0
+  [[ -f $path ]] || return 0
+  # The file's name as messages show it: quoted only when it would break the line.
+  ! has_line_break "$path" || file=$(q "$path")
   while IFS= read -r line || [[ -n $line ]]; do
     n=$((n + 1))
+    ((n > 1)) || line=${line#$'\xef\xbb\xbf'}
+    line=${line%$'\r'}
     [[ $line =~ ^[[:space:]]*(#.*)?$ ]] && continue
-    kv_parse "$line" ||
+    if ! kv_parse "$line"; then
+      [[ ! $line =~ ^[[:space:]]*(export[[:space:]]+)?[A-Za-z_][A-Za-z0-9_]*[[:space:]]+= ]] ||
+        die "$file:$n: a blank before '='; write NAME=VALUE with nothing between the name and the '='"
       die "$file:$n: not a NAME=VALUE line; write NAME=VALUE (a # starts a comment), or remove the line"
-    key=$KV_KEY value=$KV_VALUE
-    if [[ $value =~ ^\"(.*)\"$ || $value =~ ^\'(.*)\'$ ]]; then
-      value=${BASH_REMATCH[1]}
-    elif [[ $value == [\"\']* ]]; then
-      die "$file:$n: the value of $key opens a quote it does not close; close it on the same line"
     fi
-    [[ $key == INSTANCE_NAME ]] && key=VM_NAME
-    if [[ " ${HFGPU_CONFIG_NAMES[*]} " == *" $key "* ]] &&
-      [[ -z ${HFGPU_CONFIG_ORIGIN[$key]:-} || -n ${from_file[$key]:-} ]]; then
-      printf -v "$key" '%s' "$value"
-      HFGPU_CONFIG_ORIGIN[$key]="$key in $file:$n"
-      from_file[$key]=1
+    key=$KV_KEY
+    _config_dotenv_value "$KV_VALUE" "$file:$n: the value of $key"
+    value=$DOTENV_VALUE
+    name=$key
+    [[ $key == INSTANCE_NAME ]] && name=VM_NAME
+    [[ " ${HFGPU_CONFIG_NAMES[*]} " == *" $name "* ]] || continue
+    # The environment wins over the file; in the file, VM_NAME wins over INSTANCE_NAME.
+    [[ -z ${HFGPU_CONFIG_ORIGIN[$name]:-} || -n ${from_file[$name]:-} ]] || continue
+    [[ $key != INSTANCE_NAME || ${from_file[$name]:-} != VM_NAME ]] || continue
+    printf -v "$name" '%s' "$value"
+    HFGPU_CONFIG_ORIGIN[$name]="$key in $file:$n"
+    from_file[$name]=$key
+  done <"$path"
+  for name in "${!from_file[@]}"; do
+    [[ -n ${!name} ]] ||
+      die "${HFGPU_CONFIG_ORIGIN[$name]} is empty; give a value, or remove the line for the default"
+  done
+}
+
+# _config_dotenv_value VALUE WHAT: VALUE as dotenv reads it into DOTENV_VALUE: 'x' and "x" taken as
+# they are (blanks and a # comment may follow the closing quote), an unquoted value without its
+# surrounding blanks and its ` # comment`. WHAT starts the error line for a quote left open.
+_config_dotenv_value() {
+  local value=$1 quote
+  value=${value#"${value%%[![:space:]]*}"}
+  if [[ $value == [\"\']* ]]; then
+    quote=${value:0:1}
+    if [[ $quote == '"' && $value =~ ^\"([^\"]*)\"[[:space:]]*(#.*)?$ ]] ||
+      [[ $quote == "'" && $value =~ ^\'([^\']*)\'[[:space:]]*(#.*)?$ ]]; then
+      DOTENV_VALUE=${BASH_REMATCH[1]}
+      return 0
     fi
-  done <"$file"
+    [[ ${value:1} != *"$quote"* ]] ||
+      die "$2 has text after its closing quote; put the whole value inside the quotes (a # comment may follow)"
+    die "$2 opens a quote it does not close; close it on the same line"
+  fi
+  value=${value%%[[:space:]]#*}
+  DOTENV_VALUE=${value%"${value##*[![:space:]]}"}
 }
 
 # config_init: environment, then CONFIG_FILE (or ./.env), then the defaults.
@@ -159,7 +233,12 @@ config_init() {
   config_default LOCATION us-east4
   config_default REPO_NAME gpu-transformers
   config_default IMAGE_NAME gpu_transformers
-  config_default TAG "$(tr -d '[:space:]' <"$HFGPU_ROOT/VERSION")"
+  # TAG's default is read from a file someone may edit: its origin is that file, so that the
+  # option table checks it like any other value (a "1.0+local" there is no docker tag).
+  if [[ -z ${TAG:-} ]]; then
+    TAG=$(tr -d '[:space:]' 2>/dev/null <"$HFGPU_ROOT/VERSION" || true)
+    HFGPU_CONFIG_ORIGIN[TAG]="TAG from $HFGPU_ROOT/VERSION"
+  fi
   for name in "${HFGPU_CONFIG_NAMES[@]}"; do
     printf -v "$name" '%s' "${!name:-}"
   done

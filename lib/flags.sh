@@ -40,7 +40,9 @@ flag_value() {
     return 0
   fi
   (($# >= 2)) || die "$FLAG needs a value; see ${PROG:-${0##*/}} --help"
-  [[ $2 != --* ]] || die "$FLAG needs a value but got the option $(q "$2"); give the value, or write $FLAG=$2 if you mean it"
+  [[ $2 != --* ]] ||
+    die "$FLAG needs a value but got the option $(q "$2"); give the value, or write" \
+      "$FLAG=$(LC_ALL=C printf '%q' "$2") if you mean it"
   VALUE=$2 FLAG_SHIFT=2
 }
 
@@ -57,9 +59,10 @@ flag_unknown() {
   die "unknown option $FLAG; see ${PROG:-${0##*/}} --help"
 }
 
-# flag_deprecated NEW: warn that FLAG is an old spelling of NEW (kept for one release).
+# flag_deprecated NEW: warn that FLAG is an old spelling of NEW (kept for one release), with the
+# script's first progress line (warn_later): a bad input after it still gives one line.
 flag_deprecated() {
-  warn "$FLAG is deprecated and will be removed in the next release; use $1"
+  warn_later "$FLAG is deprecated and will be removed in the next release; use $1"
 }
 
 # to_int VAR WHAT VALUE MIN [MAX]: VALUE as a decimal whole number in MIN..MAX into VAR.

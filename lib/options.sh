@@ -30,14 +30,19 @@
 # in a message is shown quoted (`q`), so an error stays one line; a path type expands a leading
 # `~` after '=' as the shell does after a space.
 #
-# A script's parse:  config_init; opt_parse "$@"; opt_check_config
+# A script's parse:  opt_help_first "$@"; config_init; opt_parse "$@"; opt_check_config
+# (opt_help_first: --help works whatever the environment and .env hold).
 # It then has its variables set, OPT_ARGS (arguments that are not options) and OPT_REST (those
-# after `--`), and OPT_GIVEN[--name]=1 for every option given.
+# after `--`), and OPT_GIVEN[--name]=1 for every option given. A value is stored as checked: a
+# number in decimal (--keep=08 is 8), a path with its ~ expanded. An old spelling's deprecation
+# warning waits for the script's first progress line (lib/common.sh's log or warn), so that a bad
+# input still gives one line.
 
 declare -ga OPT_NAMES=() OPT_ARGS=() OPT_REST=()
 declare -gA OPT_TYPE=() OPT_ENV=() OPT_VAR=() OPT_VALUE=() OPT_REPEAT=() OPT_META=() OPT_OLD=()
 declare -gA OPT_CONFLICTS=() OPT_NEEDS=() OPT_EXAMPLE=() OPT_BAD=() OPT_HELP=() OPT_GIVEN=()
 declare -gA OPT_ALIAS=() OPT_TYPE_FN=() OPT_TYPE_BAD=() OPT_TYPE_EXAMPLE=() OPT_TYPE_PATH=()
+OPT_CHECKED='' OPT_EXPANDED=''
 
 # The longest value any option takes (a path, an image reference with its digest, a docker
 # argument); past it, a value is a mistake (a pasted file, a runaway substitution).
@@ -92,7 +97,8 @@ opt() {
 # opt_base_type NAME: the type's name without its parameters (int:1:8 -> int).
 opt_base_type() { printf '%s' "${OPT_TYPE[$1]%%:*}"; }
 
-# opt_check NAME VALUE ORIGIN: VALUE as option NAME takes it, or one line naming ORIGIN and a fix.
+# opt_check NAME VALUE ORIGIN: VALUE as option NAME takes it into OPT_CHECKED (a number in
+# decimal, a path with its ~ expanded), or one line naming ORIGIN and a fix.
 opt_check() {
   local name=$1 value=$2 origin=$3 type=${OPT_TYPE[$1]} base
   base=${type%%:*}
@@ -100,19 +106,25 @@ opt_check() {
     die "$origin is empty; give ${OPT_META[$name]}, or leave it out for the default (see --help)"
   [[ $value == *[![:space:]]* ]] ||
     die "$origin is blank ($(q "$value")); give ${OPT_META[$name]}, or leave it out for the default (see --help)"
-  [[ $value != *[[:cntrl:]]* ]] ||
+  ! has_line_break "$value" ||
     die "$origin has a newline or another control character in $(q "$value"); give the value on one line"
   ((${#value} <= OPT_MAX_LEN)) ||
     die "$origin is ${#value} characters long, more than the $OPT_MAX_LEN any option takes; check the value"
+  if [[ -n ${OPT_TYPE_PATH[$base]:-} ]]; then
+    opt_expand_home "$value" "$origin"
+    value=$OPT_EXPANDED
+  fi
+  OPT_CHECKED=$value
   case $base in
     int)
       local min max n
       IFS=: read -r _ min max <<<"$type"
       to_int n "$origin" "$value" "$min" "$max"
+      OPT_CHECKED=$n
       ;;
     enum)
       local choices=${type#enum:}
-      [[ ,$choices, == *,"$value",* ]] ||
+      [[ $value != *,* && ,$choices, == *,"$value",* ]] ||
         die "$origin must be one of ${choices//,/, }; got $(q "$value")"
       ;;
     *)
@@ -122,14 +134,24 @@ opt_check() {
   esac
 }
 
-# opt_expand_home VALUE: ~ and ~/PATH with HOME, as the shell expands them before a space.
+# opt_expand_home VALUE ORIGIN: VALUE into OPT_EXPANDED, a leading ~ or ~USER expanded as the shell
+# expands it before a space (~ is HOME, ~USER that user's home folder; an unknown USER stays as it
+# is). No command substitution: it would drop a trailing newline the checks must see.
 opt_expand_home() {
-  # shellcheck disable=SC2088 # the literal ~ the shell left unexpanded after '='
-  case $1 in
-    '~') printf '%s' "${HOME:?}" ;;
-    '~/'*) printf '%s/%s' "${HOME:?}" "${1#'~/'}" ;;
-    *) printf '%s' "$1" ;;
-  esac
+  local value=$1 user rest home=''
+  OPT_EXPANDED=$value
+  [[ $value == '~'* ]] || return 0
+  user=${value%%/*}
+  rest=${value:${#user}}
+  user=${user#'~'}
+  if [[ -z $user ]]; then
+    [[ -n ${HOME:-} ]] ||
+      die "$2 starts with ~ ($(q "$value")), but HOME is not set; set HOME, or write the full path"
+    home=$HOME
+  elif [[ $user =~ ^[A-Za-z0-9._][A-Za-z0-9._-]*$ ]] && command -v getent >/dev/null 2>&1; then
+    home=$(getent passwd "$user" 2>/dev/null | cut -d: -f6) || home=''
+  fi
+  [[ -z $home ]] || OPT_EXPANDED=$home$rest
 }
 
 # opt_set NAME VALUE: store the value where the table says.
@@ -158,6 +180,8 @@ opt_parse() {
         exit 0
         ;;
       --)
+        ((FLAG_HAS_INLINE == 0)) ||
+          die "unknown option $(q "$1"); write -- alone to end the options (see ${PROG:-${0##*/}} --help)"
         shift
         OPT_REST=("$@")
         break
@@ -168,15 +192,14 @@ opt_parse() {
           name=${OPT_ALIAS[$name]}
           flag_deprecated "$name"
         fi
-        [[ -n ${OPT_TYPE[$name]:-} ]] || opt_unknown "$FLAG"
+        [[ -n ${OPT_TYPE[$name]:-} ]] || opt_unknown "$1"
         if [[ ${OPT_TYPE[$name]} == switch ]]; then
           flag_switch
           opt_set "$name" "${OPT_VALUE[$name]:-1}"
         else
           flag_value "$@"
-          [[ -z ${OPT_TYPE_PATH[$(opt_base_type "$name")]:-} ]] || VALUE=$(opt_expand_home "$VALUE")
           opt_check "$name" "$VALUE" "$FLAG"
-          opt_set "$name" "$VALUE"
+          opt_set "$name" "$OPT_CHECKED"
         fi
         OPT_GIVEN[$name]=1
         ;;
@@ -186,11 +209,33 @@ opt_parse() {
   done
 }
 
-# opt_unknown FLAG: the one line for an option no row declares, with the nearest declared name.
+# opt_help_first ARGS...: -h or --help among ARGS (before --, and not an option's value) prints the
+# usage and exits 0 before the configuration is read: a .env with a bad line must not hide --help.
+opt_help_first() {
+  local name
+  while (($#)); do
+    case $1 in
+      --) return 0 ;;
+      -h | --help)
+        opt_usage "$0"
+        exit 0
+        ;;
+      --*=*) ;;
+      -*)
+        name=${OPT_ALIAS[$1]:-$1}
+        if [[ ${OPT_TYPE[$name]:-switch} != switch ]] && (($# > 1)); then shift; fi
+        ;;
+    esac
+    shift
+  done
+}
+
+# opt_unknown ARG: the one line for an option no row declares, with the nearest declared name.
 opt_unknown() {
-  local flag=${1%%=*} name near=''
+  local flag=$1 name near=''
+  [[ $flag != --*=* ]] || flag=${flag%%=*}
   for name in "${OPT_NAMES[@]}"; do
-    if [[ $name == "$flag"* || $flag == "$name"* ]]; then
+    if ((${#flag} > 2)) && [[ $name == "$flag"* || $flag == "$name"* ]]; then
       near=$name
       break
     fi
@@ -206,12 +251,12 @@ opt_check_config() {
   local -a others
   for name in "${OPT_NAMES[@]}"; do
     env=${OPT_ENV[$name]:-}
-    [[ -n $env && -z ${OPT_GIVEN[$name]:-} && -n ${!env:-} ]] || continue
+    # Not set (an empty environment variable is unset), or a default of lib/common.sh: nothing to
+    # check. Anything else with an origin is checked, empty too (TAG from an empty VERSION file).
+    [[ -n $env && -z ${OPT_GIVEN[$name]:-} && -n ${HFGPU_CONFIG_ORIGIN[$env]:-} ]] || continue
     [[ $(config_origin "$env") != "the default "* ]] || continue
-    if [[ -n ${OPT_TYPE_PATH[$(opt_base_type "$name")]:-} ]]; then
-      printf -v "$env" '%s' "$(opt_expand_home "${!env}")"
-    fi
     opt_check "$name" "${!env}" "$(config_origin "$env")"
+    printf -v "$env" '%s' "$OPT_CHECKED"
   done
   for name in "${!OPT_GIVEN[@]}"; do
     IFS=, read -ra others <<<"${OPT_CONFLICTS[$name]:-}"
@@ -262,7 +307,8 @@ opt_usage() {
 }
 
 # opt_dump: the table as tab-separated lines for tests/test_option_sweep.py: name, type, env, var,
-# repeat, conflicts, needs, a valid example, and the values to refuse (type's and option's, '|').
+# repeat, conflicts, needs, a valid example, the values to refuse (type's and option's, '|'), the
+# old spellings (',') and 1 for a path type (its ~ is expanded).
 opt_dump() {
   local name base example bad
   for name in "${OPT_NAMES[@]}"; do
@@ -281,11 +327,13 @@ opt_dump() {
         example=${OPT_EXAMPLE[$name]:-${OPT_TYPE[$name]#enum:}}
         example=${example%%,*}
         bad+=${bad:+|}bogus\|${example^^}
+        # all the choices at once: one of them, not a list
+        [[ ${OPT_TYPE[$name]} != *,* ]] || bad+=\|${OPT_TYPE[$name]#enum:}
         ;;
     esac
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "${OPT_TYPE[$name]}" "${OPT_ENV[$name]:-}" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "${OPT_TYPE[$name]}" "${OPT_ENV[$name]:-}" \
       "${OPT_VAR[$name]:-}" "${OPT_REPEAT[$name]:-}" "${OPT_CONFLICTS[$name]:-}" "${OPT_NEEDS[$name]:-}" \
-      "$example" "$bad"
+      "$example" "$bad" "${OPT_OLD[$name]:-}" "${OPT_TYPE_PATH[$base]:-}"
   done
 }
 
@@ -302,6 +350,8 @@ _opt_file() {
   [[ ! -d $1 ]] || die "invalid file $(q "$1")$(_from "$2"): it is a folder; give the file itself"
   [[ ! -L $1 || -e $1 ]] ||
     die "invalid file $(q "$1")$(_from "$2"): a broken or looping symbolic link; point it at a file"
+  [[ ! -e $1 || -f $1 ]] ||
+    die "invalid file $(q "$1")$(_from "$2"): a device, pipe or socket, not a file; give the file itself"
   [[ -f $1 && -r $1 ]] || die "invalid file $(q "$1")$(_from "$2"): no readable file there; check the path"
 }
 _opt_dir() {
@@ -310,10 +360,18 @@ _opt_dir() {
   [[ ! -e $1 || -d $1 ]] || die "invalid folder $(q "$1")$(_from "$2"): it is not a folder; give a folder"
 }
 _opt_pem_file() {
+  local real
   _opt_file "$1" "$2"
-  [[ $1 != *,* && $1 != *\"* ]] ||
-    die "invalid CA bundle $(q "$1")$(_from "$2"): the path has a comma or a double quote, which" \
-      "BuildKit's --secret cannot carry; copy the bundle to a path without one"
+  # BuildKit gets the resolved path (build_and_push.sh): a relative path or a link may add a comma.
+  real=$(realpath -e -- "$1") || die "invalid file $(q "$1")$(_from "$2"): no readable file there; check the path"
+  if [[ ! -f $real ]] || has_line_break "$real"; then
+    die "invalid CA bundle $(q "$1")$(_from "$2"): its real path has a line break; copy the bundle to a plain path"
+  fi
+  local shown=''
+  [[ $real == "$1" ]] || shown=" ($(q "$real"))"
+  [[ $real != *,* && $real != *\"* ]] ||
+    die "invalid CA bundle $(q "$1")$(_from "$2"): the path$shown has a comma or a double quote," \
+      "which BuildKit's --secret cannot carry; copy the bundle to a path without one"
   grep -q -- '-----BEGIN CERTIFICATE-----' "$1" ||
     die "invalid CA bundle $(q "$1")$(_from "$2"): no PEM certificate (-----BEGIN CERTIFICATE-----) in it;" \
       "give a PEM bundle (from DER: openssl x509 -inform der -in FILE -out FILE.pem)"

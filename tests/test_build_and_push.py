@@ -426,25 +426,29 @@ def test_old_flag_names_still_work_with_a_deprecation_line(fake: FakeGcp, bindir
 
 def test_settings_come_from_the_environment_and_env_file(fake: FakeGcp, bindir: Path, tmp_path: Path):
     """BASE_IMAGE and CA_BUNDLE go through the configuration layer: flags, environment, .env."""
-    # The .env parser (lib/kv.sh): quotes dropped, `export` allowed, CRLF endings, comments and
-    # junk skipped, never executed.
-    (tmp_path / "cfg.env").write_text(
+    # The .env parser (lib/kv.sh, read as dotenv): quotes dropped, `export` allowed, CRLF endings,
+    # comments skipped, never executed; a line that is no NAME=VALUE is an error naming FILE:LINE.
+    cfg = tmp_path / "cfg.env"
+    text = (
         f'# IMAGE_NAME=commented-out\r\nBASE_IMAGE="from-file:1"\r\nexport CA_BUNDLE={CA}\r\n'
-        f"IMAGE_NAME='from-file'\r\n$(touch {tmp_path}/ran)\r\nTAG=`touch {tmp_path}/ran2`x\r\n"
+        f"IMAGE_NAME='from-file'\r\nTAG=`touch {tmp_path}/ran2`x\r\n"
     )
-    env = script_env(fake, tmp_path, bindir, CONFIG_FILE=str(tmp_path / "cfg.env"), BASE_IMAGE="from-env:2",
+    cfg.write_text(text)
+    env = script_env(fake, tmp_path, bindir, CONFIG_FILE=str(cfg), BASE_IMAGE="from-env:2",
                      HFGPU_TEST_KEEP="BASE_IMAGE")  # fmt: skip
     proc = run_script(env, "--dry-run", "--no-push", "--tag", "t1")
     build = dry_run_build(proc)
     assert build_args(build)["BASE_IMAGE"] == "from-env:2", "the environment wins over the file"
     assert f"id=ca_bundle,src={CA}" in build and tags_of(build)[0] == "from-file:t1"
-    assert not (tmp_path / "ran").exists() and not (tmp_path / "ran2").exists()
     proc = run_script(env, "--dry-run", "--no-push")
     assert (
-        proc.returncode == 1
-        and "invalid tag '`touch" in proc.stderr
-        and f"(TAG in {tmp_path}/cfg.env)" in proc.stderr
+        proc.returncode == 1 and "invalid tag '`touch" in proc.stderr and f"(TAG in {cfg}:5)" in proc.stderr
     )
+    cfg.write_text(f"{text}$(touch {tmp_path}/ran)\r\n")
+    proc = run_script(env, "--dry-run", "--no-push", "--tag", "t1")
+    assert proc.returncode == 1 and f"{cfg}:6: not a NAME=VALUE line" in proc.stderr
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "ran2").exists()
+    cfg.write_text(text)
     build = dry_run_build(run_script(env, "--dry-run", "--no-push", "--tag=t2", "--base-image=from-flag:3"))
     assert build_args(build)["BASE_IMAGE"] == "from-flag:3", "a flag wins over everything"
 

@@ -2,15 +2,22 @@
 
 The cases are generated from the option tables (lib/options/SCRIPT.sh, printed by
 `bash lib/options.sh SCRIPT`), so a new option gets this coverage by being declared:
-- each value option: empty, blank, a newline, too long, and its type's own traps (a `$(...)`,
-  a leading dash, capitals, out of range...), as `--opt=VALUE`; the first trap also as
-  `--opt VALUE`; an on/off flag given a value;
-- each option backed by a configuration name: the same traps from the environment and from .env;
-- each declared conflict (both options with valid values) and need (the option alone).
+- each value option: empty, blank, a newline (inside, and after a valid value), a Unicode line
+  separator in the C locale, too long, and its type's own traps (a `$(...)`, a leading dash,
+  capitals, out of range...), as `--opt=VALUE`; the first trap also as `--opt VALUE` and through
+  each old spelling (whose deprecation warning must not add a line); an on/off flag given a value;
+  a path type's `~/x` with HOME unset;
+- each option backed by a configuration name: the same traps from the environment and from .env,
+  and an empty `NAME=` line in .env;
+- each declared conflict (both options with valid values) and need (the option alone);
+- `--=x` and `-h=x`, never taken for `--` or `-h`; DRY_RUN=true, never a real run.
 Each case must end with exit status 1 and one stderr line `SCRIPT: error: ...` that names where the
-value came from (the flag, `NAME from the environment`, `NAME in FILE:1`) and a fix, and change
-nothing: no mutating request to the fake API, no file in the working folder or HOME, no image tag,
-no container. All checks come before any gcloud or docker call, so the cases are quick.
+value came from (the flag, `NAME from the environment`, `NAME in FILE:LINE` with the case's own file
+and line) right after `error: ` or in parentheses, and a fix; print nothing on stdout (where a
+script's result goes); and change nothing: no mutating request to the fake API, no file in the
+working folder, HOME, TMPDIR or the repository, no image tag, no container, no docker or gcloud
+configuration written (build_and_push: no gcloud call at all).
+All checks come before any gcloud or docker call, so the cases are quick.
 
 docs/bad-inputs/options.md lists, per script, every option with its type and one line it gives;
 `HFGPU_BAD_INPUTS_DOC=1 .venv/bin/pytest tests/test_option_sweep.py` rewrites it.
@@ -19,8 +26,10 @@ docs/bad-inputs/options.md lists, per script, every option with its type and one
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shlex
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -54,6 +63,8 @@ class Option:
     needs: tuple[str, ...]
     example: str
     bad: tuple[str, ...]
+    old: tuple[str, ...] = ()
+    path: bool = False
 
 
 def table(script: str) -> list[Option]:
@@ -62,17 +73,19 @@ def table(script: str) -> list[Option]:
     ).stdout
     options = []
     for line in out.splitlines():
-        name, typ, env, var, repeat, conflicts, needs, example, bad = line.split("\t")
+        name, typ, env, var, repeat, conflicts, needs, example, bad, old, path = line.split("\t")
         split = lambda s, sep: tuple(x for x in s.split(sep) if x)  # noqa: E731
+        traps = tuple(bad.split("|")) if bad else ()
         options.append(Option(name, typ, env, var, repeat, split(conflicts, ","), split(needs, ","), example,
-                              tuple(bad.split("|")) if bad else ()))  # fmt: skip
+                              traps, split(old, ","), path == "1"))  # fmt: skip
     return options
 
 
 @dataclass(frozen=True)
 class Case:
-    """One hostile input: ARGS on the command line, ENV in the environment, DOTENV as .env's text;
-    ORIGIN is what the error line must name."""
+    """One hostile input: ARGS on the command line, ENV in the environment, DOTENV as .env's text
+    (after the baseline's); ORIGIN is what the error line must name (for a .env case, followed by
+    the case's file and line)."""
 
     id: str
     args: tuple[str, ...]
@@ -81,23 +94,44 @@ class Case:
     dotenv: str = ""
 
 
+LINE_SEPARATOR = "x\u2028y"  # a line break to Python (and to JSON logs); not a control byte in C
+
+
 def cases(options: list[Option]) -> list[Case]:
-    out: list[Case] = []
     envs: set[str] = set()  # a configuration name two options share (--location, --region) is tried once
+    out: list[Case] = [
+        Case("--=x", ("--=x",), "unknown option '--=x'"),
+        Case("-h=x", ("-h=x",), "unknown option '-h=x'"),
+        Case("DRY_RUN='true' (env)", (), "DRY_RUN from the environment", env=(("DRY_RUN", "true"),)),
+    ]
     for o in options:
         if o.type == "switch":
             out.append(Case(f"{o.name}=1", (f"{o.name}=1",), o.name))
+            out += [Case(f"{old}=1", (f"{old}=1",), old) for old in o.old]
             continue
-        values = [*GENERIC, *o.bad]
+        values = [*GENERIC, f"{o.example}\n", *o.bad]
         out += [Case(f"{o.name}={v!r}", (f"{o.name}={v}",), o.name) for v in dict.fromkeys(values)]
+        out.append(Case(f"{o.name}={LINE_SEPARATOR!r} (C locale)", (f"{o.name}={LINE_SEPARATOR}",), o.name,
+                        env=(("LC_ALL", "C"),)))  # fmt: skip
+        first = (*o.bad, "")[0]
+        out += [Case(f"{old}={first!r}", (f"{old}={first}",), old) for old in o.old]
         if o.bad:
             out.append(Case(f"{o.name} {o.bad[0]!r}", (o.name, o.bad[0]), o.name))
+        # a separate value that looks like an option, with a newline: the advice must not echo it raw
+        out.append(Case(f"{o.name} '--x\\ny'", (o.name, "--x\ny"), o.name))
+        if o.path:
+            out.append(Case(f"{o.name}='~/x' (HOME unset)", (f"{o.name}=~/x",), o.name, env=(("HOME", ""),)))
         if o.env and o.env not in envs:
             envs.add(o.env)
-            for v in dict.fromkeys([" ", "x" * 1100, *o.bad]):
-                from_env = f"{o.env} from the environment"
+            from_env = f"{o.env} from the environment"
+            for v in dict.fromkeys([" ", "x" * 1100, f"{o.example}\n", *o.bad]):
                 out.append(Case(f"{o.env}={v!r} (env)", (), from_env, env=((o.env, v),)))
-                out.append(Case(f"{o.env}={v!r} (.env)", (), f"{o.env} in ", dotenv=f"{o.env}={v}\n"))
+                if "\n" not in v:
+                    out.append(Case(f"{o.env}={v!r} (.env)", (), f"{o.env} in ", dotenv=f"{o.env}={v}\n"))
+            out.append(Case(f"{o.env}='' (.env)", (), f"{o.env} in ", dotenv=f"{o.env}=\n"))
+            if o.path:
+                home_unset = (o.env, "~/x"), ("HOME", "")
+                out.append(Case(f"{o.env}='~/x' (env, HOME unset)", (), from_env, env=home_unset))
     by_name = {o.name: o for o in options}
     for o in options:
         for other in o.conflicts:
@@ -163,7 +197,17 @@ def tool_bin(tmp: Path) -> Path:
 def sweep_build_and_push(fake: FakeGcp, tmp: Path) -> Sweep:
     env = script_env(fake, tmp, tool_bin(tmp))
     dotenv = "IMAGE_NAME=hfgpu-sweep\nTAG=sweep\n"
-    return Sweep("build_and_push", env, dotenv=dotenv, mutations=fake.mutations, snapshot=docker_state)
+
+    def snapshot() -> set[str]:
+        """docker_state, and what a call that bypasses tool_bin's docker (an absolute path) or gcloud
+        would leave: an image named hfgpu-sweep in the engine, a file in the Docker client's config
+        (gcloud auth configure-docker), a gcloud log (every gcloud command writes one)."""
+        images = subprocess.run([DOCKER, "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"],
+                                capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+        files = [p for key in ("DOCKER_CONFIG", "CLOUDSDK_CONFIG") for p in Path(env[key]).rglob("*")]
+        return docker_state() | {i for i in images if "hfgpu-sweep" in i} | {f"file {p}" for p in files}
+
+    return Sweep("build_and_push", env, dotenv=dotenv, mutations=fake.mutations, snapshot=snapshot)
 
 
 def sweep_create_instance(fake: FakeGcp, tmp: Path) -> Sweep:
@@ -205,20 +249,41 @@ SWEEPS = {
 }
 
 
+def repo_state() -> tuple[str, list[str], list[str]]:
+    """The repository's files as git sees them, its top level and ./volume (a script might write
+    .env, volume/ or another file git ignores there instead of the working folder)."""
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    volume = ROOT / "volume"
+    top = sorted(n for n in os.listdir(ROOT) if not re.fullmatch(r"\.\w+_cache|__pycache__", n))
+    return status, top, sorted(os.listdir(volume)) if volume.is_dir() else []
+
+
 def run_case(sweep: Sweep, case: Case, tmp: Path) -> subprocess.CompletedProcess:
     work = tmp / "work" / str(abs(hash(case.id)))
-    home = work / "home"
+    home, tmpdir = work / "home", work / "tmp"
     home.mkdir(parents=True)
-    env = {**sweep.env, "HOME": str(home), **dict(case.env)}
-    (work / "sweep.env").write_text(sweep.dotenv + case.dotenv)
+    tmpdir.mkdir()
+    env = {**sweep.env, "HOME": str(home), "TMPDIR": str(tmpdir), **dict(case.env)}
+    baseline = sweep.dotenv if sweep.dotenv.endswith("\n") or not sweep.dotenv else f"{sweep.dotenv}\n"
+    (work / "sweep.env").write_text(baseline + case.dotenv)
     env["CONFIG_FILE"] = str(work / "sweep.env")
     proc = subprocess.run(
         [str(ROOT / f"{sweep.script}.sh"), *sweep.args, *case.args],
         env=env, cwd=work, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    left = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.name != "sweep.env" and p != home)
+    kept = {work / "sweep.env", home, tmpdir}
+    left = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p not in kept)
     proc.left = left  # type: ignore[attr-defined]
+    proc.work = work  # type: ignore[attr-defined]
     return proc
+
+
+def origin_of(sweep: Sweep, case: Case, proc: subprocess.CompletedProcess) -> str:
+    """What the error line must name: a .env case's origin ends with its file and line."""
+    if not case.dotenv:
+        return case.origin
+    return f"{case.origin}{proc.work}/sweep.env:{len(sweep.dotenv.splitlines()) + 1}"  # type: ignore[attr-defined]
 
 
 def problems(sweep: Sweep, case: Case, proc: subprocess.CompletedProcess) -> list[str]:
@@ -231,10 +296,15 @@ def problems(sweep: Sweep, case: Case, proc: subprocess.CompletedProcess) -> lis
     line = lines[0] if lines else ""
     if not line.startswith(f"{sweep.script}.sh: error: "):
         out.append("not an error line")
-    if case.origin not in line:
-        out.append(f"does not name {case.origin!r}")
+    origin = origin_of(sweep, case, proc)
+    # Where the line says what is wrong: right after "error: ", or in parentheses after the value;
+    # not somewhere in the fix ("e.g. --location us-east4").
+    if not re.search(rf"(error: |\(){re.escape(origin)}[ ):;,]", line):
+        out.append(f"does not name {origin!r}")
     if not FIX_RE.search(line):
         out.append("names no fix")
+    if proc.stdout:
+        out.append(f"printed on stdout {proc.stdout[:100]!r}")
     if proc.left:  # type: ignore[attr-defined]
         out.append(f"left files {proc.left}")  # type: ignore[attr-defined]
     return out
@@ -245,7 +315,7 @@ def test_every_option_refuses_every_hostile_value_in_one_line_and_changes_nothin
     sweep = SWEEPS[script](fake, tmp_path)
     options = table(script)
     assert options, f"lib/options/{script}.sh declares no option"
-    before, mutated = sweep.snapshot(), len(sweep.mutations())
+    before, mutated, repo = sweep.snapshot(), len(sweep.mutations()), repo_state()
     all_cases = cases(options)
     with ThreadPoolExecutor(WORKERS) as pool:
         procs = list(pool.map(lambda c: run_case(sweep, c, tmp_path), all_cases))
@@ -258,7 +328,8 @@ def test_every_option_refuses_every_hostile_value_in_one_line_and_changes_nothin
         f"  {k}: {v}" for k, v in failed.items()
     )
     assert len(sweep.mutations()) == mutated, "a case sent a request that changes something"
-    assert sweep.snapshot() == before, "a case made an image tag or a container"
+    assert sweep.snapshot() == before, "a case made an image tag or a container, or ran docker or gcloud"
+    assert repo_state() == repo, "a case left a file in the repository"
     print(f"{script}: {len(all_cases)} cases, all refused in one line")
     section = doc_section(
         script, options, {c.id: p for c, p in zip(all_cases, procs, strict=True)}, len(all_cases)
@@ -352,6 +423,181 @@ def test_a_leading_tilde_is_home_after_equals_too(form, fake, tmp_path):
     assert proc.returncode == 0, proc.stderr
     build = next(shlex.split(line) for line in proc.stdout.splitlines() if " docker build " in line)
     assert f"id=ca_bundle,src={home}/ca.pem" in build
+
+
+def test_a_leading_tilde_user_is_that_users_home(fake, tmp_path):
+    """`--opt=~USER/x` is USER's home folder followed by x, as the shell expands `~USER/x`."""
+    sweep = sweep_build_and_push(fake, tmp_path)
+    me = pwd.getpwuid(os.getuid())
+    bundle = Path(os.path.relpath("/etc/ssl/certs/ca-certificates.crt", me.pw_dir))
+    env = {**sweep.env, "HOME": str(tmp_path), "CONFIG_FILE": str(tmp_path / "no.env")}
+    args = ["--no-push", "--dry-run", f"--ca-bundle=~{me.pw_name}/{bundle}"]
+    proc = subprocess.run(
+        [str(ROOT / "build_and_push.sh"), *args], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    build = next(shlex.split(line) for line in proc.stdout.splitlines() if " docker build " in line)
+    assert "id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt" in build
+
+
+def test_a_ca_bundle_whose_real_path_has_a_comma_is_refused_before_anything(fake, tmp_path):
+    """BuildKit's --secret gets the bundle's resolved path: a relative path from a folder whose name
+    has a comma (or a link into one) is refused with the checks, not by BuildKit after the
+    repository was created."""
+    sweep = sweep_build_and_push(fake, tmp_path)
+    folder = tmp_path / "certs, corp"
+    folder.mkdir()
+    (folder / "ca.pem").write_text(Path("/etc/ssl/certs/ca-certificates.crt").read_text())
+    (tmp_path / "link.pem").symlink_to(folder / "ca.pem")
+    env = {**sweep.env, "HOME": str(tmp_path), "CONFIG_FILE": str(tmp_path / "no.env")}
+    for cwd, bundle in ((folder, "ca.pem"), (tmp_path, "link.pem")):
+        proc = subprocess.run([str(ROOT / "build_and_push.sh"), "--dry-run", f"--ca-bundle={bundle}"],
+                              env=env, cwd=cwd, capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 1 and proc.stdout == "", proc.stdout
+        assert proc.stderr.splitlines() == [
+            f"build_and_push.sh: error: invalid CA bundle '{bundle}' (--ca-bundle): the path"
+            f" ('{folder}/ca.pem') has a comma or a double quote, which BuildKit's --secret cannot carry;"
+            " copy the bundle to a path without one"
+        ]
+
+
+def test_a_ca_bundle_whose_real_path_has_a_line_break_is_refused(fake, tmp_path):
+    """The same for a link into a folder whose name holds a newline."""
+    sweep = sweep_build_and_push(fake, tmp_path)
+    folder = tmp_path / "certs\ncorp"
+    folder.mkdir()
+    (folder / "ca.pem").write_text(Path("/etc/ssl/certs/ca-certificates.crt").read_text())
+    (tmp_path / "link.pem").symlink_to(folder / "ca.pem")
+    env = {**sweep.env, "HOME": str(tmp_path), "CONFIG_FILE": str(tmp_path / "no.env")}
+    proc = subprocess.run([str(ROOT / "build_and_push.sh"), "--dry-run", "--ca-bundle=link.pem"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert proc.stderr.splitlines() == [
+        "build_and_push.sh: error: invalid CA bundle 'link.pem' (--ca-bundle): its real path has a line"
+        " break; copy the bundle to a plain path"
+    ]
+
+
+VERSIONS = [("1.0.0+local\n", "invalid tag '1.0.0+local' ("), ("\n", "")]
+
+
+@pytest.mark.parametrize(("version", "problem"), VERSIONS)
+def test_the_tag_from_the_version_file_is_checked_like_any_value(version, problem, fake, tmp_path):
+    """TAG's default comes from VERSION, a file anyone may edit: a value docker refuses ("+" is
+    semver's, not docker's) or an empty file is one line naming the file, before the repository
+    is created (it used to fail in docker build, after)."""
+    sweep = sweep_build_and_push(fake, tmp_path)
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    shutil.copy(ROOT / "build_and_push.sh", checkout)
+    shutil.copytree(ROOT / "lib", checkout / "lib")
+    (checkout / "VERSION").write_text(version)
+    env = {**sweep.env, "HOME": str(tmp_path), "CONFIG_FILE": str(tmp_path / "no.env")}
+    proc = subprocess.run([str(checkout / "build_and_push.sh"), "--dry-run"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    origin = f"TAG from {checkout}/VERSION"
+    line = f"build_and_push.sh: error: {problem}{origin}{')' if problem else ' is empty'}"
+    assert (proc.returncode, proc.stdout) == (1, ""), proc.stdout
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith(line), proc.stderr
+
+
+@pytest.mark.parametrize("keep", ["08", "010", "0000"])
+def test_a_number_is_stored_as_the_decimal_it_was_checked_as(keep, fake, tmp_path):
+    """`--keep=08` is 8 (flags.sh: numbers are decimal): never bash's octal, which fails on 08 and
+    takes 010 for 8, and never a JSON number with a leading zero in the cleanup policy."""
+    sweep = sweep_build_and_push(fake, tmp_path)
+    env = {**sweep.env, "HOME": str(tmp_path), "CONFIG_FILE": str(tmp_path / "no.env")}
+    proc = subprocess.run([str(ROOT / "build_and_push.sh"), "--dry-run", f"--keep={keep}"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0 and "error" not in proc.stderr, proc.stderr
+    policy = "set-cleanup-policies" in proc.stdout
+    assert policy == (int(keep) > 0), proc.stdout
+    if policy:
+        assert f'"keepCount": {int(keep)}}}' in proc.stdout, proc.stdout
+
+
+def test_an_env_backed_number_is_stored_in_decimal_too():
+    """The same for a number from the environment (a table with an int option backed by a name)."""
+    script = (
+        "set -euo pipefail; for f in common flags gcp options; do source lib/$f.sh; done;"
+        " opt --n type=int:0:100 var=N; opt --tag type=int:0:100 env=TAG;"
+        ' config_init; opt_parse --n=08; opt_check_config; printf "%s %s" "$N" "$TAG"'
+    )
+    env = {**os.environ, "TAG": "010", "CONFIG_FILE": "/dev/null"}
+    proc = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "8 10", "")
+
+
+# .env as dotenv reads it: (the file's text, TAG and its origin, or the start of the one error line).
+# F is the file.
+EMPTY = "is empty; give a value, or remove the line for the default"
+DOTENV_CASES = [
+    ("TAG=v1 # the release", "v1 | TAG in F:1"),
+    ('TAG="v1"  # the release', "v1 | TAG in F:1"),
+    ("TAG='v1'  ", "v1 | TAG in F:1"),
+    ("TAG=  v1  ", "v1 | TAG in F:1"),
+    ("TAG=v1#x", "v1#x | TAG in F:1"),
+    ('TAG="a # b"', "a # b | TAG in F:1"),
+    ("\ufeffTAG=v1\r\n", "v1 | TAG in F:1"),
+    ("export TAG=v1\r\nTAG=v2\r\n", "v2 | TAG in F:2"),
+    ("TAG=\nTAG=v2", "v2 | TAG in F:2"),
+    ("TAG=v2\nTAG=", f"error: TAG in F:2 {EMPTY}"),
+    ('TAG=""', f"error: TAG in F:1 {EMPTY}"),
+    ("HF_TOKEN=", f"{(ROOT / 'VERSION').read_text().strip()} | TAG from {ROOT}/VERSION"),
+    ("TAG = v1", "error: F:1: a blank before '='; write NAME=VALUE with nothing between the name and the"),
+    ('TAG="v1"x', "error: F:1: the value of TAG has text after its closing quote; put the whole value"),
+    ("TAG='v1", "error: F:1: the value of TAG opens a quote it does not close; close it on the same line"),
+]
+VM_NAME_CASES = [
+    ("VM_NAME=new\nINSTANCE_NAME=old", "new | VM_NAME in F:1"),
+    ("INSTANCE_NAME=old\nVM_NAME=new", "new | VM_NAME in F:2"),
+    ("INSTANCE_NAME=old", "old | INSTANCE_NAME in F:1"),
+    ("INSTANCE_NAME=", f"error: INSTANCE_NAME in F:1 {EMPTY}"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [("TAG", t, e) for t, e in DOTENV_CASES] + [("VM_NAME", t, e) for t, e in VM_NAME_CASES],
+)
+def test_dotenv_reads_as_dotenv(name, text, expected, tmp_path):
+    """Blanks and ` # comments` around an unquoted value, blanks and a comment after a closing quote,
+    a byte-order mark, CRLF; the last duplicate wins (VM_NAME over INSTANCE_NAME, as in the
+    environment) and the origin names the line's own NAME; an empty value is an error, never the
+    default; an error names the file and line, and what to write."""
+    (tmp_path / "f.env").write_text(text if text.endswith("\n") else f"{text}\n")
+    script = f'source lib/common.sh; config_init; printf "%s | %s" "${name}" "$(config_origin {name})"'
+    env = {k: v for k, v in os.environ.items() if k not in ("TAG", "VM_NAME", "INSTANCE_NAME")}
+    env["CONFIG_FILE"] = str(tmp_path / "f.env")
+    proc = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    out = (proc.stdout or proc.stderr.removeprefix("bash: ")).strip().replace(str(tmp_path / "f.env"), "F")
+    assert out == expected if proc.returncode == 0 else out.startswith(expected), out
+    assert len(proc.stderr.splitlines()) == (proc.returncode != 0)
+    assert proc.returncode == (1 if expected.startswith("error:") else 0)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--dry-run", "-h"], ["--tag", "v1", "--help"]])
+def test_help_works_whatever_the_env_file_and_environment_hold(args, fake, tmp_path):
+    """--help is read before the configuration: a .env line that does not parse, or a bad value in
+    the environment, gives its error on a run, never instead of the help."""
+    sweep = sweep_build_and_push(fake, tmp_path)
+    (tmp_path / "bad.env").write_text("TAG=\nREPO_NAME = x\n")
+    env = {**sweep.env, "HOME": str(tmp_path), "CONFIG_FILE": str(tmp_path / "bad.env"), "LOCATION": "mars"}
+    proc = subprocess.run([str(ROOT / "build_and_push.sh"), *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True)  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout.startswith("Summary: build the training image") and "\nOptions:\n" in proc.stdout
+
+
+def test_an_env_file_whose_name_has_a_newline_is_named_on_one_line(tmp_path):
+    """CONFIG_FILE's name is part of every .env origin: quoted when it would break the line."""
+    path = tmp_path / "a\nb.env"
+    path.write_text("TAG=\n")
+    env = {**os.environ, "CONFIG_FILE": str(path)}
+    proc = subprocess.run(["bash", "-c", "source lib/common.sh; config_init"], cwd=ROOT, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [f"bash: error: TAG in $'{tmp_path}/a\\nb.env':1 {EMPTY}"]
 
 
 @pytest.mark.parametrize("script", ["launch_training", "submit_vertex_job"])
