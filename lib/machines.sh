@@ -123,10 +123,45 @@ gpu_names() {
   done | sort | tr '\n' ' ' | sed 's/ $//'
 }
 
-# n1_gpus: the GPUs N1 types take (Compute Engine names, from GPU_FACTS), for messages.
+# n1_gpus [FIELD]: the GPUs N1 types take, by Compute Engine's (FIELD 1, the default) or Vertex AI's
+# (2) names, from GPU_FACTS, for messages.
 n1_gpus() {
   local row
   for row in "${GPU_FACTS[@]}"; do
-    [[ $(cut -d';' -f4 <<<"$row") == yes ]] && cut -d';' -f1 <<<"$row"
+    [[ $(cut -d';' -f4 <<<"$row") == yes ]] && cut -d';' -f"${1:-1}" <<<"$row"
   done | paste -sd, - | sed 's/,/, /g'
+}
+
+# machine_gpu_mismatch TYPE GPU COUNT: the one line (without "error:") for GPUs (--accelerator GPU,
+# COUNT) that machine type TYPE cannot take, as Google's machine facts say; returns 1 when they fit
+# (or when TYPE is an accelerator-optimized type no row knows: the caller decides). GPU may be
+# spelled as Compute Engine (nvidia-l4) or Vertex AI (NVIDIA_L4) spells it; the line names GPUs the
+# same way, so create_instance.sh and submit_vertex_job.sh give the same line for the same input.
+machine_gpu_mismatch() {
+  local type=$1 gpu=$2 count=$3 field=1 own row series
+  gpu_facts "$gpu" && [[ $gpu == "$GF_VERTEX" ]] && field=2
+  if ! machine_facts "$type"; then
+    [[ ! $type =~ ^(a[0-9]+x?|g[0-9]+)- ]] || return 1
+    printf '%s takes no GPUs: --accelerator attaches GPUs to N1 types only (e.g. --machine-type n1-standard-8);' "$type"
+    printf ' or pick a GPU machine type (g2-standard-8, a3-highgpu-1g) without --accelerator\n'
+    return 0
+  fi
+  if [[ $MF_GPU == attach ]]; then
+    gpu_facts "$gpu" && [[ $GF_N1 == yes ]] && return 1
+    for row in "${MACHINE_FACTS[@]}"; do
+      IFS=';' read -r _ series own _ <<<"$row"
+      [[ $own != "${GF_GCE:-?}" ]] || break
+      series=''
+    done
+    printf '%s cannot be attached to %s: N1 takes %s only; for %s pick its machine type (%sdocs/spot-and-zones.md)' \
+      "$gpu" "$type" "$(n1_gpus "$field")" "$gpu" "${series:+$series: }"
+    printf ' and leave out --accelerator\n'
+    return 0
+  fi
+  gpu_facts "$MF_GPU" || return 1
+  own=$GF_GCE
+  [[ $field == 1 ]] || own=$GF_VERTEX
+  [[ $gpu != "$own" && $gpu != "$MF_GPU" ]] || [[ $count != "$MF_COUNT" ]] || return 1
+  printf '%s comes with %s x %s attached; leave out --accelerator (or pick a machine type for %s x %s)\n' \
+    "$type" "$MF_COUNT" "$own" "$count" "$gpu"
 }
