@@ -61,6 +61,7 @@ BUCKET=
 ACC_TYPE='' ACC_COUNT=1
 NOTES=() # lines said once the read-only checks passed (a refused run stays one line)
 ALL_ZONES=() # every zone of the project (check_zones), for the region's fallback order
+
 # old_spellings ARGS...: ARGS into ARGS with what the option table cannot say: --image NAME (a
 # plain image name: no '/', ':' or '@') is the old --image-name, and --grant-reader is dropped
 # (the reader role is always granted); each with one deprecation line.
@@ -123,7 +124,7 @@ validate() {
   fi
   [[ -z $ACCELERATOR ]] || ci_accelerator "$ACCELERATOR"
   BOOT_DISK_GB=$(disk_gb "$BOOT_DISK_SIZE")
-  [[ -z $CHECKPOINT_BUCKET ]] || BUCKET=$(sed -E 's|^gs://([^/]+).*|\1|' <<<"$CHECKPOINT_BUCKET")
+  [[ ! $CHECKPOINT_BUCKET =~ ^gs://([^/]+) ]] || BUCKET=${BASH_REMATCH[1]}
   [[ -z $REGISTRY_HOST ]] || validate_registry_host "$REGISTRY_HOST" "$(config_origin REGISTRY_HOST)"
   # checked here, before the service account is made; lib/gcp.sh reads it
   # shellcheck disable=SC2034 # only checked
