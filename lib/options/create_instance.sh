@@ -6,6 +6,8 @@
 # The old spelling the table cannot say (--image NAME without '/', which meant --image-name) and
 # --grant-reader (now a no-op) are read by create_instance.sh's old_spellings before opt_parse.
 # A conflict is declared on one side only (the error then names the pair in the table's order).
+# An option's bad= values are refused only beside the others' defaults (LOCATION us-east4): a zone
+# outside that region, a multi-region LOCATION without a zone.
 
 # Google's machine facts (also when lib/options.sh prints this table for the sweep).
 # shellcheck source=lib/machines.sh
@@ -114,9 +116,9 @@ opt_type image-family _ci_image_family "$DLVM_FAMILY" 'fam-' 'Fam' 'fam_1' "${OP
 
 opt --vm-name type=vm-name env=VM_NAME meta=NAME old=--name \
   help='VM name (default hfgpu-vm, or an existing gpu-transformers-vm, the old|default; INSTANCE_NAME is still read)'
-opt --zone type=zone env=ZONE meta=ZONE conflicts=--zones \
+opt --zone type=zone env=ZONE meta=ZONE conflicts=--zones bad=europe-west4-a \
   help="first zone to try, in LOCATION's region (default: the region's first|zone, e.g. us-east4-a)"
-opt --zones type=zones var=ZONES_FLAG meta=Z1,Z2,... \
+opt --zones type=zones var=ZONES_FLAG meta=Z1,Z2,... bad=us-east4-a,europe-west4-a \
   help="zones to try, in this order, when one is out of GPUs, all in LOCATION's|region (default: the zone, then the region's other zones, alphabetically)"
 opt --machine-type type=machine-type var=MACHINE_TYPE meta=TYPE \
   help='default a3-highgpu-1g (1 x H100 80GB; Spot or Flex-start only, so the|default VM is Spot); on demand and cheaper: g2-standard-8 (1 x L4)'
@@ -144,7 +146,7 @@ opt --image type=image-ref env=CONTAINER_NAME meta=REF old=--image-ref \
   help="the training image to run there (default HOST/PROJECT/REPO/IMAGE:TAG;|paste build_and_push.sh's digest line)"
 opt --image-name type=image-name env=IMAGE_NAME meta=NAME help='image name, as for build_and_push.sh (default gpu_transformers);|--image NAME (no /, : or @) is its old spelling'
 opt --project type=project env=PROJECT meta=ID help='Google Cloud project (default: gcloud config)'
-opt --location type=region env=LOCATION meta=REGION \
+opt --location type=region env=LOCATION meta=REGION bad=us \
   help='region of the repository, VM and bucket (default us-east4)'
 opt --repo type=repo env=REPO_NAME meta=NAME help='Artifact Registry repository (default gpu-transformers)'
 opt --tag type=tag env=TAG meta=TAG help='the image tag (default: the VERSION file)'
