@@ -1,57 +1,21 @@
 #!/usr/bin/env bash
 # Summary: create a Compute Engine GPU VM ready for launch_training.sh (idempotent).
-# Usage: create_instance.sh [--vm-name NAME] [--zone ZONE] [--zones Z1,Z2,...] [--machine-type TYPE]
-#                           [--accelerator TYPE,count=N] [--spot | --flex-start | --on-demand |
-#                           --reservation NAME] [--max-run-duration DURATION] [--boot-disk-size SIZE]
-#                           [--service-account EMAIL] [--checkpoint-bucket gs://BUCKET/PATH]
-#                           [--image-family FAMILY] [--image REF] [--project ID] [--location REGION]
-#                           [--repo NAME] [--image-name NAME] [--tag TAG] [--dry-run] [-h|--help]
+# Usage: create_instance.sh [OPTIONS]   (options below; declared in lib/options/create_instance.sh)
 #
-#   --vm-name NAME          VM name (env VM_NAME or INSTANCE_NAME; default hfgpu-vm, or an existing
-#                           gpu-transformers-vm, the old default)
-#   --zone ZONE             first zone to try (env ZONE; default LOCATION-a, e.g. us-east4-a)
-#   --zones Z1,Z2,...       zones to try, in this order, when a zone is out of GPUs (default: ZONE,
-#                           then the region's other zones in alphabetical order)
-#   --machine-type TYPE     default a3-highgpu-1g (1 x H100 80GB; Spot or Flex-start only, so the
-#                           default VM is Spot); on demand and cheaper: g2-standard-8 (1 x L4)
-#   --accelerator T,count=N GPUs for N1 types only (e.g. nvidia-tesla-t4,count=1); A2/A3/A4/G2 types
-#                           come with their GPUs
-#   --spot                  Spot VM: stopped (not deleted) when reclaimed, about 30 s notice;
-#                           launch_training.sh --restart-on-preemption resumes
-#   --flex-start            Flex-start (Dynamic Workload Scheduler): runs up to --max-run-duration
-#                           (default 7d, at most 7d), then is deleted; no preemption meanwhile;
-#                           A2/A3/A4/G2 types only; needs gcloud's alpha component
-#   --on-demand             a standard VM; refused for types Google does not offer on demand
-#                           (a3-highgpu-1g/2g/4g, a3-megagpu-8g, a3-ultragpu-8g, a4-highgpu-8g)
-#   --reservation NAME      consume this specific reservation
-#   Without a choice: on demand where Google offers it, else Spot (said in one line).
-#   --boot-disk-size SIZE   100GB to 64TB; default 200GB (the image is about 9 GB, caches grow); the
-#                           disk type follows the series: hyperdisk-balanced for A3 Ultra and A4
-#                           (they take no Persistent Disk), else pd-balanced
-#   --service-account EMAIL the VM's identity (default: hfgpu-vm@PROJECT.iam.gserviceaccount.com,
-#                           created when missing); it gets roles/artifactregistry.reader on the
-#                           repository, roles/logging.logWriter, and object rights on the bucket
-#   --checkpoint-bucket gs://BUCKET/PATH   checkpoints that outlive the VM (env CHECKPOINT_BUCKET):
-#                           the bucket is created in the VM's region when missing, soft delete off
-#   --image-family FAMILY   Deep Learning VM family with the NVIDIA driver
-#                           (default common-cu129-ubuntu-2204-nvidia-580)
-#   --image REF             the training image to run there (env CONTAINER_NAME; default
-#                           HOST/PROJECT/REPO/IMAGE:TAG; paste build_and_push.sh's digest line)
-#   --image-name NAME       image name, as for build_and_push.sh (env IMAGE_NAME)
-#   --project/--location/--repo/--tag   as for build_and_push.sh
-#   --dry-run               print every gcloud command, quoted, and change nothing
-#   Old spellings, kept one release: --name (--vm-name), --image-ref (--image), --image NAME with
-#   no '/' (--image-name), --grant-reader (the reader role is now always granted).
-#
-# Steps: preflight, repository check, service account, its roles, bucket, instance (found by name in
-# any zone; created when missing, moving to the next zone on a stockout or when a zone does not
-# offer the type). Ends with the ssh line and the launch_training.sh command to run on the VM.
+# Steps: every input checked (nothing is created before: values, conflicts, zones in LOCATION's
+# region, the machine type against its GPUs and offers), preflight (read-only: the zones exist,
+# one offers the machine type, the image family, the repository), service account, its roles,
+# bucket, instance (found by name in any zone; created when missing, moving to the next zone on a
+# stockout or when a zone does not offer the type). Ends with the ssh line and the
+# launch_training.sh command to run on the VM. Configuration: flags, then the environment, then
+# ./.env (or CONFIG_FILE), then the defaults (each option's env name is in its line below).
 # Google's machine facts: lib/machines.sh. Zones and offers: docs/spot-and-zones.md.
 # The VM's startup script (deploy/vm-startup.sh) installs pigz and prints the Docker version; the
 # boot disk comes from the project's baked image (bake_vm_image.sh) when one holds this image's
 # dependency layers, so the first pull fetches only the code layers (docs/cold-start.md).
 # Environment: HFGPU_IAM_WAIT_SECONDS (default 120), how long to wait for IAM to know a new
-# service account before granting its roles fails.
+# service account before granting its roles fails. --grant-reader, an old option, does nothing
+# now (the reader role is always granted).
 
 set -euo pipefail
 
@@ -65,6 +29,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/gcp.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib/baked.sh"
 # shellcheck source=lib/machines.sh disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/lib/machines.sh"
+# shellcheck source=lib/options.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/lib/options.sh"
+# shellcheck source=lib/options/create_instance.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/lib/options/create_instance.sh"
 # shellcheck disable=SC2034 # read by lib/common.sh's log/warn/die
 PROG=create_instance.sh
 
@@ -74,113 +42,94 @@ readonly LOG_ROLE=roles/logging.logWriter
 readonly BUCKET_ROLE=roles/storage.objectUser
 readonly VM_SA_ID=hfgpu-vm
 readonly OLD_VM_NAME=gpu-transformers-vm
-readonly MAX_FLEX_SECONDS=$((7 * 86400))
 
 MACHINE_TYPE=a3-highgpu-1g
 ACCELERATOR=
-BOOT_DISK_GB=200
+BOOT_DISK_SIZE=200GB
+BOOT_DISK_GB=
 SERVICE_ACCOUNT=
 PROVISIONING=
 RESERVATION=
 MAX_RUN_DURATION=
 IMAGE_FAMILY=$DLVM_FAMILY
 BOOT_FAMILY='' BOOT_PROJECT='' # choose_boot_image: a baked family of the project's own, when one matches
-IMAGE_REF=
 ZONES_FLAG=
 ZONES=()
 SA_MEMBER=
 VM_ZONE=
 BUCKET=
-# parse_accelerator SPEC: sets ACC_TYPE and ACC_COUNT from TYPE[,count=N] (or type=TYPE,...).
-parse_accelerator() {
-  local spec=$1 part parts
-  ACC_TYPE=
-  ACC_COUNT=1
-  [[ -z $spec || $spec == none ]] && return 0
-  IFS=, read -ra parts <<<"$spec"
-  for part in "${parts[@]}"; do
-    case $part in
-      type=*) ACC_TYPE=${part#type=} ;;
-      count=*) to_int ACC_COUNT "--accelerator's count" "${part#count=}" 1 16 ;;
-      *=*) die "invalid --accelerator '$spec': unknown key '${part%%=*}'; use TYPE,count=N" ;;
-      *) ACC_TYPE=$part ;;
+ACC_TYPE='' ACC_COUNT=1
+NOTES=() # lines said once the read-only checks passed (a refused run stays one line)
+ALL_ZONES=() # every zone of the project (check_zones), for the region's fallback order
+
+# old_spellings ARGS...: ARGS into ARGS with what the option table cannot say: --image NAME (a
+# plain image name: no '/', ':' or '@') is the old --image-name, and --grant-reader is dropped
+# (the reader role is always granted); each with one deprecation line.
+old_spellings() {
+  local name='[a-z0-9]+([._-][a-z0-9]+)*'
+  ARGS=()
+  while (($#)); do
+    case $1 in
+      --) break ;;
+      --grant-reader)
+        warn "--grant-reader is deprecated and does nothing: the reader role is now always granted; leave it out"
+        shift
+        continue
+        ;;
+      --image | --image=*)
+        local value=${1#--image=} n=1
+        [[ $1 == *=* ]] || value=${2:-} n=2
+        if [[ $value =~ ^$name$ && ${#value} -le 255 ]]; then
+          warn "--image NAME (an image name) is deprecated; use --image-name NAME (--image now takes a full reference)"
+          ARGS+=("--image-name=$value")
+          shift "$n"
+          continue
+        fi
+        ;;
     esac
+    ARGS+=("$1")
+    shift
   done
-  [[ $ACC_TYPE =~ ^nvidia-[a-z0-9-]+$ ]] ||
-    die "invalid --accelerator '$spec': the type must look like nvidia-tesla-t4 (see: gcloud compute" \
-      "accelerator-types list)"
-  [[ $ACC_COUNT =~ ^(1|2|4|8|16)$ ]] ||
-    die "invalid --accelerator '$spec': count must be 1, 2, 4, 8 or 16"
+  ARGS+=("$@")
 }
 
-# duration_seconds VALUE: gcloud's duration (e.g. 7d, 36h, 1d12h, 90m) in seconds, or die.
-duration_seconds() {
-  local rest=$1 total=0 num unit
-  [[ $rest =~ ^([0-9]+[dhms])+$ ]] ||
-    die "invalid --max-run-duration '$1': use days, hours, minutes, seconds like 7d, 36h or 1d12h"
-  while [[ $rest =~ ^([0-9]+)([dhms])(.*)$ ]]; do
-    num=$((10#${BASH_REMATCH[1]})) unit=${BASH_REMATCH[2]} rest=${BASH_REMATCH[3]}
-    case $unit in d) total=$((total + num * 86400)) ;; h) total=$((total + num * 3600)) ;;
-      m) total=$((total + num * 60)) ;; s) total=$((total + num)) ;; esac
-  done
-  printf '%s\n' "$total"
+# zone_in_location ZONE ORIGIN: ZONE lies in LOCATION's region (or its multi-region), or one line.
+zone_in_location() {
+  local region=${1%-*} where="LOCATION's region $LOCATION"
+  [[ $LOCATION == *-* ]] || region=${region%%-*}
+  [[ $LOCATION == *-* ]] || where="LOCATION's multi-region $LOCATION"
+  [[ $region == "$LOCATION" ]] && return 0
+  die "zone $(q "$1") ($2) is not in $where ($(config_origin LOCATION)); pick a zone of $LOCATION, or pass" \
+    "--location ${1%-*} too"
 }
 
-# parse_disk_size VALUE: BOOT_DISK_GB from 200, 200GB or 1TB (decimal; 100GB to 64TB).
-parse_disk_size() {
-  [[ $1 =~ ^([0-9]{1,9})(GB|TB)?$ ]] ||
-    die "invalid boot disk size '$1': use a size like 200GB or 1TB"
-  local gb unit=${BASH_REMATCH[2]}
-  to_int gb "--boot-disk-size" "${BASH_REMATCH[1]}" 0
-  [[ $unit == TB ]] && gb=$((gb * 1024))
-  ((gb >= 100)) ||
-    die "boot disk $1 is too small: the Deep Learning VM image, the training image and the caches need at least 100GB"
-  ((gb <= 65536)) || die "boot disk $1 is too large: a boot disk can be at most 64TB"
-  BOOT_DISK_GB=$gb
-}
-
-# parse_bucket: BUCKET from CHECKPOINT_BUCKET (gs://BUCKET[/PATH]), or die naming its origin.
-parse_bucket() {
-  [[ -z $CHECKPOINT_BUCKET ]] && return 0
-  local origin
-  origin=$(config_origin CHECKPOINT_BUCKET)
-  [[ $CHECKPOINT_BUCKET =~ ^gs://([^/]+)(/.*)?$ ]] ||
-    die "invalid checkpoint bucket '$CHECKPOINT_BUCKET' ($origin): use gs://BUCKET/PATH"
-  BUCKET=${BASH_REMATCH[1]}
-  [[ $BUCKET =~ ^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$ && $BUCKET != goog* ]] ||
-    die "invalid bucket name '$BUCKET' ($origin): use 3-63 lowercase letters, digits, '-' and '_', starting and" \
-      "ending with a letter or digit, not starting with 'goog'"
-}
-
-validate_inputs() {
-  validate_vm_name "$VM_NAME" "$(config_origin VM_NAME)"
-  validate_zone "$ZONE" "$(config_origin ZONE)"
+# validate: what the option table cannot say, before anything runs (lib/options.sh has checked
+# each value, from flags, environment and .env alike, and the conflicts).
+validate() {
   local zone
+  [[ -z ${OPT_GIVEN[--reservation]:-} ]] || PROVISIONING=reservation
   if [[ -n $ZONES_FLAG ]]; then
     IFS=, read -ra ZONES <<<"$ZONES_FLAG"
     for zone in "${ZONES[@]}"; do
-      validate_zone "$zone" --zones
+      zone_in_location "$zone" --zones
     done
-    ZONE=${ZONES[0]}
+    config_set_flag ZONE --zones "${ZONES[0]}"
+  elif [[ -n $ZONE ]]; then
+    zone_in_location "$ZONE" "$(config_origin ZONE)"
+  elif [[ $LOCATION != *-* ]]; then
+    die "LOCATION $(q "$LOCATION") ($(config_origin LOCATION)) is a multi-region: a VM needs a zone; pass" \
+      "--zone ZONE of a region in it, or --location REGION"
+  else
+    config_default ZONE "$LOCATION-a" # check_zones picks the region's first zone
   fi
-  [[ $MACHINE_TYPE =~ ^[a-z][a-z0-9]*(-[a-z0-9]+)+$ ]] ||
-    die "invalid machine type '$MACHINE_TYPE': use a type like a3-highgpu-1g or g2-standard-8"
-  parse_accelerator "$ACCELERATOR"
-  [[ -z $SERVICE_ACCOUNT || $SERVICE_ACCOUNT =~ ^[a-z0-9._-]+@[a-z0-9.-]+\.gserviceaccount\.com$ ]] ||
-    die "invalid service account '$SERVICE_ACCOUNT': use its e-mail, NAME@PROJECT.iam.gserviceaccount.com"
-  [[ $IMAGE_FAMILY =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] ||
-    die "invalid image family '$IMAGE_FAMILY': see gcloud compute images list --project $IMAGE_PROJECT"
-  [[ -z $RESERVATION || $RESERVATION =~ ^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$ ]] ||
-    die "invalid reservation name '$RESERVATION': use the name gcloud compute reservations list shows"
-  parse_bucket
+  [[ -z $ACCELERATOR ]] || ci_accelerator "$ACCELERATOR"
+  BOOT_DISK_GB=$(disk_gb "$BOOT_DISK_SIZE")
+  [[ ! $CHECKPOINT_BUCKET =~ ^gs://([^/]+) ]] || BUCKET=${BASH_REMATCH[1]}
+  [[ -z $REGISTRY_HOST ]] || validate_registry_host "$REGISTRY_HOST" "$(config_origin REGISTRY_HOST)"
   # checked here, before the service account is made; lib/gcp.sh reads it
   # shellcheck disable=SC2034 # only checked
   local iam_wait
   to_int iam_wait HFGPU_IAM_WAIT_SECONDS "${HFGPU_IAM_WAIT_SECONDS:-120}" 0 3600
-  validate_location "$LOCATION" "$(config_origin LOCATION)"
-  validate_repo "$REPO_NAME" "$(config_origin REPO_NAME)"
-  validate_image "$IMAGE_NAME" "$(config_origin IMAGE_NAME)"
-  validate_tag "$TAG" "$(config_origin TAG)"
   config_default_project
   [[ -n $PROJECT ]] || die "preflight: no project set; pass --project ID or run: gcloud config set project ID"
   validate_project "$PROJECT" "$(config_origin PROJECT)"
@@ -188,36 +137,20 @@ validate_inputs() {
 
 # choose_offer: check MACHINE_TYPE, its GPUs and the provisioning model against Google's machine
 # facts (lib/machines.sh), before any API call. Without a choice: on demand where Google offers it,
-# else Spot (said in one line).
+# else Spot (said, in NOTES, once the read-only checks passed).
 choose_offer() {
-  local no_gpu=''
+  local why
+  if [[ -n $ACC_TYPE ]] && why=$(machine_gpu_mismatch "$MACHINE_TYPE" "$ACC_TYPE" "$ACC_COUNT"); then
+    die "$why"
+  fi
+  # The option type refused an A*/G* type no row knows: no row here means a type without GPUs.
   if ! machine_facts "$MACHINE_TYPE"; then
-    # An accelerator-optimized family (A*, G*) whose type no row knows: its GPUs, boot disk and
-    # offers are unknown here, and Google refuses a name it does not have only after the account,
-    # roles and bucket are made.
-    [[ ! $MACHINE_TYPE =~ ^(a[0-9]+x?|g[0-9]+)- ]] ||
-      die "$MACHINE_TYPE is not a GPU machine type lib/machines.sh knows (A2, A3 High/Mega/Ultra, A4, G2, N1);" \
-        "check the name (gcloud compute machine-types list --filter name=$MACHINE_TYPE), or add its row there"
-    if [[ -n $ACC_TYPE ]]; then
-      die "$MACHINE_TYPE takes no GPUs: --accelerator attaches GPUs to N1 types only (e.g. --machine-type" \
-        "n1-standard-8); or pick a GPU machine type (g2-standard-8, a3-highgpu-1g) without --accelerator"
-    fi
-    no_gpu="$MACHINE_TYPE has no GPU: launch_training.sh needs one; pick a GPU machine type (g2-standard-8,"
-    no_gpu+=" a3-highgpu-1g) or an N1 type with --accelerator"
-  fi
-  if [[ $MF_GPU == attach ]]; then
-    if [[ -z $ACC_TYPE ]]; then
-      no_gpu="$MACHINE_TYPE (N1) has no GPU without --accelerator: launch_training.sh needs one; add e.g."
-      no_gpu+=" --accelerator nvidia-tesla-t4,count=1"
-    elif gpu_facts "$ACC_TYPE" && [[ $GF_N1 != yes ]]; then
-      die "$ACC_TYPE cannot be attached to $MACHINE_TYPE: N1 takes $(n1_gpus) only; for $ACC_TYPE pick its" \
-        "machine type (docs/spot-and-zones.md) and leave out --accelerator"
-    fi
-  fi
-  if [[ -n $MF_GPU && $MF_GPU != attach && -n $ACC_TYPE ]] &&
-    [[ $ACC_TYPE != "$MF_GPU" || $ACC_COUNT != "$MF_COUNT" ]]; then
-    die "$MACHINE_TYPE comes with $MF_COUNT x $MF_GPU attached; leave out --accelerator (or pick a" \
-      "machine type for $ACC_COUNT x $ACC_TYPE)"
+    why="$MACHINE_TYPE has no GPU: launch_training.sh needs one; pick a GPU machine type (g2-standard-8,"
+    NOTES+=("warning: $why a3-highgpu-1g) or an N1 type with --accelerator")
+  elif [[ $MF_GPU == attach && -z $ACC_TYPE ]]; then
+    # N1 is the series whose GPUs come only from --accelerator: without it, it was forgotten.
+    die "$MACHINE_TYPE (N1) has no GPU without --accelerator, and launch_training.sh needs one; add e.g." \
+      "--accelerator nvidia-tesla-t4,count=1, or pick a GPU machine type (g2-standard-8)"
   fi
   [[ -n $MF_GPU && $MF_GPU != attach ]] && ACC_TYPE=
   local offered=${MF_GCE// /, } what="$MACHINE_TYPE${MF_SERIES:+ ($MF_SERIES)}"
@@ -226,7 +159,9 @@ choose_offer() {
       if machine_offers on-demand; then
         PROVISIONING=on-demand
       else
-        PROVISIONING=spot-default
+        PROVISIONING=spot
+        why="$what is not offered on demand (offered: $offered): creating a Spot VM (pass --flex-start"
+        NOTES+=("$why for a fixed-length run, or --reservation NAME)")
       fi
       ;;
     flex-start)
@@ -243,23 +178,15 @@ choose_offer() {
       fi
       ;;
   esac
-  if [[ -n $MAX_RUN_DURATION && $PROVISIONING != flex-start ]]; then
-    die "--max-run-duration goes with --flex-start; add --flex-start, or leave out --max-run-duration"
-  fi
-  if [[ $PROVISIONING == flex-start ]]; then
-    local seconds
-    seconds=$(duration_seconds "${MAX_RUN_DURATION:-7d}")
-    ((seconds >= 600 && seconds <= MAX_FLEX_SECONDS)) ||
-      die "--max-run-duration must be from 10m to 7d for Flex-start; got '$MAX_RUN_DURATION'"
-    MAX_RUN_DURATION=${seconds}s
-  fi
-  # After every refusal above: a bad combination stays one line.
-  [[ -z $no_gpu ]] || warn "$no_gpu"
-  if [[ $PROVISIONING == spot-default ]]; then
-    PROVISIONING=spot
-    log "$what is not offered on demand (offered: $offered): creating a Spot VM (pass --flex-start for a" \
-      "fixed-length run, or --reservation NAME)"
-  fi
+  [[ $PROVISIONING != flex-start ]] || MAX_RUN_DURATION=$(duration_seconds "${MAX_RUN_DURATION:-7d}")s
+}
+
+# say_notes: the lines choose_offer kept (a warning, or the Spot default), after the read-only checks.
+say_notes() {
+  local note
+  for note in "${NOTES[@]}"; do
+    if [[ $note == "warning: "* ]]; then warn "${note#warning: }"; else log "$note"; fi
+  done
 }
 
 # check_alpha: Flex-start VMs are created with gcloud's alpha track (SDK 528), a component of its own.
@@ -270,16 +197,9 @@ check_alpha() {
       "(apt or dnf installs: install google-cloud-cli, which has them), or use --spot"
 }
 
-# set_provisioning MODEL: one of --spot, --flex-start, --on-demand, --reservation.
-set_provisioning() {
-  [[ -z $PROVISIONING || $PROVISIONING == "$1" ]] ||
-    die "$FLAG conflicts with --$PROVISIONING: choose one of --spot, --flex-start, --on-demand, --reservation"
-  PROVISIONING=$1
-}
-
 # image_ref: the reference the VM will run.
 image_ref() {
-  printf '%s\n' "${IMAGE_REF:-${CONTAINER_NAME:-$(registry_image)}}"
+  printf '%s\n' "${CONTAINER_NAME:-$(registry_image)}"
 }
 
 # check_repository: the image's Artifact Registry repository exists (read-only; before any change).
@@ -290,7 +210,7 @@ check_repository() {
   AR_LOCATION="" AR_PROJECT="" AR_REPO=""
   if [[ $ref =~ ^([a-z0-9-]+)-docker\.pkg\.dev/([^/]+)/([^/]+)/ ]]; then
     AR_LOCATION=${BASH_REMATCH[1]} AR_PROJECT=${BASH_REMATCH[2]} AR_REPO=${BASH_REMATCH[3]}
-  elif [[ -z $IMAGE_REF && -z $CONTAINER_NAME && -z $REGISTRY_HOST ]]; then
+  elif [[ -z $CONTAINER_NAME && -z $REGISTRY_HOST ]]; then
     AR_LOCATION=$LOCATION AR_PROJECT=$PROJECT AR_REPO=$REPO_NAME
   else
     log "repository: $ref is not in Artifact Registry; no reader role is granted"
@@ -304,22 +224,61 @@ check_repository() {
     "run ./build_and_push.sh first, or pass the --image your build printed"
 }
 
-# check_zone_and_image: the zone and the image family exist (read-only; before any change).
-check_zone_and_image() {
-  local out zone
-  [[ $DRY_RUN == 1 ]] && return 0
-  for zone in "${ZONES[@]:-$ZONE}"; do
-    out=$(gcloud compute zones describe "$zone" --project "$PROJECT" --format 'value(name)' 2>&1) && continue
-    grep -qE 'was not found|NOT_FOUND' <<<"$out" &&
-      die "unknown zone '$zone' ($(config_origin ZONE)${ZONES_FLAG:+ or --zones}); pick one from: gcloud compute" \
-        "zones list"
-    gcp_fail "preflight: cannot read zone $zone" "$out" compute.googleapis.com "roles/compute.viewer"
+# check_zones: the zones to try exist (one zones.list, read-only), and ZONES becomes the order to
+# try them in: --zones as given, or ZONE then the region's other zones alphabetically. The default
+# ZONE is the region's first zone; a LOCATION without zones (a typo) is one line naming LOCATION.
+check_zones() {
+  local out zone origin region=${ZONE%-*}
+  local -a region_zones
+  out=$(gcloud compute zones list --project "$PROJECT" --format 'value(name)' 2>&1) ||
+    gcp_fail "preflight: cannot list the zones of $PROJECT" "$out" compute.googleapis.com "roles/compute.viewer"
+  mapfile -t ALL_ZONES < <(grep -E '^[a-z]+-[a-z]+[0-9]+-[a-z]$' <<<"$out" | sort)
+  mapfile -t region_zones < <(printf '%s\n' "${ALL_ZONES[@]}" | grep -E "^$region-[a-z]\$" || true)
+  origin=$(config_origin ZONE)
+  if [[ $origin == "the default ZONE" ]]; then
+    ((${#region_zones[@]})) ||
+      die "LOCATION $(q "$LOCATION") ($(config_origin LOCATION)) is not a Compute Engine region: it has no zones;" \
+        "pick a region from: gcloud compute regions list"
+    ZONE=${region_zones[0]}
+  fi
+  ((${#ZONES[@]})) || ZONES=("$ZONE")
+  for zone in "${ZONES[@]}"; do
+    printf '%s\n' "${ALL_ZONES[@]}" | grep -qFx "$zone" ||
+      die "unknown zone $(q "$zone") ($origin); pick one from: gcloud compute zones list --filter region:${zone%-*}"
   done
+  [[ -n $ZONES_FLAG ]] || mapfile -t -O 1 ZONES < <(printf '%s\n' "${region_zones[@]}" | grep -vFx "$ZONE")
+  return 0
+}
+
+# check_offers: a zone to try offers MACHINE_TYPE (machineTypes.list, read-only), before anything
+# is created; the zones before it that do not are dropped from ZONES (said in NOTES).
+check_offers() {
+  local zone list
+  local -a lacking=()
+  while ((${#ZONES[@]})); do
+    zone=${ZONES[0]}
+    list=$(gcloud compute machine-types list --project "$PROJECT" --zones "$zone" --filter "name=$MACHINE_TYPE" \
+      --format 'value(name)' 2>&1) ||
+      gcp_fail "preflight: cannot list the machine types of $zone" "$list" compute.googleapis.com "roles/compute.viewer"
+    if grep -qFx "$MACHINE_TYPE" <<<"$list"; then
+      ((${#lacking[@]} == 0)) || NOTES+=("${lacking[*]} do not offer $MACHINE_TYPE; trying $zone first")
+      return 0
+    fi
+    lacking+=("$zone")
+    ZONES=("${ZONES[@]:1}")
+  done
+  die "instance: no zone tried offers $MACHINE_TYPE (${lacking[*]}); find one with: gcloud compute machine-types" \
+    "list --filter name=$MACHINE_TYPE, then pass --zones, or pick another --machine-type"
+}
+
+# check_image_family: the Deep Learning VM family exists (read-only; before any change).
+check_image_family() {
+  local out
   out=$(gcloud compute images describe-from-family "$IMAGE_FAMILY" --project "$IMAGE_PROJECT" \
     --format 'value(name)' 2>&1) && return 0
   grep -qE 'was not found|NOT_FOUND' <<<"$out" &&
-    die "unknown image family '$IMAGE_FAMILY'; pick a current one: gcloud compute images list --project" \
-      "$IMAGE_PROJECT --no-standard-images"
+    die "unknown image family $(q "$IMAGE_FAMILY") (--image-family); pick a current one: gcloud compute images" \
+      "list --project $IMAGE_PROJECT --no-standard-images"
   gcp_fail "preflight: cannot read image family $IMAGE_FAMILY" "$out" compute.googleapis.com "roles/compute.viewer"
 }
 
@@ -468,14 +427,6 @@ choose_boot_image() {
   fi
 }
 
-# region_zones: the region's zones after ZONE, alphabetically (the fallback order), from the API.
-region_zones() {
-  local region=${ZONE%-*} out
-  out=$(gcloud compute zones list --project "$PROJECT" --filter "region~/$region\$" --format 'value(name)' 2>&1) ||
-    gcp_fail "instance: cannot list the zones of $region" "$out" compute.googleapis.com "roles/compute.viewer"
-  grep -E "^$region-[a-z]\$" <<<"$out" | sort | grep -vFx "$ZONE" || true
-}
-
 # zone_lacks_type ZONE OUT: ZONE does not offer MACHINE_TYPE, after an insert there failed with OUT.
 # Google answers that case with 400 "invalid" (docs/test-environment.md has the wording); rather
 # than that text, the zone's own list decides: an empty machineTypes.list for the type. Only when
@@ -534,7 +485,7 @@ insert_error() {
 
 # ensure_instance: create the VM unless it exists, trying the zones in order on a stockout.
 ensure_instance() {
-  local out zone tried=() lacking=() i=0 region_listed=0
+  local out zone tried=() lacking=() i=0
   if [[ $DRY_RUN == 1 ]]; then
     quote_cmd gcloud compute instances list --project "$PROJECT" --format 'value(name,zone.basename(),status)'
     create_command "$ZONE"
@@ -546,7 +497,6 @@ ensure_instance() {
   log "instance: looking for $VM_NAME"
   find_instance
   [[ -n $VM_ZONE ]] && return 0
-  ((${#ZONES[@]})) || ZONES=("$ZONE")
   while ((i < ${#ZONES[@]})); do
     zone=${ZONES[i]}
     i=$((i + 1))
@@ -572,13 +522,7 @@ ensure_instance() {
       lacking+=("$zone")
       next=1
     fi
-    if ((next)); then
-      if [[ -z $ZONES_FLAG && $region_listed == 0 ]]; then
-        region_listed=1
-        mapfile -t -O "${#ZONES[@]}" ZONES < <(region_zones)
-      fi
-      continue
-    fi
+    ((next == 0)) || continue
     local quota
     if quota=$(quota_of "$out"); then
       local limit
@@ -622,64 +566,25 @@ EOF
   fi
 }
 
-parse_args() {
-  while (($#)); do
-    flag_begin "$1"
-    case $FLAG in
-      -h | --help)
-        usage "${BASH_SOURCE[0]}"
-        exit 0
-        ;;
-      --spot) flag_switch && set_provisioning spot ;;
-      --flex-start) flag_switch && set_provisioning flex-start ;;
-      --on-demand) flag_switch && set_provisioning on-demand ;;
-      --reservation) flag_value "$@" && set_provisioning reservation && RESERVATION=$VALUE ;;
-      --max-run-duration) flag_value "$@" && MAX_RUN_DURATION=$VALUE ;;
-      --grant-reader) flag_switch && flag_deprecated "nothing: the reader role is now always granted" ;;
-      --dry-run) flag_switch && DRY_RUN=1 ;;
-      --vm-name) flag_value "$@" && config_set_flag VM_NAME --vm-name "$VALUE" ;;
-      --name) flag_value "$@" && flag_deprecated --vm-name && config_set_flag VM_NAME --name "$VALUE" ;;
-      --zone) flag_value "$@" && config_set_flag ZONE --zone "$VALUE" ;;
-      --zones) flag_value "$@" && ZONES_FLAG=$VALUE ;;
-      --machine-type) flag_value "$@" && MACHINE_TYPE=$VALUE ;;
-      --accelerator) flag_value "$@" && ACCELERATOR=$VALUE ;;
-      --boot-disk-size) flag_value "$@" && parse_disk_size "$VALUE" ;;
-      --service-account) flag_value "$@" && SERVICE_ACCOUNT=$VALUE ;;
-      --checkpoint-bucket) flag_value "$@" && config_set_flag CHECKPOINT_BUCKET --checkpoint-bucket "$VALUE" ;;
-      --image-family) flag_value "$@" && IMAGE_FAMILY=$VALUE ;;
-      --image-ref) flag_value "$@" && flag_deprecated --image && IMAGE_REF=$VALUE ;;
-      --image)
-        flag_value "$@"
-        if [[ $VALUE == */* ]]; then
-          IMAGE_REF=$VALUE
-        else # the old meaning: an image name
-          warn "--image NAME (an image name) is deprecated; use --image-name NAME (--image now takes a full reference)"
-          config_set_flag IMAGE_NAME --image "$VALUE"
-        fi
-        ;;
-      --image-name) flag_value "$@" && config_set_flag IMAGE_NAME --image-name "$VALUE" ;;
-      --project) flag_value "$@" && config_set_flag PROJECT --project "$VALUE" ;;
-      --location) flag_value "$@" && config_set_flag LOCATION --location "$VALUE" ;;
-      --repo) flag_value "$@" && config_set_flag REPO_NAME --repo "$VALUE" ;;
-      --tag) flag_value "$@" && config_set_flag TAG --tag "$VALUE" ;;
-      *) flag_unknown ;;
-    esac
-    shift "$FLAG_SHIFT"
-  done
-}
-
 main() {
   config_init
-  parse_args "$@"
+  old_spellings "$@"
+  opt_parse "${ARGS[@]}"
+  ((${#OPT_ARGS[@]} + ${#OPT_REST[@]} == 0)) ||
+    die "unexpected argument $(q "${OPT_ARGS[0]:-${OPT_REST[0]:-}}"): create_instance.sh takes options only; see --help"
+  opt_check_config
   config_default VM_NAME hfgpu-vm
-  config_default ZONE "${LOCATION}-a"
-  validate_inputs
+  validate
   choose_offer
-  log "preflight: checking gcloud"
   gcp_preflight
   [[ $PROVISIONING != flex-start ]] || check_alpha
+  if [[ $DRY_RUN != 1 ]]; then
+    check_zones
+    check_offers
+    check_image_family
+  fi
+  say_notes
   check_repository
-  check_zone_and_image
   ensure_service_account
   [[ -n $AR_REPO ]] && ensure_binding repository "$AR_REPO" "$READER_ROLE"
   ensure_binding project "$PROJECT" "$LOG_ROLE"

@@ -274,25 +274,45 @@ def test_an_existing_bucket_with_soft_delete_is_one_line_naming_the_fix(fake: Fa
     assert fake.calls("POST", "^/storage/v1/b$") == []
 
 
+def test_a_zone_without_the_machine_type_is_skipped_before_anything_is_made(fake: FakeGcp, tmp_path: Path):
+    """The first zone does not offer the type: its machineTypes.list (read-only) says so before the
+    account, roles and bucket are made, and no insert is sent there."""
+    fake.zones_without = {"us-east4-a": {"g2-standard-8"}}
+    proc = run_script(fake, tmp_path, "--machine-type", "g2-standard-8")
+    assert proc.returncode == 0, proc.stderr
+    assert "create_instance.sh: us-east4-a do not offer g2-standard-8; trying us-east4-b first" in proc.stderr
+    assert inserts(fake, "us-east4-a") == []
+    assert "instance: hfgpu-vm created in us-east4-b" in proc.stderr
+
+
 # Google's wording, as gcloud showed it, and another text: the script reads the zone's list, not the text.
 @pytest.mark.parametrize(
     "message", ["", "Le type de machine {machine} est absent de {zone}."], ids=["google", "other"]
 )
-def test_a_zone_without_the_machine_type_is_skipped_like_a_stockout(message, fake: FakeGcp, tmp_path: Path):
-    fake.zones_without = {"us-east4-a": {"g2-standard-8"}}
+def test_a_zone_lacking_the_type_after_a_stockout_is_skipped_like_one(message, fake: FakeGcp, tmp_path: Path):
+    """A later zone (tried after a stockout) that lacks the type is found by its insert's 400."""
+    fake.zones_without = {"us-east4-b": {"g2-standard-8"}}
+    fake.exhausted_zones = {"us-east4-a"}
     fake.machine_type_message = message
     proc = run_script(fake, tmp_path, "--machine-type", "g2-standard-8")
     assert proc.returncode == 0, proc.stderr
-    assert [r.status for r in inserts(fake, "us-east4-a")] == [400]
-    assert "instance: us-east4-a does not offer g2-standard-8; trying the next zone" in proc.stderr
-    assert "instance: hfgpu-vm created in us-east4-b" in proc.stderr
+    assert [r.status for r in inserts(fake, "us-east4-b")] == [400]
+    assert "instance: us-east4-b does not offer g2-standard-8; trying the next zone" in proc.stderr
+    assert "instance: hfgpu-vm created in us-east4-c" in proc.stderr
 
 
-def test_no_zone_offering_the_machine_type_is_one_line(fake: FakeGcp, tmp_path: Path):
+def test_no_zone_offering_the_machine_type_is_one_line_and_creates_nothing(fake: FakeGcp, tmp_path: Path):
+    """Issue 19 (left from issue 20): the zones' machineTypes.list (read-only) is read before the
+    service account, its roles and the bucket are made; they used to be made first."""
     fake.zones_without = {z: {"g2-standard-8"} for z in ("us-east4-a", "us-east4-b", "us-east4-c")}
-    err = one_error(run_script(fake, tmp_path, "--machine-type", "g2-standard-8"))
+    proc = run_script(
+        fake, tmp_path, "--machine-type", "g2-standard-8", "--checkpoint-bucket", "gs://my-ckpt"
+    )
+    err = one_error(proc)
+    assert proc.stderr.splitlines() == [err]
     assert "no zone tried offers g2-standard-8 (us-east4-a us-east4-b us-east4-c)" in err
     assert "gcloud compute machine-types list --filter name=g2-standard-8" in err
+    assert fake.mutations() == []
 
 
 @pytest.mark.parametrize(
@@ -338,7 +358,7 @@ def test_existing_vm_in_another_zone_is_found_not_duplicated(fake: FakeGcp, tmp_
         (lambda f: None, ["--zone", "us-east4-z"],
          "unknown zone 'us-east4-z' (--zone); pick one from: gcloud compute zones list"),
         (lambda f: None, ["--image-family", "common-cu118-old"],
-         "unknown image family 'common-cu118-old'; pick a current one: gcloud compute images list"),
+         "unknown image family 'common-cu118-old' (--image-family); pick a current one: gcloud compute"),
     ],
     ids=["service-disabled-ar", "service-disabled-compute", "permission-denied", "no-repository",
          "unknown-zone", "unknown-image-family"],
@@ -351,15 +371,21 @@ def test_google_errors_before_any_change_are_one_line(setup, args, expected, fak
 
 
 def test_refused_insert_is_one_line_naming_the_fix(fake: FakeGcp, tmp_path: Path):
-    """The Compute API's 400 for a GPU lib/machines.sh does not know (K80, retired) that an N1 type
-    cannot take; the account and roles were already in place (idempotent), no VM exists."""
+    """A GPU that lib/machines.sh says N1 takes, refused by the Compute API's insert all the same (a zone
+    without it; the 400's wording is unverified): one line naming the fix; the existing account and
+    the roles are in place (idempotent), no VM exists."""
+    fake.add_service_account(SA)
+    fake.fail_create = (
+        400, "INVALID_ARGUMENT",
+        "Invalid value for field 'resource.guestAccelerators[0].acceleratorType': 'projects/my-project/zones/"
+        "us-east4-a/acceleratorTypes/nvidia-tesla-p4'. Accelerator type nvidia-tesla-p4 is not available.",
+    )  # fmt: skip
     err = one_error(
-        run_script(
-            fake, tmp_path, "--machine-type", "n1-standard-8", "--accelerator", "nvidia-tesla-k80,count=1"
-        )
-    )
-    assert "Accelerator type nvidia-tesla-k80 cannot be attached to machine type n1-standard-8" in err
-    assert "N1 takes T4/V100/P100/P4" in err
+        run_script(fake, tmp_path, "--service-account", SA, "--machine-type", "n1-standard-8",
+                   "--accelerator", "nvidia-tesla-p4,count=1")
+    )  # fmt: skip
+    assert "Accelerator type nvidia-tesla-p4 is not available" in err
+    assert "N1 takes T4/V100/P100/P4: gcloud compute accelerator-types list --filter zone:us-east4-a" in err
     assert fake.instances == {}
 
 
@@ -412,12 +438,12 @@ def test_operation_error_yaml_becomes_one_line():
 BAD_INPUTS = [
     (["--dry-run=1"], {}, "--dry-run is an on/off flag and takes no value"),
     (["--spot=true"], {}, "--spot is an on/off flag and takes no value"),
-    (["--boot-disk-size", "090GB"], {}, "boot disk 090GB is too small"),
-    (["--boot-disk-size", "99TB"], {}, "boot disk 99TB is too large"),
-    (["--boot-disk-size", "lots"], {}, "invalid boot disk size 'lots'"),
+    (["--boot-disk-size", "090GB"], {}, "boot disk '090GB' (--boot-disk-size) is too small"),
+    (["--boot-disk-size", "99TB"], {}, "boot disk '99TB' (--boot-disk-size) is too large: give at most 64TB"),
+    (["--boot-disk-size", "lots"], {}, "invalid boot disk size 'lots' (--boot-disk-size)"),
     (["--on-demand"], {}, "a3-highgpu-1g (A3 High) is not offered as on-demand on Compute Engine (offered:"),
     (["--machine-type", "a4-highgpu-8g", "--on-demand"], {}, "a4-highgpu-8g (A4) is not offered as on-"),
-    (["--machine-type", "n1-standard-8", "--flex-start"], {},
+    (["--machine-type", "n1-standard-8", "--accelerator", "nvidia-tesla-t4,count=1", "--flex-start"], {},
      "Compute Engine does not offer n1-standard-8 (N1) as Flex-start (offered: on-demand, spot, reservation"),
     (["--machine-type", "n2-standard-8", "--flex-start"], {}, "Compute Engine does not offer n2-standard-8"),
     (["--machine-type", "g2-standard-8", "--accelerator", "nvidia-tesla-t4"], {},
@@ -427,27 +453,30 @@ BAD_INPUTS = [
      "nvidia-l4 cannot be attached to n1-standard-8: N1 takes nvidia-tesla-t4, nvidia-tesla-v100,"),
     (["--machine-type", "n2-standard-8", "--accelerator", "nvidia-tesla-t4"], {},
      "n2-standard-8 takes no GPUs: --accelerator attaches GPUs to N1 types only"),
-    (["--machine-type", "a3-highgpu-3g"], {}, "a3-highgpu-3g is not a GPU machine type lib/machines.sh"),
-    (["--machine-type", "g4-standard-48", "--spot"], {}, "g4-standard-48 is not a GPU machine type"),
+    (["--machine-type", "a3-highgpu-3g"], {}, "'a3-highgpu-3g' (--machine-type) is not a GPU machine"),
+    (["--machine-type", "g4-standard-48", "--spot"], {}, "'g4-standard-48' (--machine-type) is not a GPU"),
     (["--reservation", "my-h100s"], {},
      "a3-highgpu-1g (A3 High) is not offered as reservation on Compute Engine (offered: spot, flex-start)"),
     ([], {"HFGPU_IAM_WAIT_SECONDS": "abc"}, "HFGPU_IAM_WAIT_SECONDS must be a whole number from 0 to 3600"),
     ([], {"HFGPU_IAM_WAIT_SECONDS": "-5"}, "HFGPU_IAM_WAIT_SECONDS must be a whole number from 0 to 3600"),
-    (["--spot", "--flex-start"], {}, "--flex-start conflicts with --spot"),
-    (["--flex-start", "--max-run-duration", "9d"], {}, "--max-run-duration must be from 10m to 7d"),
-    (["--max-run-duration", "1d"], {}, "--max-run-duration goes with --flex-start"),
+    (["--spot", "--flex-start"], {}, "--spot and --flex-start cannot be given together; keep one of them"),
+    (["--flex-start", "--max-run-duration", "9d"], {}, "duration '9d' (--max-run-duration) must be from"),
+    (["--max-run-duration", "1d"], {}, "--max-run-duration needs --flex-start; give --flex-start too"),
     (["--vm-name", "My_VM"], {}, "invalid VM name 'My_VM' (--vm-name)"),
     ([], {"VM_NAME": "Bad Name"}, "invalid VM name 'Bad Name' (VM_NAME from the environment)"),
     ([], {"ZONE": "us-east4"}, "invalid zone 'us-east4' (ZONE from the environment)"),
     (["--zones", "us-east4-a,nope"], {}, "invalid zone 'nope' (--zones)"),
     (["--accelerator", "nvidia-tesla-t4,count=3"], {}, "count must be 1, 2, 4, 8 or 16"),
-    (["--checkpoint-bucket", "s3://b/p"], {}, "invalid checkpoint bucket 's3://b/p' (--checkpoint-bucket)"),
+    (["--accelerator", "nvidia-tesla-k80"], {}, "invalid accelerator 'nvidia-tesla-k80' (--accelerator)"),
+    (["--checkpoint-bucket", "s3://b/p"], {}, "invalid gs:// URL 's3://b/p' (--checkpoint-bucket)"),
     ([], {"CHECKPOINT_BUCKET": "gs://Bad_Bucket/x"},
-     "invalid bucket name 'Bad_Bucket' (CHECKPOINT_BUCKET from the environment)"),
-    (["--service-account", "bob"], {}, "invalid service account 'bob'"),
+     "invalid gs:// URL 'gs://Bad_Bucket/x' (CHECKPOINT_BUCKET from the environment)"),
+    (["--service-account", "bob"], {}, "invalid service account 'bob' (--service-account)"),
     (["--project", "Nope"], {}, "invalid project id 'Nope'"),
     (["--tag", "-bad"], {}, "invalid tag '-bad'"),
-    (["--wat"], {}, "unknown option --wat"),
+    (["--wat"], {}, "unknown option '--wat'"),
+    (["--image", "UPPER:1"], {}, "invalid image reference 'UPPER:1' (--image)"),
+    (["extra"], {}, "unexpected argument 'extra': create_instance.sh takes options only"),
     (["--vm-name"], {}, "--vm-name needs a value"),
 ]  # fmt: skip
 
@@ -459,6 +488,123 @@ def test_bad_input_is_one_line_and_sends_nothing(args, env, message, fake: FakeG
     assert proc.stderr.splitlines() == error_lines(proc), "one line, and nothing else"
     assert message in error_lines(proc)[0]
     assert fake.requests == [] and proc.stdout == ""
+
+
+# Issue 19: an empty value was taken as "use the default" (--reservation= sent SPECIFIC_RESERVATION with
+# values [""] after making the account and its roles; --vm-name= and --project= fell back).
+@pytest.mark.parametrize(
+    "args",
+    [["--machine-type", "a3-ultragpu-8g", "--reservation="], ["--vm-name="], ["--project="],
+     ["--vm-name", ""], ["--checkpoint-bucket="]],
+    ids=["reservation", "vm-name", "project", "vm-name-separate", "checkpoint-bucket"],
+)  # fmt: skip
+def test_an_empty_value_is_an_error_never_a_default(args, fake: FakeGcp, tmp_path: Path):
+    proc = run_script(fake, tmp_path, *args)
+    flag = args[-1].split("=")[0] if args[-1] else args[-2]
+    assert proc.stderr.splitlines() == [
+        f"create_instance.sh: error: {flag} is empty; give {flag_meta(flag)}, or leave it out for the default"
+        " (see --help)"
+    ]
+    assert proc.returncode == 1 and fake.requests == []
+
+
+def flag_meta(flag: str) -> str:
+    return {"--reservation": "NAME", "--vm-name": "NAME", "--project": "ID",
+            "--checkpoint-bucket": "gs://BUCKET/PATH"}[flag]  # fmt: skip
+
+
+# Issue 19: --zone with --zones was accepted (--zones won), and a zone outside LOCATION's region made
+# the VM there while the bucket went to the zone's region and the image stayed in LOCATION's.
+@pytest.mark.parametrize(
+    ("args", "env", "line"),
+    [
+        (["--zone", "us-east4-a", "--zones", "us-east4-b,us-east4-c"], {},
+         "--zone and --zones cannot be given together; keep one of them (see --help)"),
+        (["--zone", "europe-west4-a"], {},
+         "zone 'europe-west4-a' (--zone) is not in LOCATION's region us-east4 (the default LOCATION); pick a "
+         "zone of us-east4, or pass --location europe-west4 too"),
+        ([], {"ZONE": "us-central1-a", "LOCATION": "us-east4"},
+         "zone 'us-central1-a' (ZONE from the environment) is not in LOCATION's region us-east4 (LOCATION "
+         "from the environment)"),
+        (["--zones", "us-east4-a,us-central1-a"], {}, "zone 'us-central1-a' (--zones) is not in LOCATION's"),
+        (["--location", "us", "--zone", "europe-west4-a"], {},
+         "zone 'europe-west4-a' (--zone) is not in LOCATION's multi-region us (--location)"),
+        (["--location", "us"], {}, "LOCATION 'us' (--location) is a multi-region: a VM needs a zone; pass"),
+    ],
+    ids=["zone-and-zones", "zone-elsewhere", "env-zone-elsewhere", "zones-elsewhere", "multi-region",
+         "multi-region-no-zone"],
+)  # fmt: skip
+def test_zones_conflict_or_outside_the_region_are_one_line_before_anything(
+    args, env, line, fake: FakeGcp, tmp_path: Path
+):
+    proc = run_script(fake, tmp_path, *args, **env)
+    assert proc.returncode == 1
+    (err,) = proc.stderr.splitlines()
+    assert err.startswith(f"{PREFIX} {line}")
+    assert fake.requests == []
+
+
+def test_n1_without_an_accelerator_is_refused(fake: FakeGcp, tmp_path: Path):
+    """Issue 19: an N1 type without --accelerator made a VM without a GPU. N1 gets its GPUs only from
+    --accelerator, so its absence is a forgotten flag: refused (a type without GPUs at all, e.g. N2,
+    is a deliberate CPU VM: one warning, created; test_an_existing_bucket_with_soft_delete_...)."""
+    proc = run_script(fake, tmp_path, "--machine-type", "n1-standard-8")
+    assert proc.stderr.splitlines() == [
+        f"{PREFIX} n1-standard-8 (N1) has no GPU without --accelerator, and launch_training.sh needs one; add"
+        " e.g. --accelerator nvidia-tesla-t4,count=1, or pick a GPU machine type (g2-standard-8)"
+    ]
+    assert proc.returncode == 1 and fake.requests == []
+
+
+def machine_gpu_mismatch(*args: str) -> str:
+    """lib/machines.sh's line for GPUs a machine type cannot take (submit_vertex_job.sh's too)."""
+    return subprocess.run(
+        ["bash", "-c", 'source lib/common.sh; source lib/machines.sh; machine_gpu_mismatch "$@"', "-", *args],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+
+
+# Issue 19: the same mismatch gives the same line from create_instance.sh and submit_vertex_job.sh:
+# both read lib/machines.sh's machine_gpu_mismatch.
+@pytest.mark.parametrize(
+    ("machine", "gpu", "count"),
+    [("n1-standard-8", "nvidia-l4", "1"), ("g2-standard-8", "nvidia-tesla-t4", "1"),
+     ("g2-standard-8", "nvidia-l4", "2"), ("n2-standard-8", "nvidia-tesla-t4", "1"),
+     ("a3-highgpu-8g", "nvidia-h100-80gb", "4")],
+    ids=["l4-on-n1", "t4-on-g2", "two-l4-on-g2-8", "t4-on-n2", "four-h100-on-a3-8g"],
+)  # fmt: skip
+def test_machine_and_gpu_mismatches_are_the_shared_line(machine, gpu, count, fake: FakeGcp, tmp_path: Path):
+    proc = run_script(fake, tmp_path, "--machine-type", machine, "--accelerator", f"{gpu},count={count}")
+    assert proc.stderr.splitlines() == [f"{PREFIX} {machine_gpu_mismatch(machine, gpu, count)}"]
+    assert proc.returncode == 1 and fake.requests == []
+    if machine.startswith("n1-"):
+        assert (
+            "N1 takes nvidia-tesla-t4, nvidia-tesla-v100, nvidia-tesla-p100, nvidia-tesla-p4 only"
+            in (proc.stderr)
+            and "(G2: docs/spot-and-zones.md)" in proc.stderr
+        )
+
+
+def test_a_location_without_zones_is_one_line_naming_location(fake: FakeGcp, tmp_path: Path):
+    """Issue 19: LOCATION=us-east99 gave 4 lines and suggested running build_and_push.sh (the repository
+    check came first). The zones are read first, read-only; nothing else is said."""
+    proc = run_script(fake, tmp_path, LOCATION="us-east99")
+    assert proc.stderr.splitlines() == [
+        f"{PREFIX} LOCATION 'us-east99' (LOCATION from the environment) is not a Compute Engine region: it"
+        " has no zones; pick a region from: gcloud compute regions list"
+    ]
+    assert proc.returncode == 1 and fake.mutations() == []
+
+
+def test_an_open_quote_in_dotenv_names_the_file_and_line(fake: FakeGcp, tmp_path: Path):
+    """Issue 19: an unterminated quote in .env was blamed on "the default ZONE"."""
+    dotenv = tmp_path / "my.env"
+    dotenv.write_text('VM_NAME=box\nZONE="us-east4-b\n')
+    proc = run_script(fake, tmp_path, CONFIG_FILE=str(dotenv))
+    assert proc.stderr.splitlines() == [
+        f"{PREFIX} {dotenv}:2: the value of ZONE opens a quote it does not close; close it on the same line"
+    ]
+    assert proc.returncode == 1 and fake.requests == []
 
 
 def test_old_flags_still_work_with_a_deprecation_line(fake: FakeGcp, tmp_path: Path):

@@ -211,7 +211,13 @@ def sweep_build_and_push(fake: FakeGcp, tmp: Path) -> Sweep:
 
 
 def sweep_create_instance(fake: FakeGcp, tmp: Path) -> Sweep:
-    pytest.fail("create_instance.sh has no option table yet (issue 19)")
+    # PROJECT in .env: no gcloud call before validation. With the repository there, a case that
+    # wrongly passed would go on to make the service account: a mutation the sweep sees.
+    repo = "projects/my-project/locations/us-east4/repositories/gpu-transformers"
+    fake.repositories[repo] = {"name": repo, "format": "DOCKER"}
+    env = script_env(fake, tmp, tool_bin(tmp))
+    dotenv = "PROJECT=my-project\nVM_NAME=hfgpu-sweep\n"
+    return Sweep("create_instance", env, dotenv=dotenv, mutations=fake.mutations)
 
 
 def sweep_launch_training(fake: FakeGcp, tmp: Path) -> Sweep:
