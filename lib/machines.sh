@@ -165,3 +165,15 @@ machine_gpu_mismatch() {
   printf '%s comes with %s x %s attached; leave out --accelerator (or pick a machine type for %s x %s)\n' \
     "$type" "$MF_COUNT" "$own" "$count" "$gpu"
 }
+
+# machine_check_name TYPE ORIGIN: TYPE has a machine type's shape, and an accelerator-optimized family
+# (A*, G*) has a row here: otherwise one line naming ORIGIN (Google refuses a wrong name only after
+# the request: for a VM after the account, roles and bucket are made; Vertex AI takes the job and
+# fails it). The option type `machine-type` of create_instance.sh and submit_vertex_job.sh.
+machine_check_name() {
+  [[ $1 =~ ^[a-z][a-z0-9]*(-[a-z0-9]+)+$ ]] ||
+    die "invalid machine type $(q "$1")$(_from "$2"): use a type like a3-highgpu-1g or g2-standard-8"
+  machine_facts "$1" || [[ ! $1 =~ ^(a[0-9]+x?|g[0-9]+)- ]] ||
+    die "$(q "$1")$(_from "$2") is not a GPU machine type lib/machines.sh knows (A2, A3 High/Mega/Ultra, A4," \
+      "G2, N1); check the name (gcloud compute machine-types list --filter name=$1), or add its row there"
+}

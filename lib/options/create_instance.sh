@@ -20,17 +20,6 @@ readonly FLEX_MIN_SECONDS=600 FLEX_MAX_SECONDS=$((7 * 86400))
 # a Persistent Disk or Hyperdisk boot disk is at most 64 TB (compute/docs/disks).
 readonly DISK_MIN_GB=100 DISK_MAX_GB=65536
 
-# _ci_machine_type VALUE ORIGIN: a machine type's name; an accelerator-optimized family (A*, G*)
-# that lib/machines.sh has no row for is refused here (its GPUs, disk and offers are unknown, and
-# Google would refuse a wrong name only after the account, roles and bucket are made).
-_ci_machine_type() {
-  [[ $1 =~ ^[a-z][a-z0-9]*(-[a-z0-9]+)+$ ]] ||
-    die "invalid machine type $(q "$1")$(_from "$2"): use a type like a3-highgpu-1g or g2-standard-8"
-  machine_facts "$1" || [[ ! $1 =~ ^(a[0-9]+x?|g[0-9]+)- ]] ||
-    die "$(q "$1")$(_from "$2") is not a GPU machine type lib/machines.sh knows (A2, A3 High/Mega/Ultra, A4," \
-      "G2, N1); check the name (gcloud compute machine-types list --filter name=$1), or add its row there"
-}
-
 # ci_accelerator SPEC: ACC_TYPE and ACC_COUNT from TYPE[,count=N] or type=TYPE,count=N (none: no
 # GPU); returns 1 with ACC_WHY set when SPEC is not one.
 ci_accelerator() {
@@ -103,7 +92,7 @@ _ci_image_family() {
       "--no-standard-images"
 }
 
-opt_type machine-type _ci_machine_type g2-standard-8 'a3-highgpu-3g' 'g4-standard-48' 'A3-HIGHGPU-1G' 'n1' \
+opt_type machine-type machine_check_name g2-standard-8 'a3-highgpu-3g' 'g4-standard-48' 'A3-HIGHGPU-1G' 'n1' \
   'g2_standard_8' "${OPT_NAME_TRAPS[@]}"
 opt_type accelerator _ci_accelerator nvidia-tesla-t4,count=1 'nvidia-tesla-t4,count=3' 'nvidia-tesla-t4,count=0' \
   'nvidia-tesla-k80' 'NVIDIA_TESLA_T4' 'nvidia-tesla-t4,size=1' 'count=1' 'nvidia-tesla-t4,count=x' "$OPT_SUBST" \

@@ -31,17 +31,6 @@ _opt_vertex_region() {
       "use a region like us-east4"
 }
 
-# A machine type's shape; an accelerator-optimized family (A*, G*) that lib/machines.sh has no row
-# for (a3-highgpu-3g) is refused, in create_instance.sh's words: Vertex AI would take the job, and
-# fail it, or run it without the GPUs meant.
-_opt_machine_type() {
-  [[ $1 =~ ^[a-z][a-z0-9]*(-[a-z0-9]+)+$ ]] ||
-    die "invalid machine type $(q "$1")$(_from "$2"): use a type like a3-highgpu-1g or g2-standard-8"
-  machine_facts "$1" || [[ ! $1 =~ ^(a[0-9]+x?|g[0-9]+)- ]] ||
-    die "$(q "$1")$(_from "$2") is not a GPU machine type lib/machines.sh knows (A2, A3 High/Mega/Ultra, A4," \
-      "G2, N1); check the name (gcloud compute machine-types list --filter name=$1), or add its row there"
-}
-
 # [type=]TYPE,count=N, TYPE in Vertex AI's spelling or Compute Engine's (GPU_FACTS knows both).
 _opt_accelerator() {
   # shellcheck disable=SC2034 # to_int's target: the count is only checked here
@@ -92,7 +81,7 @@ _opt_secret_pair() {
 # Each type's own traps, which the sweep tries on every option of the type (a region's, and more).
 IFS='|' read -ra _vertex_region_traps <<<"${OPT_TYPE_BAD[region]}"
 opt_type vertex-region _opt_vertex_region us-east4 "${_vertex_region_traps[@]}" us europe
-opt_type machine-type _opt_machine_type a3-highgpu-1g a3-highgpu-3g g2-standard-7 a9-highgpu-1g \
+opt_type machine-type machine_check_name a3-highgpu-1g a3-highgpu-3g g2-standard-7 a9-highgpu-1g \
   A3-HIGHGPU-1G 'a3 highgpu' a3- "$OPT_SUBST" -x
 opt_type accelerator _opt_accelerator NVIDIA_L4,count=1 NVIDIA_L4 NVIDIA_L4,count=0 NVIDIA_L4,count=17 \
   NVIDIA_L4,count=two nvidia-k9000,count=1 count=1 "NVIDIA_L4,count=1,type=x" "$OPT_SUBST"
