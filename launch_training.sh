@@ -24,6 +24,8 @@
 # ~/.cache/hfgpu, mode 700), mounted read-only; never through the command line,
 # docker inspect, the logs or the volume. On a shared VM, anyone in the docker
 # group is root-equivalent: they can read your secrets and your volume.
+# Stopping (Ctrl-C, SIGTERM, a Spot preemption): `docker stop` gives the program
+# --stop-timeout S (default 120) to save its checkpoint.
 # Exit status: the program's (75 = preempted after a complete checkpoint; run the
 # same command again to resume), or 1 with one line on stderr when a check fails.
 # Environment: HFGPU_MIN_FREE_GB (default 20) free-disk warning threshold;
@@ -174,14 +176,16 @@ parse_args() {
 check_args() {
   ((opt_node_rank < opt_nnodes)) ||
     die "--node-rank must be in 0..$((opt_nnodes - 1)) for --nnodes $opt_nnodes; got $(q "$opt_node_rank")"
-  if ((opt_nnodes > 1)); then
-    local missing=()
-    [[ -n ${OPT_GIVEN[--node-rank]:-} ]] || missing+=("--node-rank R (this node's rank, 0..$((opt_nnodes - 1)))")
-    [[ -n $opt_master_addr || -n $opt_rdzv ]] ||
-      missing+=("--master-addr HOST (the rank-0 node's address) or --rdzv-endpoint HOST:PORT")
-    if ((${#missing[@]})); then
-      die "--nnodes $opt_nnodes needs ${missing[0]}${missing[1]:+ and ${missing[1]}}; give them on every node"
+  # Several nodes meet through the rank-0 node's address (each node given its rank) or through a
+  # c10d rendezvous (which assigns the ranks: --node-rank conflicts with it in the table).
+  if ((opt_nnodes > 1)) && [[ -z $opt_rdzv ]]; then
+    local rank="--node-rank R (this node's rank, 0..$((opt_nnodes - 1)))"
+    local addr="--master-addr HOST (the rank-0 node's address)"
+    if [[ -z $opt_master_addr && -z ${OPT_GIVEN[--node-rank]:-} ]]; then
+      die "--nnodes $opt_nnodes needs $rank and $addr, or --rdzv-endpoint HOST:PORT; give them on every node"
     fi
+    [[ -n $opt_master_addr ]] || die "--nnodes $opt_nnodes needs $addr, or --rdzv-endpoint HOST:PORT; give it on every node"
+    [[ -n ${OPT_GIVEN[--node-rank]:-} ]] || die "--nnodes $opt_nnodes with --master-addr needs $rank; give it on every node"
   fi
   launch_docker_args_check "${docker_extra[@]}"
   # An absolute output path outside /volume is lost with the container (lib/script_support.sh).

@@ -218,8 +218,9 @@ opt --gpus type=gpus var=opt_gpus meta='all|N|none|device=I,J' \
   help='GPUs to give the container (default: all when the NVIDIA|container runtime is present, else a warning and CPU)'
 opt --nproc type=nproc var=opt_nproc meta='N|auto' help='processes on this node (default auto: one per visible GPU)'
 opt --nnodes type=int:1:4096 var=opt_nnodes meta=N \
-  help='nodes in the job (default 1); more than 1 needs --node-rank and|--master-addr or --rdzv-endpoint'
-opt --node-rank type=int:0:4095 var=opt_node_rank meta=R needs=--nnodes help="this node's rank, 0..N-1"
+  help='nodes in the job (default 1); more than 1 needs --node-rank and|--master-addr, or --rdzv-endpoint'
+opt --node-rank type=int:0:4095 var=opt_node_rank meta=R needs=--nnodes conflicts=--rdzv-endpoint \
+  help="this node's rank, 0..N-1 (with --master-addr; a rendezvous assigns ranks itself)"
 opt --master-addr type=host var=opt_master_addr meta=HOST conflicts=--rdzv-endpoint \
   help="the rank-0 node's address"
 opt --master-port type=int:1:65535 var=opt_master_port meta=P conflicts=--rdzv-endpoint \
