@@ -1362,7 +1362,8 @@ def test_vm_flow_pulls_the_digest_and_runs_from_the_copied_files(image, workdir:
         assert f"pulling {ref}" in proc.stderr
         assert "hello from the pulled image" in proc.stdout
         assert image_exists(ref)
-        # An absent local reference from this copy cannot be built: one line says what to do.
+        # The project's own local name, absent, cannot be built from this copy: one line says what
+        # to do (any other absent local name is refused before that, as anywhere).
         line = one_error_line(
             launch(
                 workdir,
@@ -1374,6 +1375,7 @@ def test_vm_flow_pulls_the_digest_and_runs_from_the_copied_files(image, workdir:
                 "none",
                 "hello.py",
                 launcher=copy / "launch_training.sh",
+                env={"IMAGE_NAME": "hfgpu-lt-nowhere", "TAG": "1"},
             )
         )
         assert "has no build_image/ to build it" in line
