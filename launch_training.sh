@@ -11,54 +11,12 @@
 #   NAME.py         a script bundled in the image's /app
 #   PATH.py         a .py file inside the volume folder (a path on this machine,
 #                   relative to the volume, or /volume/...): no rebuild needed
-# Everything after `--` goes to the script unchanged. Options read `--opt VALUE`
-# or `--opt=VALUE`; on/off flags take no value; numbers are decimal.
-#
-# Options
-#   --image REF         image to run (env CONTAINER_NAME; default: the Artifact Registry
-#                       image when PROJECT is known, else the local IMAGE_NAME:TAG).
-#                       A registry reference is pulled when absent; a local one (no
-#                       registry host) is built with build_and_push.sh --no-push
-#   --build             build the local image (IMAGE_NAME:TAG, or --image NAME:TAG) first
-#   --volume DIR        host folder mounted at /volume (env VOLUME; default ./volume)
-#   --gpus all|N|none|device=I,J
-#                       GPUs to give the container (default: all when the NVIDIA
-#                       container runtime is present, else a warning and CPU)
-#   --nproc N|auto      processes on this node (default auto: one per visible GPU)
-#   --nnodes N          nodes in the job (default 1); then also:
-#   --node-rank R       this node's rank, 0..N-1
-#   --master-addr HOST  the rank-0 node's address      --master-port P (29500)
-#   --rdzv-endpoint H:P a c10d rendezvous instead of --master-addr/--master-port
-#   --network NET       docker network (default: docker's bridge; host when --nnodes > 1)
-#   --container-name NAME  container name (default: hfgpu-<user>-<script name>);
-#                       --name is the old spelling (deprecated)
-#   --detach            return once started; logs still go to VOLUME/logs/
-#   --restart-on-preemption
-#                       run again when the program exits 75 ("preempted, checkpoint
-#                       saved") or is stopped or killed (143/137), saying whether it
-#                       resumes: our programs do; an HF Trainer script is given
-#                       --resume_from_checkpoint with its newest complete checkpoint
-#                       when it uses that flag; any other starts over at step 0
-#   --max-restarts N    bound for --restart-on-preemption (0-1000, default 10)
-#   --checkpoint-bucket gs://BUCKET/PATH
-#                       where checkpoints outlive the VM (env CHECKPOINT_BUCKET): our programs,
-#                       and any script that trains a transformers Trainer (the image hooks it);
-#                       refused for a script that does not (it would upload nothing)
-#   --ca-bundle FILE    extra CA bundle (PEM) for a TLS-intercepting proxy (env CA_BUNDLE): local
-#                       builds use it, and runtime installs (HFGPU_PIP_REQUIREMENTS) trust it
-#   --env NAME[=VALUE]  a plain variable for the program (repeatable; NAME alone takes
-#                       yours); secrets go through --secret instead
-#   --env-file FILE     NAME=VALUE lines for the program, passed privately like secrets
-#   --secret NAME       one more environment variable to pass as a secret (repeatable)
-#   --share             outputs and logs readable by group and others (umask 022);
-#                       the default is private to you (umask 077)
-#   --stop-timeout S    seconds `docker stop` waits for the checkpoint (default 120; 1-3600)
-#   --docker-arg ARG    one extra `docker run` argument, as is (repeatable)
-#   --allow-outside-volume
-#                       only warn when a script argument puts outputs outside /volume
-#                       (--output_dir /tmp/out: lost with the container); default: refuse
-#   --dry-run           print the commands, run nothing
-#   -h, --help          this help
+# Everything after `--` goes to the script unchanged. The options are below (declared in
+# lib/options/launch_training.sh); each reads `--opt VALUE` or `--opt=VALUE`, on/off flags take no
+# value, numbers are decimal, and an empty value is an error (leave the option out for the default).
+# A --docker-arg that would override what the launcher sets (the container's name, user, owner
+# label, the /volume, secrets and CA mounts, its variables, GPUs, network, restart policy) is
+# refused with the option to use instead.
 #
 # Secrets: HF_TOKEN, HUGGING_FACE_HUB_TOKEN, WANDB_API_KEY, COMET_API_KEY,
 # NEPTUNE_API_TOKEN, MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_PASSWORD (when set)
@@ -66,6 +24,8 @@
 # ~/.cache/hfgpu, mode 700), mounted read-only; never through the command line,
 # docker inspect, the logs or the volume. On a shared VM, anyone in the docker
 # group is root-equivalent: they can read your secrets and your volume.
+# Stopping (Ctrl-C, SIGTERM, a Spot preemption): `docker stop` gives the program
+# --stop-timeout S (default 120) to save its checkpoint.
 # Exit status: the program's (75 = preempted after a complete checkpoint; run the
 # same command again to resume), or 1 with one line on stderr when a check fails.
 # Environment: HFGPU_MIN_FREE_GB (default 20) free-disk warning threshold;
@@ -81,32 +41,40 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib/flags.sh"
 # shellcheck disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/lib/script_support.sh"
+# shellcheck disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/lib/gcp.sh"
+# shellcheck disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/lib/options.sh"
+# shellcheck disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/lib/options/launch_training.sh"
 
 readonly PROG=launch_training.sh
 readonly PREEMPTED_EXIT=75
-readonly SECRETS_MOUNT=/run/hfgpu-secrets
-readonly CA_MOUNT=/run/hfgpu-ca-bundle.pem
+# runc's error when the engine cannot raise the locked-memory limit (RLIMIT_MEMLOCK is resource 8
+# on Linux, <asm-generic/resource.h>); seen here for type 7 (nofile) as "error setting rlimit type 7".
+readonly MEMLOCK_REFUSED='error setting rlimit type 8'
+# Each launch labels its containers with its own id: a failed start is removed by it, never by name.
+readonly LAUNCH_LABEL=hfgpu.launch
 # The image's reader of Trainer arguments (app/hf_script_args.py) and where a restart's
 # private copy of a JSON/YAML config goes (in the volume, 0600).
 readonly HF_ARGS_HELPER=/app/hf_script_args.py
 readonly CONFIG_COPY_DIR=.hfgpu/resume
-readonly DEFAULT_SECRET_NAMES=(HF_TOKEN HUGGING_FACE_HUB_TOKEN WANDB_API_KEY COMET_API_KEY
-  NEPTUNE_API_TOKEN MLFLOW_TRACKING_TOKEN MLFLOW_TRACKING_PASSWORD)
 # The image's minimum driver: the new label, the old one, then the image's ENV.
 readonly DRIVER_LABELS=(hfgpu.min-nvidia-driver ai.gpu-transformers.min-nvidia-driver)
-readonly OWNER_LABEL=hfgpu.owner
+# OWNER_LABEL, SECRETS_MOUNT, CA_MOUNT, DEFAULT_SECRET_NAMES: lib/options/launch_training.sh.
 
 # ------------------------------------------------------------------ globals
-# Set by parse_args (the opt_* values, as given) and by the resolve_* functions.
-opt_image='' opt_build=0 opt_volume='' opt_gpus='' opt_nproc='' opt_nnodes=1 opt_node_rank=0
+# Set by parse_args (the opt_* values, by lib/options/launch_training.sh) and the resolve_* functions.
+opt_build=0 opt_gpus='' opt_nproc='' opt_nnodes=1 opt_node_rank=0
 opt_master_addr='' opt_master_port='' opt_rdzv='' opt_network='' opt_name='' opt_detach=0
-opt_restart=0 opt_max_restarts=10 opt_bucket='' opt_env_file='' opt_share=0 opt_stop_timeout=120
-opt_outside_volume=0 opt_ca_bundle=''
-script_arg=bert script_given=0
+opt_restart=0 opt_max_restarts=10 opt_env_file='' opt_share=0 opt_stop_timeout=120
+opt_outside_volume=0
+script_arg=bert
 script_args=() docker_extra=() extra_secret_names=() env_specs=()
 volume=''          # resolve_volume: the host folder (absolute, symlinks resolved)
 image=''           # resolve_image: the reference to run
 image_origin=''    # resolve_image: where it came from (config_origin)
+image_action=''    # plan_image: have, pull or build
 script_path=''     # resolve_script: the script's path inside the container
 script_src=''      # resolve_script: the script's source on this machine ('' when unknown)
 app_script=''      # resolve_script: a name to find in the image's /app ('' for volume scripts)
@@ -127,6 +95,7 @@ resume_args=()     # supervise: what a restart adds to script_args (script_resum
 config_copy=''     # supervise: a restart's private copy of the script's JSON/YAML config (replaces script_args)
 bucket_hook=0      # resolve_bucket_hook: the image's hook mirrors a plain Trainer script's checkpoints
 run_start=0        # start_container: when the latest container started (epoch seconds)
+launch_id=$(date +%s)-$$-$RANDOM # this launch's LAUNCH_LABEL value
 
 # ---------------------------------------------------------------- helpers
 
@@ -158,6 +127,13 @@ is_image_ref() {
   [[ $1 =~ ^$host$part(/$part)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$ ]]
 }
 
+# is_loopback_host HOST[:PORT]: a registry on this machine (no route or NAT is involved).
+is_loopback_host() {
+  local h=${1%:*}
+  [[ $1 != *:* ]] && h=$1
+  [[ $h == localhost || $h == 127.* || $h == '[::1]' ]]
+}
+
 # bucket_problem URL: why URL is not gs://BUCKET[/PATH] (Cloud Storage's bucket naming rules); '' if it is.
 bucket_problem() {
   local url=$1 bucket
@@ -175,111 +151,43 @@ bucket_problem() {
   fi
 }
 
-# looks_secret NAME: a name that should go through --secret, not --env.
-looks_secret() {
-  [[ " ${DEFAULT_SECRET_NAMES[*]} " == *" $1 "* ]] && return 0
-  [[ $1 =~ (TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY)$ ]]
-}
-
 # ------------------------------------------------------------- arguments
 
 parse_args() {
-  while (($#)); do
-    flag_begin "$1"
-    case $FLAG in
-      -h | --help) flag_switch; usage "${BASH_SOURCE[0]}"; exit 0 ;;
-      --image) flag_value "$@"; opt_image=$VALUE ;;
-      --build) flag_switch; opt_build=1 ;;
-      --volume) flag_value "$@"; opt_volume=$VALUE ;;
-      --gpus) flag_value "$@"; opt_gpus=$VALUE ;;
-      --nproc)
-        flag_value "$@"
-        opt_nproc=$VALUE
-        [[ $VALUE == auto ]] || to_int opt_nproc --nproc "$VALUE" 1 1024
-        ;;
-      --nnodes) flag_value "$@"; to_int opt_nnodes --nnodes "$VALUE" 1 4096 ;;
-      --node-rank) flag_value "$@"; to_int opt_node_rank --node-rank "$VALUE" 0 4095 ;;
-      --master-addr) flag_value "$@"; opt_master_addr=$VALUE ;;
-      --master-port) flag_value "$@"; to_int opt_master_port --master-port "$VALUE" 1 65535 ;;
-      --rdzv-endpoint) flag_value "$@"; opt_rdzv=$VALUE ;;
-      --network) flag_value "$@"; opt_network=$VALUE ;;
-      --container-name) flag_value "$@"; opt_name=$VALUE ;;
-      --name) flag_value "$@"; flag_deprecated --container-name; opt_name=$VALUE ;;
-      --detach) flag_switch; opt_detach=1 ;;
-      --restart-on-preemption) flag_switch; opt_restart=1 ;;
-      --max-restarts) flag_value "$@"; to_int opt_max_restarts --max-restarts "$VALUE" 0 1000 ;;
-      --checkpoint-bucket) flag_value "$@"; opt_bucket=$VALUE ;;
-      --ca-bundle) flag_value "$@"; opt_ca_bundle=$VALUE ;;
-      --env) flag_value "$@"; env_specs+=("$VALUE") ;;
-      --env-file) flag_value "$@"; opt_env_file=$VALUE ;;
-      --secret) flag_value "$@"; extra_secret_names+=("$VALUE") ;;
-      --share) flag_switch; opt_share=1 ;;
-      --stop-timeout) flag_value "$@"; to_int opt_stop_timeout --stop-timeout "$VALUE" 1 3600 ;;
-      --docker-arg) flag_value "$@"; docker_extra+=("$VALUE") ;;
-      --allow-outside-volume) flag_switch; opt_outside_volume=1 ;;
-      --dry-run) flag_switch; DRY_RUN=1 ;;
-      --) shift; script_args=("$@"); break ;;
-      -*) flag_unknown ;;
-      *)
-        ((script_given == 0)) ||
-          die "unexpected argument '$1': give one SCRIPT; its own arguments go after --"
-        script_arg=$1 script_given=1
-        ;;
-    esac
-    shift "$FLAG_SHIFT"
+  opt_parse "$@"
+  opt_check_config
+  if ((${#OPT_ARGS[@]} > 1)); then
+    die "unexpected argument $(q "${OPT_ARGS[1]}"): give one SCRIPT; its own arguments go after --"
+  fi
+  if ((${#OPT_ARGS[@]})); then
+    script_arg=${OPT_ARGS[0]}
+    [[ $script_arg == *[![:space:]]* && $script_arg != *[[:cntrl:]]* ]] ||
+      die "the SCRIPT argument $(q "$script_arg") is empty or not one line; give a script name (see --help)"
+  fi
+  script_args=("${OPT_REST[@]}")
+  # Numbers as the table read them (decimal: 08 is 8).
+  local v
+  for v in opt_nnodes opt_node_rank opt_master_port opt_max_restarts opt_stop_timeout opt_nproc opt_gpus; do
+    [[ ! ${!v} =~ ^[0-9]+$ ]] || printf -v "$v" '%d' "$((10#${!v}))"
   done
 }
 
-# apply_flags: the flags that are configuration names win over everything else.
-apply_flags() {
-  [[ -z $opt_image ]] || config_set_flag CONTAINER_NAME --image "$opt_image"
-  [[ -z $opt_volume ]] || config_set_flag VOLUME --volume "$opt_volume"
-  [[ -z $opt_bucket ]] || config_set_flag CHECKPOINT_BUCKET --checkpoint-bucket "$opt_bucket"
-  [[ -z $opt_ca_bundle ]] || config_set_flag CA_BUNDLE --ca-bundle "$opt_ca_bundle"
-  return 0
-}
-
-# check_args: the flags that need no configuration nor Docker to be judged.
+# check_args: what the option table cannot say, before any configuration or Docker is needed.
 check_args() {
-  case $opt_gpus in
-    '' | all | none) ;;
-    device=*)
-      [[ $opt_gpus =~ ^device=[A-Za-z0-9-]+(,[A-Za-z0-9-]+)*$ ]] ||
-        die "--gpus device= takes GPU indexes or UUIDs separated by commas (device=0,1); got '$opt_gpus'"
-      ;;
-    *) to_int opt_gpus "--gpus (all, none, a count or device=I,J)" "$opt_gpus" 1 1024 ;;
-  esac
-  ((opt_node_rank < opt_nnodes)) || die "--node-rank must be in 0..$((opt_nnodes - 1)); got '$opt_node_rank'"
-  if ((opt_nnodes > 1)) && [[ -z $opt_master_addr && -z $opt_rdzv ]]; then
-    die "--nnodes $opt_nnodes needs --master-addr HOST (the rank-0 node's address)" \
-      "or --rdzv-endpoint HOST:PORT"
-  fi
-  if [[ -n $opt_master_addr && ! $opt_master_addr =~ ^[A-Za-z0-9]([A-Za-z0-9._:-]*[A-Za-z0-9])?$ ]]; then
-    die "--master-addr takes a host name or IP address; got '$opt_master_addr'"
-  fi
-  if [[ -n $opt_rdzv ]]; then
-    [[ $opt_rdzv =~ ^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?:([0-9]+)$ ]] ||
-      die "--rdzv-endpoint takes HOST:PORT (e.g. 10.0.0.2:29400); got '$opt_rdzv'"
-    # shellcheck disable=SC2034 # only range-checked
-    local port
-    to_int port "--rdzv-endpoint's port" "${BASH_REMATCH[2]}" 1 65535
-  fi
-  if [[ -n $opt_name && ! $opt_name =~ ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$ ]]; then
-    die "--container-name '$opt_name' is not a valid container name; use letters, digits, '_', '.', '-'"
-  fi
-  if [[ -n $opt_env_file ]] && [[ ! -f $opt_env_file || ! -r $opt_env_file ]]; then
-    die "--env-file $opt_env_file is not a regular readable file; give a file of NAME=VALUE lines"
-  fi
-  local n arg
-  for n in "${extra_secret_names[@]}"; do
-    [[ $n =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "--secret takes a variable name (e.g. MY_TOKEN); got '$n'"
-  done
-  for arg in "${docker_extra[@]}"; do
-    if [[ $arg == --restart || $arg == --restart=* ]]; then
-      die "--docker-arg=$arg: Docker restart policies are not supported; use --restart-on-preemption" \
-        "(and deploy/gpu-training.service to start again after a reboot)"
+  ((opt_node_rank < opt_nnodes)) ||
+    die "--node-rank must be in 0..$((opt_nnodes - 1)) for --nnodes $opt_nnodes; got $(q "$opt_node_rank")"
+  # Several nodes meet through the rank-0 node's address (each node given its rank) or through a
+  # c10d rendezvous (which assigns the ranks: --node-rank conflicts with it in the table).
+  if ((opt_nnodes > 1)) && [[ -z $opt_rdzv ]]; then
+    local rank="--node-rank R (this node's rank, 0..$((opt_nnodes - 1)))"
+    local addr="--master-addr HOST (the rank-0 node's address)"
+    if [[ -z $opt_master_addr && -z ${OPT_GIVEN[--node-rank]:-} ]]; then
+      die "--nnodes $opt_nnodes needs $rank and $addr, or --rdzv-endpoint HOST:PORT; give them on every node"
     fi
-  done
+    [[ -n $opt_master_addr ]] || die "--nnodes $opt_nnodes needs $addr, or --rdzv-endpoint HOST:PORT; give it on every node"
+    [[ -n ${OPT_GIVEN[--node-rank]:-} ]] || die "--nnodes $opt_nnodes with --master-addr needs $rank; give it on every node"
+  fi
+  launch_docker_args_check "${docker_extra[@]}"
   # An absolute output path outside /volume is lost with the container (lib/script_support.sh).
   local mode=refuse
   ((opt_outside_volume)) && mode=warn
@@ -293,41 +201,24 @@ resolve_sharing() {
   umask "$umask_value"
 }
 
-# resolve_env: sets env_pairs from the --env NAME[=VALUE] options.
+# resolve_env: sets env_pairs from the --env NAME[=VALUE] options (checked by the table's env-spec).
 resolve_env() {
-  local spec n
+  local spec
   env_pairs=()
   for spec in "${env_specs[@]}"; do
-    n=${spec%%=*}
-    [[ $n =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "--env takes NAME or NAME=VALUE (NAME: letters, digits, '_'); got '$n'"
-    if looks_secret "$n"; then
-      die "--env $n looks like a secret, and --env values show in docker inspect; pass it with --secret $n" \
-        "(it is read from your environment)"
-    fi
     if [[ $spec == *=* ]]; then
       env_pairs+=("$spec")
     else
-      [[ -n ${!n+set} ]] || die "--env $n: $n is not set in your environment; export it or give --env $n=VALUE"
-      env_pairs+=("$n=${!n}")
+      env_pairs+=("$spec=${!spec}")
     fi
-    [[ ${env_pairs[-1]} != *$'\n'* ]] || die "--env $n: the value contains a newline; give one line"
   done
   return 0
 }
 
-# resolve_ca_bundle: CA_BUNDLE (any source), when set, is a readable PEM file; made absolute for the
-# mount (docker_mount_source quotes it: commas and colons are fine). A DER or empty file would be
-# ignored by pip's TLS, which then fails far from here with CERTIFICATE_VERIFY_FAILED.
+# resolve_ca_bundle: CA_BUNDLE (any source, a PEM file: the table's pem-file) made absolute for the
+# mount (docker_mount_source quotes it: commas and colons are fine).
 resolve_ca_bundle() {
-  [[ -n $CA_BUNDLE ]] || return 0
-  if [[ ! -f $CA_BUNDLE || ! -r $CA_BUNDLE || $CA_BUNDLE == *$'\n'* ]]; then
-    die "$(config_origin CA_BUNDLE) '$CA_BUNDLE' is not a readable regular file; fix it or unset it"
-  fi
-  if ! grep -q -- '-----BEGIN CERTIFICATE-----' "$CA_BUNDLE"; then
-    die "$(config_origin CA_BUNDLE) '$CA_BUNDLE' holds no PEM certificate (-----BEGIN CERTIFICATE-----);" \
-      "give a PEM bundle (a DER file converts with: openssl x509 -inform der -in FILE -out FILE.pem)"
-  fi
-  CA_BUNDLE=$(realpath -e -- "$CA_BUNDLE")
+  [[ -z $CA_BUNDLE ]] || CA_BUNDLE=$(realpath -e -- "$CA_BUNDLE")
 }
 
 # resolve_bucket: sets nothing; checks CHECKPOINT_BUCKET (any source), naming where a bad one came from.
@@ -336,7 +227,7 @@ resolve_bucket() {
   local why
   why=$(bucket_problem "$CHECKPOINT_BUCKET")
   [[ -z $why ]] ||
-    die "$(config_origin CHECKPOINT_BUCKET) '$CHECKPOINT_BUCKET' is not gs://BUCKET/PATH: $why; fix it or unset it"
+    die "$(config_origin CHECKPOINT_BUCKET) $(q "$CHECKPOINT_BUCKET") is not gs://BUCKET/PATH: $why; fix it or unset it"
 }
 
 # ------------------------------------------------------------- preflight
@@ -364,10 +255,10 @@ resolve_volume() {
   local origin
   [[ -n $VOLUME ]] || config_default VOLUME ./volume
   origin=$(config_origin VOLUME)
-  [[ $VOLUME != *$'\n'* ]] || die "$origin contains a newline; give a folder path on one line"
+  check_volume_links "$VOLUME" "$origin"
   volume=$(realpath -m -- "$VOLUME")
   if [[ -e $volume && ! -d $volume ]]; then
-    die "$origin: $volume exists but is not a folder; pass --volume DIR"
+    die "$origin: $(q "$volume") exists but is not a folder; pass --volume DIR"
   fi
   if [[ -d $volume && ! -w $volume ]]; then
     die "volume $volume ($origin) is not writable by uid $(id -u); fix its owner" \
@@ -378,6 +269,22 @@ resolve_volume() {
   [[ -w $parent ]] || die "cannot create the volume folder $volume ($origin): $parent is not writable;" \
     "create it yourself or pass --volume DIR"
   check_free_space "$parent"
+}
+
+# check_volume_links PATH ORIGIN: no folder on the way to PATH is a looping or broken symbolic link
+# (the shell cannot create a folder under one; "not writable" would name the wrong cause).
+check_volume_links() {
+  local path=$1 err
+  while [[ $path != / && $path != . && -n $path ]]; do
+    if [[ -L $path && ! -e $path ]]; then
+      err=$(stat -L -- "$path" 2>&1 >/dev/null) || true
+      [[ $err != *"Too many levels of symbolic links"* ]] ||
+        die "volume $(q "$1") ($2): $(q "$path") is a symbolic link loop; point it at a folder, or pass --volume DIR"
+      die "volume $(q "$1") ($2): $(q "$path") is a broken symbolic link (to $(q "$(readlink -- "$path")"));" \
+        "create its target, or pass --volume DIR"
+    fi
+    path=$(dirname -- "$path")
+  done
 }
 
 # check_free_space DIR: a warning when the disk under DIR is nearly full.
@@ -414,28 +321,43 @@ resolve_image() {
     fi
   fi
   is_image_ref "$image" ||
-    die "$image_origin '$image' is not an image reference (HOST/PROJECT/REPO/IMAGE:TAG, or NAME:TAG);" \
+    die "$image_origin $(q "$image") is not an image reference (HOST/PROJECT/REPO/IMAGE:TAG, or NAME:TAG);" \
       "fix it, unset it, or pass --image REF"
   if ((opt_build)) && has_registry "$image"; then
-    die "--build makes a local image and never tags it with a registry reference ($image, $image_origin);" \
+    die "--build makes a local image and never tags it with a registry reference ($(q "$image"), $image_origin);" \
       "pass --image NAME:TAG without a registry host, or drop --build"
   fi
   return 0
 }
 
-# ensure_image: the image is on this machine: pulled (registry reference) or built (local one).
-ensure_image() {
+# plan_image: sets image_action: have, pull (a registry reference) or build (the project's own local
+# name IMAGE_NAME:TAG, or any local name with --build). Any other absent local name is a typo or an
+# image never built: refused here, after every option check and before anything is pulled or built.
+plan_image() {
   if ((opt_build)); then
-    build_locally
+    image_action=build
   elif image_exists "$image"; then
-    return 0
+    image_action=have
   elif has_registry "$image"; then
-    pull_image
-  elif [[ $image_origin == *"from the environment"* || $image_origin == *" in "* ]]; then
-    die "image $image ($image_origin) is not on this machine; unset it, pass --image REF, or add --build"
+    image_action=pull
+  elif [[ $image == "$(local_image)" ]]; then
+    image_action=build
   else
-    build_locally
+    local image_name=$image tag=latest
+    [[ ${image##*/} != *:* ]] || image_name=${image%:*} tag=${image##*:}
+    die "image $(q "$image") ($image_origin) is not on this machine, and it is not this project's local" \
+      "image $(q "$(local_image)"); check the name, build it (IMAGE_NAME=$image_name TAG=$tag" \
+      "./build_and_push.sh --no-push, or add --build), or pull it (docker pull HOST/PATH:TAG, then --image" \
+      "with that reference)"
   fi
+}
+
+# ensure_image: the image is on this machine, as plan_image decided.
+ensure_image() {
+  case $image_action in
+    build) build_locally ;;
+    pull) pull_image ;;
+  esac
 }
 
 # zstd_fix: what to do about a zstd image on an engine older than 23.0.
@@ -492,8 +414,16 @@ pull_image() {
           "--compression zstd): $(zstd_fix)"
       die "cannot pull $image: $why; a layer does not unpack: push the image again"
       ;;
-    *"dial tcp"* | *"no such host"* | *"connection refused"* | *timeout* | *"network is unreachable"* | \
-      *"server misbehaving"*)
+    *"connection refused"*)
+      # Something answered for the host, but nothing listens on the port: the registry is not
+      # running there (or the port is wrong); not a question of the VM's route to the internet.
+      die "cannot pull $image: nothing listens at $host ($why); check the host and port in the" \
+        "reference, or start the registry there, then run again"
+      ;;
+    *"dial tcp"* | *"no such host"* | *timeout* | *"network is unreachable"* | *"server misbehaving"*)
+      is_loopback_host "$host" &&
+        die "cannot pull $image: no answer from $host on this machine ($why); start the registry there," \
+          "or check the host and port in the reference"
       die "cannot pull $image: no network to $host ($why); check this machine's network and DNS" \
         "(a GCE VM needs an external IP or Cloud NAT), then run again"
       ;;
@@ -827,7 +757,7 @@ resolve_memlock() {
   fi
   if err=$(docker run --rm --network none --ulimit memlock=-1 --entrypoint true "$probe" 2>&1 >/dev/null); then
     memlock=1
-  elif [[ $err == *"error setting rlimit"* ]]; then
+  elif [[ $err == *"$MEMLOCK_REFUSED"* ]]; then
     memlock=0
   elif [[ $probe != "$image" && $err == *"executable file not found"* ]]; then
     memlock=1
@@ -920,6 +850,7 @@ build_run_cmd() {
   mapfile -t engine < <(docker_engine_args)
   run_cmd=(docker "${engine[@]}" run --detach --name "$name"
     --label "$OWNER_LABEL=$owner"
+    --label "$LAUNCH_LABEL=$launch_id"
     --user "$(id -u):$(id -g)"
     --ipc host
     --ulimit stack=67108864
@@ -998,13 +929,14 @@ note() {
   ((opt_detach)) || printf '%s: %s\n' "$PROG" "$*" >>"$log_file" 2>/dev/null || true
 }
 
-# remove_failed_start: the container docker created but could not start, if it is ours.
+# remove_failed_start: the containers this launch created but docker could not start (found by
+# this launch's own label, whatever their name), so that a retry leaves no first one behind.
 remove_failed_start() {
-  local who
-  who=$(docker inspect --format "{{index .Config.Labels \"$OWNER_LABEL\"}}" "$name" 2>/dev/null) || return 0
-  [[ $who == "$owner" ]] || return 0
-  [[ $(docker inspect --format '{{.State.Status}}' "$name" 2>/dev/null) != running ]] || return 0
-  docker rm --force "$name" >/dev/null 2>&1 || true
+  local id
+  for id in $(docker ps --all --quiet --filter "label=$LAUNCH_LABEL=$launch_id" --filter status=created \
+    2>/dev/null); do
+    docker rm --force "$id" >/dev/null 2>&1 || true
+  done
 }
 
 # start_container: sets container_id and run_start; a failure leaves nothing behind.
@@ -1015,8 +947,10 @@ start_container() {
     line=$(grep -m1 'Error response from daemon' <<<"$err" || grep -m1 -v '^[[:space:]]*$' <<<"$err" || true)
     line=${line#docker: }
     line=${line#Error response from daemon: }
-    [[ $err == *"is already in use"* ]] || remove_failed_start
-    if ((memlock)) && [[ $err == *"error setting rlimit"* ]]; then
+    remove_failed_start
+    # Only the memlock limit (RLIMIT_MEMLOCK, type 8 in runc's message) is retried without:
+    # another limit given through --docker-arg=--ulimit is the caller's to fix.
+    if ((memlock)) && [[ $err == *"$MEMLOCK_REFUSED"* ]]; then
       warn "this Docker engine cannot raise the locked-memory limit (memlock=-1); running with its default" \
         "(multi-node NCCL over RDMA may be slower)"
       memlock=0
@@ -1124,10 +1058,9 @@ report_outcome() {
 }
 
 main() {
-  parse_args "$@"
   # A .env file may hold secrets too: its lines are not traced.
   quietly config_init
-  apply_flags
+  parse_args "$@"
   check_args
   resolve_sharing
   resolve_env
@@ -1137,6 +1070,7 @@ main() {
   check_docker
   resolve_volume
   resolve_image
+  plan_image
   resolve_script
   script_src=$(script_host_path "$script_path" "$volume") || script_src=''
   resolve_bucket_hook

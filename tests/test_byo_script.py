@@ -887,6 +887,7 @@ def test_dry_run_without_home_still_decides_memlock(image, tmp_path):
     # Before the image is built or pulled: probed with another image of the engine, not assumed.
     missing = [*cmd]
     missing[missing.index("--image") + 1] = f"hfgpu-byo-absent:{uuid.uuid4().hex[:8]}"
+    missing.append("--build")  # an absent name other than IMAGE_NAME:TAG is built only when asked
     early = subprocess.run(missing, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert early.returncode == 0 and "build_and_push.sh" in early.stdout, early.stderr
     assert ("--ulimit memlock=-1" in early.stdout) == granted, early.stdout

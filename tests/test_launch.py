@@ -21,6 +21,7 @@ import json
 import os
 import pwd
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -389,7 +390,8 @@ def test_dry_run_prints_the_command_and_starts_nothing(image, workdir: Path):
     cmd = dry_cmd(proc)
     assert mount_source(cmd) == str(vol)
     assert option_values(cmd, "--name") == [f"hfgpu-{uid}-test_training_bert_base"]
-    assert option_values(cmd, "--label") == [f"hfgpu.owner={uid}"]
+    owner, launch_label = option_values(cmd, "--label")  # whose, and which launch (a failed start goes by it)
+    assert owner == f"hfgpu.owner={uid}" and launch_label.startswith("hfgpu.launch=")
     assert env_values(cmd)["HFGPU_UMASK"] == "077"
     line = proc.stdout.strip().splitlines()[-1]
     for part in (
@@ -445,12 +447,20 @@ def test_a_local_image_found_nowhere_is_built_with_build_and_push(image, workdir
     tag = f"{name}:t1"
     vol = make_volume(workdir, "vol-autobuild")
     write_script(vol, "hello.py", "print('hello from the built image')\n")
-    env = {"BASE_IMAGE": "hfgpu-test-base:bookworm", "CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt"}
+    # Built only because it is the project's own local name, IMAGE_NAME:TAG (any other absent name
+    # is refused: test_an_absent_image_that_is_not_ours_is_refused_and_never_built).
+    env = {
+        "BASE_IMAGE": "hfgpu-test-base:bookworm",
+        "CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt",
+        "IMAGE_NAME": name,
+        "TAG": "t1",
+        "PROJECT": "",
+    }
     try:
-        dry = launch(workdir, "--dry-run", "--image", tag, "--volume", str(vol), "hello.py", env=env)
+        dry = launch(workdir, "--dry-run", "--volume", str(vol), "hello.py", env=env)
         assert f"IMAGE_NAME={name} TAG=t1" in dry.stdout and "build_and_push.sh --no-push" in dry.stdout
         assert not image_exists(tag)
-        proc = launch(workdir, "--image", tag, "--volume", str(vol), "hello.py", env=env, timeout=1800)
+        proc = launch(workdir, "--volume", str(vol), "hello.py", env=env, timeout=1800)
         assert proc.returncode == 0, output(proc)[-4000:]
         assert f"building {tag} locally with build_and_push.sh --no-push" in proc.stderr
         assert "hello from the built image" in proc.stdout
@@ -813,30 +823,72 @@ BAD_INPUTS = [
     ("switch-with-value-2", "--detach=yes", {}, ["--detach is an on/off flag"]),
     ("count-not-a-number", "--max-restarts 1x", {}, ["--max-restarts must be a whole number"]),
     ("port-out-of-range", "--master-port 70000", {}, ["--master-port must be from 1 to 65535"]),
-    ("nproc-zero", "--nproc 0", {}, ["--nproc must be from 1 to 1024"]),
+    ("nproc-zero", "--nproc 0", {}, ["--nproc (auto or a count) must be from 1 to 1024"]),
     ("stop-timeout-too-long", "--stop-timeout 99999", {}, ["--stop-timeout must be from 1 to 3600"]),
-    ("nnodes-without-address", "--nnodes 2", {}, ["needs --master-addr HOST", "--rdzv-endpoint"]),
+    (
+        "nnodes-without-address",
+        "--nnodes 2",
+        {},
+        ["needs --node-rank R", "and --master-addr HOST", "or --rdzv-endpoint"],
+    ),
+    (
+        "nnodes-without-rank",
+        "--nnodes 2 --master-addr h",
+        {},
+        ["--nnodes 2 with --master-addr needs --node-rank R (this node's rank, 0..1)"],
+    ),
+    ("rank-without-nnodes", "--node-rank 0", {}, ["--node-rank needs --nnodes; give --nnodes too"]),
+    (
+        "addr-and-rdzv",
+        "--master-addr h --rdzv-endpoint h:1",
+        {},
+        ["--master-addr and --rdzv-endpoint cannot be"],
+    ),
+    (
+        "rank-and-rdzv",
+        "--nnodes 2 --node-rank 1 --rdzv-endpoint h:1",
+        {},
+        ["--node-rank and --rdzv-endpoint cannot"],
+    ),
+    (
+        "port-and-rdzv",
+        "--master-port 29500 --rdzv-endpoint h:1",
+        {},
+        ["--master-port and --rdzv-endpoint cannot be"],
+    ),
     ("node-rank-too-big", "--nnodes 2 --node-rank 2 --master-addr h", {}, ["--node-rank must be in 0..1"]),
+    ("nnodes-rank-no-address", "--nnodes 2 --node-rank 1", {}, ["--nnodes 2 needs --master-addr HOST"]),
     ("gpus-word", "--gpus many", {}, ["--gpus (all, none, a count or device=I,J) must be a whole number"]),
-    ("rdzv-without-port", "--rdzv-endpoint hostonly", {}, ["--rdzv-endpoint takes HOST:PORT"]),
+    ("rdzv-without-port", "--rdzv-endpoint hostonly", {}, ["--rdzv-endpoint 'hostonly' is not HOST:PORT"]),
     ("rdzv-port-zero", "--rdzv-endpoint h:0", {}, ["--rdzv-endpoint's port must be from 1 to 65535"]),
     ("container-name", "--container-name bad!name", {}, ["is not a valid container name"]),
-    ("bucket-scheme", "--checkpoint-bucket s3://b/p", {}, ["does not start with gs://"]),
-    ("bucket-uppercase", "--checkpoint-bucket gs://Bad_Bucket/p", {}, ["must be lowercase"]),
+    (
+        "bucket-scheme",
+        "--checkpoint-bucket s3://b/p",
+        {},
+        ["invalid gs:// URL 's3://b/p' (--checkpoint-bucket)"],
+    ),
+    ("bucket-uppercase", "--checkpoint-bucket gs://Bad_Bucket/p", {}, ["invalid gs:// URL", "lowercase"]),
     ("bucket-google", "--checkpoint-bucket gs://my-google-runs/p", {}, ["contain 'google'"]),
     ("bucket-from-env", "", {"CHECKPOINT_BUCKET": "runs/x"}, ["CHECKPOINT_BUCKET from the environment"]),
     ("env-secret-name", "--env HF_TOKEN=x", {}, ["--env HF_TOKEN looks like a secret", "--secret HF_TOKEN"]),
-    ("env-bad-name", "--env 1BAD=x", {}, ["--env takes NAME or NAME=VALUE"]),
+    ("env-bad-name", "--env 1BAD=x", {}, ["--env '1BAD=x' is not NAME or NAME=VALUE"]),
+    ("env-launcher-name", "--env NPROC_PER_NODE=4", {}, ["would override NPROC_PER_NODE", "use --nproc"]),
     ("env-unset", "--env HFGPU_LT_UNSET", {}, ["HFGPU_LT_UNSET is not set in your environment"]),
-    ("env-file-folder", "--env-file {workdir}", {}, ["is not a regular readable file"]),
-    ("env-file-missing", "--env-file {workdir}/none.env", {}, ["is not a regular readable file"]),
-    ("secret-bad-name", "--secret bad-name", {}, ["--secret takes a variable name"]),
-    ("restart-policy", "--docker-arg=--restart=always", {}, ["restart policies are not supported"]),
+    ("env-file-folder", "--env-file {workdir}", {}, ["(--env-file): it is a folder"]),
+    ("env-file-missing", "--env-file {workdir}/none.env", {}, ["(--env-file): no readable file there"]),
+    ("secret-bad-name", "--secret bad-name", {}, ["--secret 'bad-name' is not a variable name"]),
+    (
+        "restart-policy",
+        "--docker-arg=--restart=always",
+        {},
+        ["docker's --restart", "use --restart-on-preemption"],
+    ),
     ("outside-volume-switch", "--allow-outside-volume=yes", {}, ["--allow-outside-volume is an on/off flag"]),
     ("output-outside-volume", "-- --output_dir /tmp/out", {}, ["--output_dir /tmp/out is outside /volume"]),
     ("logging-outside-volume", "-- --logging_dir=/app/logs", {}, ["pass --allow-outside-volume"]),
     ("symlink-escape", "escape.py", {}, ["outside the volume", "copy it there"]),
-    ("image-ref", "--image Bad/Ref:Tag", {}, ["'Bad/Ref:Tag' is not an image reference"]),
+    ("image-ref", "--image Bad/Ref:Tag", {}, ["invalid image reference 'Bad/Ref:Tag' (--image)"]),
     ("image-from-env", "-image", {"CONTAINER_NAME": "my container"}, ["CONTAINER_NAME from the environment"]),
     (
         "volume-from-env",
@@ -845,12 +897,62 @@ BAD_INPUTS = [
         ["VOLUME from the environment", "not a folder"],
     ),
     ("build-registry-ref", "--build --image 127.0.0.1:5000/p/r/i:t", {}, ["never tags it with a registry"]),
-    ("stray-image-absent", "--gpus none -image", {"CONTAINER_NAME": "hfgpu-lt-absent:1"}, ["unset it"]),
+    (
+        "stray-image-absent",
+        "-image",
+        {"CONTAINER_NAME": "hfgpu-lt-absent:1"},
+        ["'hfgpu-lt-absent:1' (CONTAINER_NAME from the environment) is not on this machine", "--no-push"],
+    ),
+    ("image-typo-never-built", "--image hfgpu-lt-nope:1", {}, ["build it", "--build), or pull it"]),
     ("two-scripts", "a.py b.py", {}, ["its own arguments go after --"]),
-    ("unknown-option", "--frobnicate", {}, ["unknown option --frobnicate"]),
+    ("unknown-option", "--frobnicate", {}, ["unknown option '--frobnicate'"]),
     ("missing-value", "--secret", {}, ["--secret needs a value"]),
     ("value-is-an-option", "--container-name --detach", {}, ["needs a value but got the option"]),
     ("free-gb-from-env", "", {"HFGPU_MIN_FREE_GB": "lots"}, ["HFGPU_MIN_FREE_GB from the environment"]),
+    # Empty values are errors, never the default.
+    ("volume-empty", "--volume=", {}, ["--volume is empty"]),
+    ("image-empty", "--image=", {}, ["--image is empty"]),
+    ("name-empty", "--container-name=", {}, ["--container-name is empty"]),
+    ("bucket-empty", "--checkpoint-bucket=", {}, ["--checkpoint-bucket is empty"]),
+    ("gpus-empty", "--gpus=", {}, ["--gpus is empty"]),
+    ("volume-empty-env", "-volume", {"VOLUME": " "}, ["VOLUME from the environment is blank"]),
+    # The launcher's guarantees: no --docker-arg overrides them; the line names the option to use.
+    (
+        "docker-arg-name",
+        "--docker-arg=--name=x",
+        {},
+        ["'--name=x' would set docker's --name", "use --container-name"],
+    ),
+    ("docker-arg-owner", "--docker-arg=--label=hfgpu.owner=x", {}, ["the label hfgpu.owner", "drop it"]),
+    (
+        "docker-arg-owner-2",
+        "--docker-arg=-l --docker-arg=hfgpu.owner=x",
+        {},
+        ["'-l hfgpu.owner=x' would set"],
+    ),
+    ("docker-arg-user", "--docker-arg=--user=0", {}, ["docker's --user", "the container runs as you"]),
+    ("docker-arg-user-short", "--docker-arg=-u0", {}, ["docker's --user"]),
+    (
+        "docker-arg-volume",
+        "--docker-arg=-v --docker-arg={workdir}:/volume",
+        {},
+        ["mount at /volume", "use --volume DIR"],
+    ),
+    (
+        "docker-arg-mount",
+        "--docker-arg=--mount=type=bind,src={workdir},dst=/volume/",
+        {},
+        ["use --volume DIR"],
+    ),
+    (
+        "docker-arg-secrets",
+        "--docker-arg=--volume={workdir}:/run/hfgpu-secrets",
+        {},
+        ["use --secret NAME or --env-file"],
+    ),
+    ("docker-arg-env", "--docker-arg=--env=NNODES=2", {}, ["would set NNODES", "use --nnodes"]),
+    ("docker-arg-gpus", "--docker-arg=--gpus=all", {}, ["use --gpus"]),
+    ("docker-arg-detach", "--docker-arg=-dit", {}, ["docker's --detach", "use --detach"]),
 ]
 
 
@@ -956,7 +1058,7 @@ def test_configuration_precedence_flag_env_file_default(image, workdir: Path):
     # A bad value from the file names the file.
     conf.write_text(f"CONTAINER_NAME={image.tag}\nCHECKPOINT_BUCKET=gs://Bad/x\n")
     bad = launch(workdir, *base, env={"CONFIG_FILE": str(conf)})
-    assert f"CHECKPOINT_BUCKET in {conf} 'gs://Bad/x' is not gs://BUCKET/PATH" in one_error_line(bad)
+    assert f"invalid gs:// URL 'gs://Bad/x' (CHECKPOINT_BUCKET in {conf}:2)" in one_error_line(bad)
 
 
 def test_rdzv_endpoint_env_and_plain_env(image, workdir: Path):
@@ -1175,7 +1277,9 @@ def test_pull_without_network_says_so(image, workdir: Path):
     ref = "127.0.0.1:9/proj/repo/gpu_transformers:1"  # the discard port: nothing listens
     vol = make_volume(workdir, "vol-pull-nonet")
     line = one_error_line(launch(workdir, "--image", ref, "--volume", str(vol), "--gpus", "none"))
-    assert f"cannot pull {ref}: no network to 127.0.0.1:9" in line and "connection refused" in line
+    # Nothing listens there: the hint is the host and port, not the VM's route (Cloud NAT).
+    assert f"cannot pull {ref}: nothing listens at 127.0.0.1:9" in line and "connection refused" in line
+    assert "check the host and port" in line and "Cloud NAT" not in line
 
 
 def registry_answers(host: str) -> bool:
@@ -1258,7 +1362,8 @@ def test_vm_flow_pulls_the_digest_and_runs_from_the_copied_files(image, workdir:
         assert f"pulling {ref}" in proc.stderr
         assert "hello from the pulled image" in proc.stdout
         assert image_exists(ref)
-        # An absent local reference from this copy cannot be built: one line says what to do.
+        # The project's own local name, absent, cannot be built from this copy: one line says what
+        # to do (any other absent local name is refused before that, as anywhere).
         line = one_error_line(
             launch(
                 workdir,
@@ -1270,6 +1375,7 @@ def test_vm_flow_pulls_the_digest_and_runs_from_the_copied_files(image, workdir:
                 "none",
                 "hello.py",
                 launcher=copy / "launch_training.sh",
+                env={"IMAGE_NAME": "hfgpu-lt-nowhere", "TAG": "1"},
             )
         )
         assert "has no build_image/ to build it" in line
@@ -1387,3 +1493,98 @@ def test_restart_on_preemption_reruns_only_after_75_137_143(image, workdir: Path
     else:
         assert (proc.returncode, runs) == (code, 1), output(proc)[-3000:]
         assert "starting it again" not in proc.stderr
+
+
+# ------------------------------------------------- issue 19: each class, one test
+
+
+def test_an_absent_image_that_is_not_ours_is_refused_and_never_built(image, workdir: Path):
+    # `--image bi-nope:1` (a typo) used to start a full build. Refused now, in a dry run too, with
+    # the line to build or pull it; --build still builds it on purpose (dry run: the command only).
+    vol = make_volume(workdir, "vol-typo")
+    write_script(vol, "hello.py", "print('hi')\n")
+    before = containers()
+    proc = launch(workdir, "--dry-run", "--image", "hfgpu-lt-nope:1", "--volume", str(vol), "hello.py")
+    line = one_error_line(proc)
+    assert "image 'hfgpu-lt-nope:1' (--image) is not on this machine" in line
+    assert "IMAGE_NAME=hfgpu-lt-nope TAG=1 ./build_and_push.sh --no-push" in line and "--build" in line
+    assert "docker pull" in line and proc.stdout == "" and len(proc.stderr.splitlines()) == 1
+    assert not image_exists("hfgpu-lt-nope:1") and containers() == before
+    built = launch(
+        workdir, "--dry-run", "--build", "--image", "hfgpu-lt-nope:1", "--volume", str(vol), "hello.py"
+    )
+    assert built.returncode == 0 and "IMAGE_NAME=hfgpu-lt-nope TAG=1" in built.stdout, output(built)
+
+
+def test_a_newline_inside_an_env_value_is_one_line(image, workdir: Path):
+    vol = make_volume(workdir, "vol-env-newline")
+    write_script(vol, "hello.py", "print('hi')\n")
+    for args, env in (
+        (["--env", "NOTE=first\nsecond"], {}),
+        (["--env", "NOTE"], {"NOTE": "first\nsecond"}),
+    ):
+        proc = launch(
+            workdir, "--dry-run", "--image", image.tag, "--volume", str(vol), *args, "hello.py", env=env
+        )
+        assert proc.returncode == 1 and proc.stdout == "", output(proc)
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("launch_training.sh: error: --env"), proc.stderr
+        assert "newline" in lines[0], lines[0]
+
+
+def test_volume_tilde_expands_and_a_symlink_loop_is_named(image, workdir: Path):
+    # `--volume=~/vol`: the shell leaves ~ alone after '='; the launcher expands it as the shell
+    # would after a space, and creates no folder named '~'.
+    home = workdir / "home"
+    cwd = make_volume(workdir, "cwd-tilde")
+    cmd = dry_cmd(
+        launch(workdir, "--dry-run", "--image", image.tag, "--gpus", "none", "--volume=~/vol", cwd=cwd)
+    )
+    assert mount_source(cmd) == str(home / "vol")
+    assert not (cwd / "~").exists()
+    # A symbolic link loop on the way is said as such, not as "not writable".
+    loop = workdir / "vol-loop"
+    if not loop.is_symlink():
+        loop.symlink_to(loop)
+    for value in (str(loop / "sub"), str(loop)):
+        line = one_error_line(launch(workdir, "--image", image.tag, "--volume", value))
+        assert "loop" in line and "not writable" not in line, line
+        assert not (loop.parent / "sub").exists()
+
+
+def test_a_failed_start_leaves_no_container_and_only_memlock_is_retried(image, workdir: Path):
+    # The memlock retry: an engine that answered "granted" before (the cached answer says 1) and
+    # refuses now (this engine refuses --ulimit memlock=-1: runc's "error setting rlimit type 8").
+    # The launcher warns, caches the refusal, starts again without it, and the first container,
+    # created but never started, is gone: removed by this launch's own label, whatever its name.
+    vol = make_volume(workdir, "vol-memlock")
+    write_script(vol, "hello.py", "print('hello after the retry')\n")
+    cache = workdir / "memlock-cache"
+    engine = docker("info", "--format", "{{.ID}}").stdout.strip()
+    answer = cache / "hfgpu-engines" / f"memlock-{re.sub('[^A-Za-z0-9]', '_', engine)}"
+    answer.parent.mkdir(parents=True, exist_ok=True)
+    answer.write_text("1\n")
+    for path in (cache, answer.parent, answer):
+        os.chown(path, UID, GID)
+    env = {"XDG_CACHE_HOME": str(cache)}
+    probe = ["run", "--rm", "--network", "none", "--ulimit", "memlock=-1", "--entrypoint", "true", image.tag]
+    refused = docker(*probe, check=False).returncode != 0
+    before = containers()
+    proc = launch(workdir, *argv(f"--image {image.tag} --volume {vol} --gpus none hello.py"), env=env)
+    assert proc.returncode == 0, output(proc)[-3000:]
+    assert "hello after the retry" in proc.stdout
+    assert ("cannot raise the locked-memory limit" in proc.stderr) == refused, proc.stderr
+    assert answer.read_text().strip() == ("0" if refused else "1")
+    assert containers() == before
+    # Another limit the engine refuses (nofile beyond the kernel's nr_open: "error setting rlimit
+    # type 7") is the caller's to fix: one line, no memlock retry, nothing left.
+    answer.write_text("1\n")
+    proc = launch(
+        workdir,
+        *argv(f"--image {image.tag} --volume {vol} --gpus none hello.py"),
+        "--docker-arg=--ulimit=nofile=2000000000:2000000000",
+        env=env,
+    )
+    line = one_error_line(proc)
+    assert "docker could not start the container" in line and "error setting rlimit type" in line
+    assert containers() == before

@@ -221,7 +221,15 @@ def sweep_create_instance(fake: FakeGcp, tmp: Path) -> Sweep:
 
 
 def sweep_launch_training(fake: FakeGcp, tmp: Path) -> Sweep:
-    pytest.fail("launch_training.sh has no option table yet (issue 19)")
+    # A valid run: the test base image (on the engine already: nothing to pull or build), a volume
+    # holding a tiny script. Image and volume come from .env, so that the environment's and .env's
+    # hostile values are the ones read; no gcloud call (CONTAINER_NAME is given).
+    volume = tmp / "volume"
+    volume.mkdir(exist_ok=True)
+    (volume / "hello.py").write_text("print('hello')\n")
+    env = script_env(fake, tmp, tool_bin(tmp))
+    dotenv = f"CONTAINER_NAME=hfgpu-test-base:bookworm\nVOLUME={volume}\n"
+    return Sweep("launch_training", env, args=("hello.py",), dotenv=dotenv, snapshot=docker_state)
 
 
 def sweep_submit_vertex_job(fake: FakeGcp, tmp: Path) -> Sweep:
