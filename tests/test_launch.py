@@ -860,7 +860,7 @@ BAD_INPUTS = [
     ("nnodes-rank-no-address", "--nnodes 2 --node-rank 1", {}, ["--nnodes 2 needs --master-addr HOST"]),
     ("gpus-word", "--gpus many", {}, ["--gpus (all, none, a count or device=I,J) must be a whole number"]),
     ("rdzv-without-port", "--rdzv-endpoint hostonly", {}, ["--rdzv-endpoint 'hostonly' is not HOST:PORT"]),
-    ("rdzv-port-zero", "--rdzv-endpoint h:0", {}, ["--rdzv-endpoint's port must be from 1 to 65535"]),
+    ("rdzv-port-zero", "--rdzv-endpoint h:0", {}, ["--rdzv-endpoint: the port must be from 1 to 65535"]),
     ("container-name", "--container-name bad!name", {}, ["is not a valid container name"]),
     (
         "bucket-scheme",
@@ -872,7 +872,7 @@ BAD_INPUTS = [
     ("bucket-google", "--checkpoint-bucket gs://my-google-runs/p", {}, ["contain 'google'"]),
     ("bucket-from-env", "", {"CHECKPOINT_BUCKET": "runs/x"}, ["CHECKPOINT_BUCKET from the environment"]),
     ("env-secret-name", "--env HF_TOKEN=x", {}, ["--env HF_TOKEN looks like a secret", "--secret HF_TOKEN"]),
-    ("env-bad-name", "--env 1BAD=x", {}, ["--env '1BAD=x' is not NAME or NAME=VALUE"]),
+    ("env-bad-name", "--env 1BAD=x", {}, ["--env: the name '1BAD' is not a variable", "value is not shown"]),
     ("env-launcher-name", "--env NPROC_PER_NODE=4", {}, ["would override NPROC_PER_NODE", "use --nproc"]),
     ("env-unset", "--env HFGPU_LT_UNSET", {}, ["HFGPU_LT_UNSET is not set in your environment"]),
     ("env-file-folder", "--env-file {workdir}", {}, ["(--env-file): it is a folder"]),

@@ -67,7 +67,7 @@ _launch_host_port() {
   local port
   [[ $1 =~ ^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?:([0-9]+)$ ]] ||
     die "$2 $(q "$1") is not HOST:PORT; give the rendezvous host and port (e.g. 10.0.0.2:29400)"
-  to_int port "$2's port" "${BASH_REMATCH[2]}" 1 65535
+  to_int port "$2: the port" "${BASH_REMATCH[2]}" 1 65535
 }
 _launch_docker_name() {
   [[ $1 =~ ^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$ ]] ||
@@ -83,8 +83,10 @@ _launch_env_name() {
 # --env NAME[=VALUE]: a plain variable; a secret, a launcher's variable or an unset NAME is refused.
 _launch_env_spec() {
   local n=${1%%=*}
+  # The name only: the value may be a token (a typo in the name must not print it).
   [[ $n =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] ||
-    die "$2 $(q "$1") is not NAME or NAME=VALUE; give a NAME of letters, digits and '_', not starting with a digit"
+    die "$2: the name $(q "$n") is not a variable name (the value is not shown: it may be a secret);" \
+      "give NAME or NAME=VALUE, NAME of letters, digits and '_', not starting with a digit"
   if looks_secret "$n"; then
     die "$2 $n looks like a secret, and --env values show in docker inspect; pass it with --secret $n" \
       "(it is read from your environment)"
