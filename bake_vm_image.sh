@@ -1,23 +1,6 @@
 #!/usr/bin/env bash
 # Summary: bake a Compute Engine image whose disk already holds the training image's layers.
-# Usage: bake_vm_image.sh [--image REF] [--project ID] [--zone ZONE] [--machine-type TYPE]
-#                         [--image-family FAMILY] [--boot-disk-size SIZE] [--service-account EMAIL]
-#                         [--timeout SECONDS] [--poll-seconds N] [--dry-run] [-h|--help]
-#
-#   --image REF             the training image (env CONTAINER_NAME; default HOST/PROJECT/REPO/IMAGE:TAG
-#                           as for create_instance.sh); it must be on this machine too (build_and_push.sh
-#                           leaves it there): the family is named after its layers
-#   --project ID            Google Cloud project (PROJECT; default: gcloud config); the image goes there
-#   --zone ZONE             where the bake VM runs (env ZONE; default LOCATION-a)
-#   --machine-type TYPE     the bake VM: a cheap CPU type (default e2-standard-4)
-#   --image-family FAMILY   the Deep Learning VM family to start from (default: create_instance.sh's,
-#                           common-cu129-ubuntu-2204-nvidia-580, project deeplearning-platform-release)
-#   --boot-disk-size SIZE   the baked disk (default 100GB; 1TB too); VMs booted from it need at least as much
-#   --service-account EMAIL the bake VM's identity, which pulls the image (default the one
-#                           create_instance.sh makes: hfgpu-vm@PROJECT.iam.gserviceaccount.com)
-#   --timeout SECONDS       how long the bake VM may take to pull and power off (default 1800)
-#   --poll-seconds N        how often its state is read meanwhile (default 15)
-#   --dry-run               print every gcloud command, quoted, and change nothing
+# Usage: bake_vm_image.sh [OPTIONS]     (the options: below, declared in lib/options/bake_vm_image.sh)
 #
 # Steps: the family name, hfgpu-deps-<digest of the image's dependency layers> (lib/baked.sh);
 # nothing to do when the project has that family already; a bake VM from the Deep Learning VM
@@ -39,13 +22,18 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/gcp.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib/baked.sh"
 # shellcheck source=lib/machines.sh disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/lib/machines.sh"
+# shellcheck source=lib/options.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/lib/options.sh"
+# shellcheck source=lib/options/bake_vm_image.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/lib/options/bake_vm_image.sh"
 # shellcheck disable=SC2034 # read by lib/common.sh's log/warn/die
 PROG=bake_vm_image.sh
 
 readonly SOURCE_PROJECT=$DLVM_PROJECT
 SOURCE_FAMILY=$DLVM_FAMILY
 MACHINE_TYPE=e2-standard-4
-DISK_GB=100
+DISK_SIZE=100GB
+DISK_GB=
 SERVICE_ACCOUNT=
 IMAGE_REF=
 TIMEOUT_S=1800
@@ -57,53 +45,17 @@ DEP_LAYERS=  # how many of the image's layers the family covers (the VM checks w
 VM_CREATED=0
 STARTUP=
 
-parse_args() {
-  while (($#)); do
-    flag_begin "$1"
-    case $FLAG in
-      -h | --help)
-        usage "${BASH_SOURCE[0]}"
-        exit 0
-        ;;
-      --dry-run) flag_switch && DRY_RUN=1 ;;
-      --image) flag_value "$@" && IMAGE_REF=$VALUE ;;
-      --project) flag_value "$@" && config_set_flag PROJECT --project "$VALUE" ;;
-      --location) flag_value "$@" && config_set_flag LOCATION --location "$VALUE" ;;
-      --zone) flag_value "$@" && config_set_flag ZONE --zone "$VALUE" ;;
-      --machine-type) flag_value "$@" && MACHINE_TYPE=$VALUE ;;
-      --image-family) flag_value "$@" && SOURCE_FAMILY=$VALUE ;;
-      --boot-disk-size) flag_value "$@" && DISK_GB=$VALUE ;;
-      --service-account) flag_value "$@" && SERVICE_ACCOUNT=$VALUE ;;
-      --timeout) flag_value "$@" && to_int TIMEOUT_S --timeout "$VALUE" 1 ;;
-      --poll-seconds) flag_value "$@" && to_int POLL_S --poll-seconds "$VALUE" 1 ;;
-      *) flag_unknown ;;
-    esac
-    shift "$FLAG_SHIFT"
-  done
-}
-
+# validate: what the option table cannot say (lib/options.sh has checked each value, from flags,
+# environment and .env alike), before any gcloud call.
 validate() {
   config_default ZONE "${LOCATION}-a"
+  # shellcheck disable=SC2153 # ZONE: a configuration name of lib/common.sh
   validate_zone "$ZONE" "$(config_origin ZONE)"
-  [[ $MACHINE_TYPE =~ ^[a-z][a-z0-9]*(-[a-z0-9]+)+$ ]] ||
-    die "invalid machine type '$MACHINE_TYPE': use a type like e2-standard-4"
-  [[ $SOURCE_FAMILY =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] ||
-    die "invalid image family '$SOURCE_FAMILY': see gcloud compute images list --project $SOURCE_PROJECT"
-  # 100, 100GB or 1TB, as create_instance.sh reads them (gcloud's TB is 1024 GB).
-  local gb=0
-  if [[ $DISK_GB =~ ^([0-9]{1,9})(GB|TB)?$ ]]; then
-    gb=$((10#${BASH_REMATCH[1]}))
-    [[ ${BASH_REMATCH[2]} == TB ]] && gb=$((gb * 1024))
-  fi
-  ((gb >= 50 && gb <= 65536)) ||
-    die "invalid --boot-disk-size '$DISK_GB': give 50GB to 64TB (the Deep Learning VM image plus about 9 GB of layers)"
-  DISK_GB=$gb
+  DISK_GB=$(disk_gb "$DISK_SIZE")
   config_default_project
   [[ -n $PROJECT ]] || die "preflight: no project set; pass --project ID or run: gcloud config set project ID"
   validate_project "$PROJECT" "$(config_origin PROJECT)"
   SERVICE_ACCOUNT=${SERVICE_ACCOUNT:-hfgpu-vm@$PROJECT.iam.gserviceaccount.com}
-  [[ $SERVICE_ACCOUNT =~ ^[a-z0-9._-]+@[a-z0-9.-]+\.gserviceaccount\.com$ ]] ||
-    die "invalid service account '$SERVICE_ACCOUNT': use its e-mail, NAME@PROJECT.iam.gserviceaccount.com"
   IMAGE_REF=${IMAGE_REF:-${CONTAINER_NAME:-$(registry_image)}}
   need_cmd docker "the baked family is named after the image's layers, read from the local Docker engine"
   FAMILY=$(baked_family "$IMAGE_REF") ||
@@ -233,8 +185,12 @@ cleanup() {
 }
 
 main() {
+  opt_help_first "$@"
   config_init
-  parse_args "$@"
+  opt_parse "$@"
+  ((${#OPT_ARGS[@]} + ${#OPT_REST[@]} == 0)) ||
+    die "unexpected argument $(q "${OPT_ARGS[0]:-${OPT_REST[0]:-}}"): bake_vm_image.sh takes options only; see --help"
+  opt_check_config
   validate
   log "preflight: checking gcloud"
   gcp_preflight

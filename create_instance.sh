@@ -567,6 +567,7 @@ EOF
 }
 
 main() {
+  opt_help_first "$@"
   config_init
   old_spellings "$@"
   opt_parse "${ARGS[@]}"

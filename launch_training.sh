@@ -1058,6 +1058,7 @@ report_outcome() {
 }
 
 main() {
+  opt_help_first "$@"
   # A .env file may hold secrets too: its lines are not traced.
   quietly config_init
   parse_args "$@"

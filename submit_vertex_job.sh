@@ -434,6 +434,7 @@ follow() {
 }
 
 main() {
+  opt_help_first "$@"
   config_init
   opt_parse "$@"
   opt_check_config

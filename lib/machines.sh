@@ -177,3 +177,34 @@ machine_check_name() {
     die "$(q "$1")$(_from "$2") is not a GPU machine type lib/machines.sh knows (A2, A3 High/Mega/Ultra, A4," \
       "G2, N1); check the name (gcloud compute machine-types list --filter name=$1), or add its row there"
 }
+
+# A Compute Engine resource name (RFC 1035: compute/docs/naming-resources): families, reservations.
+readonly COMPUTE_NAME_RE='^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$'
+# The largest boot disk in GB: a Persistent Disk or Hyperdisk is at most 64 TB (compute/docs/disks).
+readonly DISK_MAX_GB=65536
+
+# machine_check_family FAMILY ORIGIN: FAMILY is an image family's name (create_instance.sh's and
+# bake_vm_image.sh's --image-family).
+machine_check_family() {
+  [[ $1 =~ $COMPUTE_NAME_RE ]] ||
+    die "invalid image family $(q "$1")$(_from "$2"): see gcloud compute images list --project $DLVM_PROJECT" \
+      "--no-standard-images"
+}
+
+# disk_gb SIZE: a boot disk size (200, 200GB, 1TB; decimal, 1TB = 1024GB, as gcloud reads TB) in GB;
+# status 1 when SIZE is not one.
+disk_gb() {
+  [[ $1 =~ ^([0-9]{1,9})(GB|TB)?$ ]] || return 1
+  local gb=$((10#${BASH_REMATCH[1]}))
+  [[ ${BASH_REMATCH[2]} != TB ]] || gb=$((gb * 1024))
+  printf '%s\n' "$gb"
+}
+
+# machine_check_disk SIZE ORIGIN MIN_GB WHY: SIZE is a boot disk from MIN_GB to 64TB; WHY says what
+# needs MIN_GB ("the Deep Learning VM image ... need").
+machine_check_disk() {
+  local gb
+  gb=$(disk_gb "$1") || die "invalid boot disk size $(q "$1")$(_from "$2"): use a size like 200GB or 1TB"
+  ((gb >= $3)) || die "boot disk $(q "$1")$(_from "$2") is too small: $4 at least ${3}GB; give e.g. 200GB"
+  ((gb <= DISK_MAX_GB)) || die "boot disk $(q "$1")$(_from "$2") is too large: give at most 64TB"
+}

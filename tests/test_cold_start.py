@@ -564,7 +564,7 @@ def test_bake_without_the_vms_service_account_stops_before_any_vm(compute: FakeC
     compute.clear()
     proc = run(BAKE, compute, tmp_path, "--image", local_ref, "--service-account", "not an email")
     assert proc.returncode == 1 and error_lines(proc) == [
-        "bake_vm_image.sh: error: invalid service account 'not an email': use its e-mail,"
+        "bake_vm_image.sh: error: invalid service account 'not an email' (--service-account): use its e-mail,"
         " NAME@PROJECT.iam.gserviceaccount.com"
     ]
     assert compute.requests == []

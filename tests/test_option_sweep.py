@@ -255,11 +255,21 @@ def sweep_submit_vertex_job(fake: FakeGcp, tmp: Path) -> Sweep:
     return sweep
 
 
+def sweep_bake_vm_image(fake: FakeGcp, tmp: Path) -> Sweep:
+    # The image must be on the engine (the family is named after its layers): the test base image.
+    # PROJECT in .env: no gcloud call before validation; a case that wrongly passed would create the
+    # bake VM: a mutation the sweep sees.
+    env = script_env(fake, tmp, tool_bin(tmp))
+    dotenv = "PROJECT=my-project\nCONTAINER_NAME=hfgpu-test-base:bookworm\n"
+    return Sweep("bake_vm_image", env, dotenv=dotenv, mutations=fake.mutations, snapshot=docker_state)
+
+
 SWEEPS = {
     "build_and_push": sweep_build_and_push,
     "create_instance": sweep_create_instance,
     "launch_training": sweep_launch_training,
     "submit_vertex_job": sweep_submit_vertex_job,
+    "bake_vm_image": sweep_bake_vm_image,
 }
 
 

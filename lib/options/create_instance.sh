@@ -16,9 +16,8 @@
 # The longest Flex-start run (cloud.google.com/compute/docs/instances/about-flex-start-vms: up to
 # seven days) and the shortest the script takes (a VM that boots and pulls needs minutes).
 readonly FLEX_MIN_SECONDS=600 FLEX_MAX_SECONDS=$((7 * 86400))
-# Boot disk sizes in GB: the Deep Learning VM image, the training image and the caches need 100GB;
-# a Persistent Disk or Hyperdisk boot disk is at most 64 TB (compute/docs/disks).
-readonly DISK_MIN_GB=100 DISK_MAX_GB=65536
+# The smallest boot disk in GB: the Deep Learning VM image, the training image and the caches.
+readonly DISK_MIN_GB=100
 
 # ci_accelerator SPEC: ACC_TYPE and ACC_COUNT from TYPE[,count=N] or type=TYPE,count=N (none: no
 # GPU); returns 1 with ACC_WHY set when SPEC is not one.
@@ -64,34 +63,14 @@ _ci_duration() {
     die "duration $(q "$1")$(_from "$2") must be from 10m to 7d (Flex-start's longest run); give e.g. 36h"
 }
 
-# disk_gb VALUE: a boot disk size (200, 200GB, 1TB; decimal, 1TB = 1024GB) in GB; 1 when not one.
-disk_gb() {
-  [[ $1 =~ ^([0-9]{1,9})(GB|TB)?$ ]] || return 1
-  local gb=$((10#${BASH_REMATCH[1]}))
-  [[ ${BASH_REMATCH[2]} != TB ]] || gb=$((gb * 1024))
-  printf '%s\n' "$gb"
-}
 _ci_disk_size() {
-  local gb
-  gb=$(disk_gb "$1") || die "invalid boot disk size $(q "$1")$(_from "$2"): use a size like 200GB or 1TB"
-  ((gb >= DISK_MIN_GB)) ||
-    die "boot disk $(q "$1")$(_from "$2") is too small: the Deep Learning VM image, the training image and" \
-      "the caches need at least 100GB; give e.g. 200GB"
-  ((gb <= DISK_MAX_GB)) || die "boot disk $(q "$1")$(_from "$2") is too large: give at most 64TB"
+  machine_check_disk "$1" "$2" "$DISK_MIN_GB" "the Deep Learning VM image, the training image and the caches need"
 }
 
-# A Compute Engine resource name (RFC 1035: compute/docs/naming-resources): reservations, families.
-readonly CI_NAME_RE='^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$'
 _ci_reservation() {
-  [[ $1 =~ $CI_NAME_RE ]] ||
+  [[ $1 =~ $COMPUTE_NAME_RE ]] ||
     die "invalid reservation name $(q "$1")$(_from "$2"): use the name gcloud compute reservations list shows"
 }
-_ci_image_family() {
-  [[ $1 =~ $CI_NAME_RE ]] ||
-    die "invalid image family $(q "$1")$(_from "$2"): see gcloud compute images list --project $DLVM_PROJECT" \
-      "--no-standard-images"
-}
-
 opt_type machine-type machine_check_name g2-standard-8 'a3-highgpu-3g' 'g4-standard-48' 'A3-HIGHGPU-1G' 'n1' \
   'g2_standard_8' "${OPT_NAME_TRAPS[@]}"
 opt_type accelerator _ci_accelerator nvidia-tesla-t4,count=1 'nvidia-tesla-t4,count=3' 'nvidia-tesla-t4,count=0' \
@@ -101,7 +80,7 @@ opt_type duration _ci_duration 1d12h '9d' '5m' '7' '1w' '1d 2h' '-1d' '99999999d
 opt_type disk-size _ci_disk_size 200GB 'lots' '090GB' '99TB' '50' '1.5TB' '200gb' '-200GB' '9999999999GB' \
   "$OPT_SUBST"
 opt_type reservation _ci_reservation my-h100s 'res-' '1res' 'res_1' "${OPT_NAME_TRAPS[@]}"
-opt_type image-family _ci_image_family "$DLVM_FAMILY" 'fam-' 'Fam' 'fam_1' "${OPT_NAME_TRAPS[@]}"
+opt_type image-family machine_check_family "$DLVM_FAMILY" 'fam-' 'Fam' 'fam_1' "${OPT_NAME_TRAPS[@]}"
 
 opt --vm-name type=vm-name env=VM_NAME meta=NAME old=--name \
   help='VM name (default hfgpu-vm, or an existing gpu-transformers-vm, the old|default; INSTANCE_NAME is still read)'
