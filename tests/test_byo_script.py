@@ -25,7 +25,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, docker, run_in_image
+from conftest import ROOT, copy_tiny_models, docker, run_in_image
 from emulator import storage_emulator
 
 USER = "4321:4321"  # neither root nor the image's own 1000
@@ -36,6 +36,8 @@ CLASSIFY = "/volume/byo_classify.py"
 ROWS = 16  # training rows: 8 steps of 2 with one process, 4 with two
 WORDS = ["the", "a", "movie", "film", "plot", "was", "is", "and", "it", "this", "very"]
 CUE = {"pos": "great", "neg": "awful"}
+# The tokenizers of the tiny models (tests/conftest.py tiny_models) learn these words.
+TINY_MODEL_TEXT = "\n".join([*WORDS, *CUE.values()]) + "\n"
 
 
 def classify_args(out: str, *extra: str) -> list[str]:
@@ -59,8 +61,8 @@ def open_up(vol: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def vol(image, tmp_path_factory) -> Path:
-    """A volume with the byo scripts, a csv and tiny models made inside the image."""
+def vol(image, tmp_path_factory, tiny_models) -> Path:
+    """A volume with the byo scripts, a csv and the tiny models (tests/conftest.py)."""
     vol = tmp_path_factory.mktemp("byo-volume")
     (vol / "data").mkdir()
     rng = random.Random(0)
@@ -72,19 +74,11 @@ def vol(image, tmp_path_factory) -> Path:
             words = rng.choices(WORDS, k=6)
             words.insert(3, CUE[label])
             writer.writerow({"review": " ".join(words), "sentiment": label})
-    (vol / "data" / "vocab.txt").write_text("\n".join([*WORDS, *CUE.values()]) + "\n")
-    for asset in ("make_tiny_models.py", "byo_classify.py", "byo_extra.py"):
+    (vol / "data" / "vocab.txt").write_text(TINY_MODEL_TEXT)
+    for asset in ("byo_classify.py", "byo_extra.py"):
         shutil.copy(ROOT / "tests" / "assets" / asset, vol)
     open_up(vol)
-    made = run_in_image(
-        image.tag,
-        *("python3", "/volume/make_tiny_models.py", "/volume/data/vocab.txt", "/volume/models"),
-        user=USER,
-        volume=vol,
-        env=ENV,
-        timeout=300,
-    )
-    assert made.returncode == 0, made.stderr[-3000:]
+    copy_tiny_models(tiny_models(TINY_MODEL_TEXT), vol / "models", USER)
     return vol
 
 
