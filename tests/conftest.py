@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -153,11 +154,18 @@ def run_lock(root: Path, name: str) -> Iterator[None]:
 IMAGE_BUILD_SECONDS = "image-build-seconds"
 
 
-def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+def run_root(config: pytest.Config) -> Path | None:
+    """shared_root, seen from the process that ends the run (None in a worker, or if nothing was made)."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        return
-    record = config._tmp_path_factory.getbasetemp() / IMAGE_BUILD_SECONDS
-    for seconds in record.read_text().split() if record.exists() else []:
+        return None
+    made = getattr(config._tmp_path_factory, "_basetemp", None)  # getbasetemp() would make one
+    return Path(made) if made else None
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    root = run_root(config)
+    record = root / IMAGE_BUILD_SECONDS if root else None
+    for seconds in record.read_text().split() if record and record.exists() else []:
         terminalreporter.write_line(f"image build (build_image/Dockerfile, this run): {float(seconds):.0f} s")
 
 
@@ -263,14 +271,34 @@ def copy_tiny_models(models: Path, dest: Path, user: str) -> Path:
     return dest
 
 
+# The run's one registry (session_registry): where it listens and who stops it, in the shared folder.
+REGISTRY_RECORD = "session-registry.json"
+
+
 @pytest.fixture(scope="session")
-def session_registry() -> Iterator[Registry]:
+def session_registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     """The run's one registry on loopback. The real image is pushed to it in full once (whichever
     test first pushes it; a later push of the same layers mounts them from the first repository:
-    Registry v2 cross-repository blob mount), so CI pays the multi-GB push once."""
-    reg = Registry().start()
-    yield reg
-    reg.stop()
+    Registry v2 cross-repository blob mount), so CI pays the multi-GB push once. One for the run,
+    not one per xdist worker: the first worker starts it, the other uses it, and the process that
+    ends the run stops it (pytest_sessionfinish)."""
+    root = shared_root(tmp_path_factory)
+    record = root / REGISTRY_RECORD
+    with run_lock(root, "registry"):
+        if record.exists():
+            return Registry.from_record(json.loads(record.read_text()))
+        reg = Registry().start()
+        record.write_text(json.dumps(reg.record()))
+        return reg
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the run's registry (session_registry), once every worker is done with it."""
+    root = run_root(session.config)
+    record = root / REGISTRY_RECORD if root else None
+    if record and record.exists():
+        Registry.from_record(json.loads(record.read_text())).stop()
+        record.unlink()
 
 
 def run_in_image(
