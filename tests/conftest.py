@@ -22,7 +22,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -290,6 +290,14 @@ def session_registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
         reg = Registry().start()
         record.write_text(json.dumps(reg.record()))
         return reg
+
+
+@pytest.fixture(scope="session")
+def full_push_lock(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], AbstractContextManager[None]]:
+    """Hold it around a push of the full image to session_registry: with two xdist workers, a second
+    push waits for the first, then mounts its layers, instead of uploading them again meanwhile."""
+    root = shared_root(tmp_path_factory)
+    return lambda: run_lock(root, "full-push")
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

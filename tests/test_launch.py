@@ -1232,14 +1232,17 @@ def test_pull_without_access_says_so(image, workdir: Path, tmp_path: Path):
         shutil.rmtree(reg.root, ignore_errors=True)
 
 
-def test_vm_flow_pulls_the_digest_and_runs_from_the_copied_files(image, workdir: Path, registry: Registry):
+def test_vm_flow_pulls_the_digest_and_runs_from_the_copied_files(
+    image, workdir: Path, registry: Registry, full_push_lock
+):
     # What create_instance.sh tells users: scp `launch_training.sh lib VERSION` to the VM, then
     # run the pushed image by digest. The copy has no build_image/: it can only pull.
     repo = f"{registry.host}/proj/repo/gpu_transformers"
     pushed_tag = f"{repo}:vmflow"
     docker("tag", image.tag, pushed_tag)
     try:
-        docker("push", pushed_tag, timeout=3600)
+        with full_push_lock():
+            docker("push", pushed_tag, timeout=3600)
         digest = docker("image", "inspect", "--format", "{{json .RepoDigests}}", pushed_tag).stdout
         ref = next(d for d in json.loads(digest) if d.startswith(repo + "@sha256:"))
     finally:
