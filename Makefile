@@ -16,6 +16,10 @@ IMAGE  ?= gpu_transformers:dev
 BASE_IMAGE ?=
 CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
 PYTEST_ARGS ?=
+# `make test` runs the test files on this many pytest-xdist workers, a file on one worker
+# (module fixtures made once). Much of the suite waits on the engine, sleeps and loopback
+# servers, so two workers use a 2-core machine better than one (docs/development.md, CI).
+TEST_WORKERS ?= 2
 # Where `make lock` writes (tests/test_build_and_push.py relocks into a temporary folder).
 LOCK_DIR ?= build_image
 # The lock is resolved for the image's Python (3.10, Ubuntu 22.04) on x86-64 Linux, as PyPI
@@ -43,7 +47,7 @@ lint: $(VENV)/.ok
 
 test: $(VENV)/.ok
 	tests/make-test-base.sh
-	$(VENV)/bin/pytest $(PYTEST_ARGS) tests
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 # The one build path: build_and_push.sh --no-push, with $(DOCKER)'s folder first on PATH
 # (a client that builds with BuildKit). IMAGE is NAME:TAG.

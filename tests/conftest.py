@@ -4,16 +4,25 @@ The image is built from build_image/Dockerfile against a base image made locally
 (tests/make-test-base.sh: debootstrap + docker import), because no registry can be
 reached here. Set HFGPU_TEST_IMAGE to reuse an image you already built, or
 HFGPU_KEEP_IMAGES=1 to keep the test images after the run.
+
+`make test` runs the files on two pytest-xdist workers (`-n 2 --dist loadfile`: a file's tests
+stay on one worker, so its module fixtures are made once). What a run makes once for every
+worker (the image, the tiny models) is made under a file lock in the folder the workers share
+(`shared_root`): the first worker to need it makes it, the other reuses it.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import os
 import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,13 +134,39 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     )
 
 
-# How long the session's image build took: printed at the end of the run (CI's figure).
-IMAGE_BUILD_SECONDS: list[float] = []
+def shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run's folder that every pytest-xdist worker sees (pytest's base temp without xdist:
+    each worker's base temp is a folder inside the run's)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
-def pytest_terminal_summary(terminalreporter) -> None:
-    for seconds in IMAGE_BUILD_SECONDS:
-        terminalreporter.write_line(f"image build (build_image/Dockerfile, this run): {seconds:.0f} s")
+@contextmanager
+def run_lock(root: Path, name: str) -> Iterator[None]:
+    """Hold the run's lock NAME (one worker at a time); released when the block ends."""
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+# How long the session's image build took: a line per build in this file of the shared folder,
+# printed at the end of the run (CI's figure) by the process that prints the summary.
+IMAGE_BUILD_SECONDS = "image-build-seconds"
+
+
+def run_root(config: pytest.Config) -> Path | None:
+    """shared_root, seen from the process that ends the run (None in a worker, or if nothing was made)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return None
+    made = getattr(config._tmp_path_factory, "_basetemp", None)  # getbasetemp() would make one
+    return Path(made) if made else None
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    root = run_root(config)
+    record = root / IMAGE_BUILD_SECONDS if root else None
+    for seconds in record.read_text().split() if record and record.exists() else []:
+        terminalreporter.write_line(f"image build (build_image/Dockerfile, this run): {float(seconds):.0f} s")
 
 
 @pytest.fixture(scope="session")
@@ -155,33 +190,123 @@ def canary_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def image(engine: str, canary_bundle: Path) -> Iterator[BuildResult]:
-    """The project's image, built once per test run and shared by every test."""
+def image(
+    engine: str, canary_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BuildResult]:
+    """The project's image, built once per test run and shared by every test. A second xdist
+    worker tags the image the first one built (its own tag: each worker removes its own)."""
     preset = os.environ.get("HFGPU_TEST_IMAGE")
     if preset:
         yield BuildResult(tag=preset, log="", layers=image_layers(preset))
         return
     tag = f"gpu_transformers:test-{uuid.uuid4().hex[:8]}"
-    started = time.monotonic()
-    result = build_image(
-        tag,
-        build_args=SESSION_BUILD_ARGS,
-        secret_file=canary_bundle,
-    )
-    IMAGE_BUILD_SECONDS.append(time.monotonic() - started)
+    root = shared_root(tmp_path_factory)
+    built = root / "image-id"
+    with run_lock(root, "image"):
+        if built.exists() and docker("tag", built.read_text(), tag, check=False).returncode == 0:
+            result = BuildResult(tag=tag, log="", layers=image_layers(tag))
+        else:
+            started = time.monotonic()
+            result = build_image(tag, build_args=SESSION_BUILD_ARGS, secret_file=canary_bundle)
+            with open(root / IMAGE_BUILD_SECONDS, "a") as record:
+                record.write(f"{time.monotonic() - started:.1f}\n")
+            built.write_text(docker("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip())
     yield result
     if os.environ.get("HFGPU_KEEP_IMAGES") != "1":
         docker("image", "rm", "--force", tag, check=False)
 
 
+def text_key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 @pytest.fixture(scope="session")
-def session_registry() -> Iterator[Registry]:
+def tiny_models(
+    request: pytest.FixtureRequest, image: BuildResult, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], Path]:
+    """TEXT -> a folder with tiny-bert, tiny-bert-2labels and tiny-gpt2 (tests/assets/
+    make_tiny_models.py), their tokenizers trained on TEXT. Each test module that needs them
+    declares its TEXT as TINY_MODEL_TEXT; the models for every collected module's text are made
+    in one container run, once per test run (a module copies them into its own volume)."""
+    texts = {}
+    for item in request.session.items:
+        text = getattr(getattr(item, "module", None), "TINY_MODEL_TEXT", None)
+        if text:
+            texts[text_key(text)] = text
+    root = shared_root(tmp_path_factory) / "tiny-models"
+    with run_lock(shared_root(tmp_path_factory), "tiny-models"):
+        todo = sorted(key for key in texts if not (root / key / "models").is_dir())
+        if todo:
+            root.mkdir(exist_ok=True)
+            shutil.copy(ROOT / "tests" / "assets" / "make_tiny_models.py", root)
+            pairs: list[str] = []
+            for key in todo:
+                (root / key).mkdir()
+                (root / key / "text.txt").write_text(texts[key])
+                pairs += [f"/volume/{key}/text.txt", f"/volume/{key}/models"]
+            made = run_in_image(
+                image.tag,
+                *("python3", "/volume/make_tiny_models.py", *pairs),
+                user="0:0",
+                volume=root,
+                env={"HF_HUB_OFFLINE": "1", "HOME": "/tmp"},
+                timeout=300,
+            )
+            assert made.returncode == 0, made.stderr[-3000:]
+
+    def models(text: str) -> Path:
+        folder = root / text_key(text) / "models"
+        assert folder.is_dir(), "no tiny models for this text: declare it as the module's TINY_MODEL_TEXT"
+        return folder
+
+    return models
+
+
+def copy_tiny_models(models: Path, dest: Path, user: str) -> Path:
+    """Copy the tiny models into DEST, owned by USER (uid:gid) as if USER had made them there."""
+    shutil.copytree(models, dest)
+    uid, gid = (int(n) for n in user.split(":"))
+    for path in [dest, *dest.rglob("*")]:
+        os.chown(path, uid, gid)
+    return dest
+
+
+# The run's one registry (session_registry): where it listens and who stops it, in the shared folder.
+REGISTRY_RECORD = "session-registry.json"
+
+
+@pytest.fixture(scope="session")
+def session_registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     """The run's one registry on loopback. The real image is pushed to it in full once (whichever
     test first pushes it; a later push of the same layers mounts them from the first repository:
-    Registry v2 cross-repository blob mount), so CI pays the multi-GB push once."""
-    reg = Registry().start()
-    yield reg
-    reg.stop()
+    Registry v2 cross-repository blob mount), so CI pays the multi-GB push once. One for the run,
+    not one per xdist worker: the first worker starts it, the other uses it, and the process that
+    ends the run stops it (pytest_sessionfinish)."""
+    root = shared_root(tmp_path_factory)
+    record = root / REGISTRY_RECORD
+    with run_lock(root, "registry"):
+        if record.exists():
+            return Registry.from_record(json.loads(record.read_text()))
+        reg = Registry().start()
+        record.write_text(json.dumps(reg.record()))
+        return reg
+
+
+@pytest.fixture(scope="session")
+def full_push_lock(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], AbstractContextManager[None]]:
+    """Hold it around a push of the full image to session_registry: with two xdist workers, a second
+    push waits for the first, then mounts its layers, instead of uploading them again meanwhile."""
+    root = shared_root(tmp_path_factory)
+    return lambda: run_lock(root, "full-push")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the run's registry (session_registry), once every worker is done with it."""
+    root = run_root(session.config)
+    record = root / REGISTRY_RECORD if root else None
+    if record and record.exists():
+        Registry.from_record(json.loads(record.read_text())).stop()
+        record.unlink()
 
 
 def run_in_image(

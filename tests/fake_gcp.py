@@ -304,8 +304,9 @@ class FakeGcp(RecordingServer):
     # Number of setIamPolicy calls that find the policy changed since it was read (409 ABORTED).
     stale_etags: int = 0
     # Polls before an Artifact Registry create operation is done: the create answers an
-    # unfinished google.longrunning.Operation (AIP-151), which gcloud polls.
-    ar_create_polls: int = 2
+    # unfinished google.longrunning.Operation (AIP-151), which gcloud polls. 1: done at the first
+    # poll (each further poll costs gcloud's 2 s wait; a test that needs more sets it).
+    ar_create_polls: int = 1
     # Zone -> machine types it does not offer: an insert answers 400 (see _no_machine_type).
     zones_without: dict[str, set[str]] = field(default_factory=dict)
     # Refuse every cleanup-policy change with 400 INVALID_ARGUMENT (a limit Google may have but does not

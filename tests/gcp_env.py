@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -58,6 +59,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(pid: int, limit: float = 30) -> None:
+    """SIGTERM PID (not our child) and wait until it has exited (gone, or a zombie)."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    end = time.monotonic() + limit
+    stat = Path(f"/proc/{pid}/stat")
+    while time.monotonic() < end:
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except FileNotFoundError:
+            return
+        time.sleep(0.1)
+
+
 @dataclass
 class Registry:
     readonly: bool = False
@@ -66,6 +84,19 @@ class Registry:
 
     def __post_init__(self) -> None:
         self._proc: subprocess.Popen | None = None
+        self._pid: int | None = None  # a registry another process started (from_record)
+
+    def record(self) -> dict:
+        """What another process needs to use this running registry, and to stop it (from_record)."""
+        assert self._proc is not None, "not started"
+        return {"root": str(self.root), "port": self.port, "pid": self._proc.pid}
+
+    @classmethod
+    def from_record(cls, record: dict) -> Registry:
+        """The running registry of RECORD (another process started it); stop() ends it."""
+        reg = cls(root=Path(record["root"]), port=record["port"])
+        reg._pid = record["pid"]
+        return reg
 
     @property
     def host(self) -> str:
@@ -101,6 +132,9 @@ class Registry:
             self._proc.terminate()
             self._proc.wait(timeout=30)
             self._proc = None
+        elif self._pid is not None:
+            stop_process(self._pid)
+            self._pid = None
         shutil.rmtree(self.root, ignore_errors=True)
 
     def get(self, path: str, method: str = "GET") -> tuple[int, dict, dict]:

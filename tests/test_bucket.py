@@ -55,6 +55,8 @@ SENTENCES = [
     "a stitch in time saves nine .",
     "all that glitters is not gold .",
 ]
+# The tokenizers of the tiny models (tests/conftest.py tiny_models) learn these words.
+TINY_MODEL_TEXT = "\n".join(SENTENCES) + "\n"
 
 
 @pytest.fixture(scope="module")
@@ -89,22 +91,9 @@ def read_object(prefix: str, name: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def models(image, tmp_path_factory) -> Path:
-    """The tiny GPT-2 (and friends), made once inside the image."""
-    vol = tmp_path_factory.mktemp("models")
-    (vol / "vocab.txt").write_text("\n".join(SENTENCES) + "\n")
-    shutil.copy(ROOT / "tests" / "assets" / "make_tiny_models.py", vol)
-    vol.chmod(0o777)
-    made = run_in_image(
-        image.tag,
-        *("python3", "/volume/make_tiny_models.py", "/volume/vocab.txt", "/volume/models"),
-        user=USER,
-        volume=vol,
-        env={"HF_HUB_OFFLINE": "1"},
-        timeout=300,
-    )
-    assert made.returncode == 0, made.stderr[-3000:]
-    return vol / "models"
+def models(tiny_models) -> Path:
+    """The tiny GPT-2 (and friends), made once for the run (tests/conftest.py); only copied from."""
+    return tiny_models(TINY_MODEL_TEXT)
 
 
 def new_volume(models: Path, root: Path) -> Path:

@@ -144,7 +144,7 @@ class PushRuns:
 
 @pytest.fixture(scope="module")
 def pushed(
-    image, session_registry: Registry, bindir: Path, checkout: Path, tmp_path_factory
+    image, session_registry: Registry, full_push_lock, bindir: Path, checkout: Path, tmp_path_factory
 ) -> Iterator[PushRuns]:
     """The one real push of the full image: the clean checkout's script, run twice against the
     run's registry (tests/conftest.py session_registry) and a fake API."""
@@ -153,7 +153,8 @@ def pushed(
     try:
         with FakeGcp() as fake:
             env = script_env(fake, tmp, bindir)
-            first = run_script(env, "--registry-host", registry.host, *BUILD_FLAGS, root=checkout)
+            with full_push_lock():
+                first = run_script(env, "--registry-host", registry.host, *BUILD_FLAGS, root=checkout)
             first_requests = list(fake.requests)
             fake.clear()
             second = run_script(env, "--registry-host", registry.host, *BUILD_FLAGS, root=checkout)

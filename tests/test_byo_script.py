@@ -25,7 +25,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, docker, run_in_image
+from conftest import ROOT, copy_tiny_models, docker, run_in_image
 from emulator import storage_emulator
 
 USER = "4321:4321"  # neither root nor the image's own 1000
@@ -36,6 +36,12 @@ CLASSIFY = "/volume/byo_classify.py"
 ROWS = 16  # training rows: 8 steps of 2 with one process, 4 with two
 WORDS = ["the", "a", "movie", "film", "plot", "was", "is", "and", "it", "this", "very"]
 CUE = {"pos": "great", "neg": "awful"}
+# byo_classify.py's BYO_STEP_DELAY for runs a test stops mid-way: 8 steps of it leave time to see
+# a checkpoint (or the first step) and `docker stop` before the last step.
+STEP_DELAY = "0.8"
+SLOW = ["--env", f"BYO_STEP_DELAY={STEP_DELAY}"]  # the launcher's flags for it
+# The tokenizers of the tiny models (tests/conftest.py tiny_models) learn these words.
+TINY_MODEL_TEXT = "\n".join([*WORDS, *CUE.values()]) + "\n"
 
 
 def classify_args(out: str, *extra: str) -> list[str]:
@@ -59,8 +65,8 @@ def open_up(vol: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def vol(image, tmp_path_factory) -> Path:
-    """A volume with the byo scripts, a csv and tiny models made inside the image."""
+def vol(image, tmp_path_factory, tiny_models) -> Path:
+    """A volume with the byo scripts, a csv and the tiny models (tests/conftest.py)."""
     vol = tmp_path_factory.mktemp("byo-volume")
     (vol / "data").mkdir()
     rng = random.Random(0)
@@ -72,19 +78,11 @@ def vol(image, tmp_path_factory) -> Path:
             words = rng.choices(WORDS, k=6)
             words.insert(3, CUE[label])
             writer.writerow({"review": " ".join(words), "sentiment": label})
-    (vol / "data" / "vocab.txt").write_text("\n".join([*WORDS, *CUE.values()]) + "\n")
-    for asset in ("make_tiny_models.py", "byo_classify.py", "byo_extra.py"):
+    (vol / "data" / "vocab.txt").write_text(TINY_MODEL_TEXT)
+    for asset in ("byo_classify.py", "byo_extra.py"):
         shutil.copy(ROOT / "tests" / "assets" / asset, vol)
     open_up(vol)
-    made = run_in_image(
-        image.tag,
-        *("python3", "/volume/make_tiny_models.py", "/volume/data/vocab.txt", "/volume/models"),
-        user=USER,
-        volume=vol,
-        env=ENV,
-        timeout=300,
-    )
-    assert made.returncode == 0, made.stderr[-3000:]
+    copy_tiny_models(tiny_models(TINY_MODEL_TEXT), vol / "models", USER)
     return vol
 
 
@@ -323,7 +321,7 @@ def stop_after_first_checkpoint(
     """Run CMD detached, `docker stop` it once a complete checkpoint exists; exit code and logs."""
     name = f"hfgpu-byo-{uuid.uuid4().hex[:8]}"
     try:
-        start(image, vol, name, *cmd, env={"BYO_STEP_DELAY": "1.5", **(env or {})}, extra=extra)
+        start(image, vol, name, *cmd, env={"BYO_STEP_DELAY": STEP_DELAY, **(env or {})}, extra=extra)
         deadline = time.monotonic() + 300
         while not list(out.glob("checkpoint-*/trainer_state.json")):
             assert time.monotonic() < deadline, docker("logs", name, check=False).stderr[-3000:]
@@ -600,9 +598,8 @@ def test_launcher_refuses_outputs_outside_the_volume_and_passes_env(image, vol):
 
 def test_launcher_stop_is_not_finished_and_a_restart_resumes_at_the_checkpoint(image, vol):
     args = classify_args("/volume/lr", "--save_steps=2")
-    slow = ["--env", "BYO_STEP_DELAY=1.5"]
     has_checkpoint = lambda _log: bool(list((vol / "lr").glob("checkpoint-*/trainer_state.json")))  # noqa: E731
-    code, text = launch_then_stop(image, vol, has_checkpoint, *slow, "byo_classify.py", "--", *args)
+    code, text = launch_then_stop(image, vol, has_checkpoint, *SLOW, "byo_classify.py", "--", *args)
     assert code == 143, text[-3000:]
     assert "not known to save on a stop: the steps since its last checkpoint are lost" in text
     last = text.strip().splitlines()[-1]
@@ -615,7 +612,7 @@ def test_launcher_stop_is_not_finished_and_a_restart_resumes_at_the_checkpoint(i
     def new_checkpoint(_log: str) -> bool:
         return any(p.stat().st_mtime >= started for p in (vol / "lr").glob("checkpoint-*/trainer_state.json"))
 
-    restart = ["--restart-on-preemption", *slow, "byo_classify.py", "--", *args]
+    restart = ["--restart-on-preemption", *SLOW, "byo_classify.py", "--", *args]
     code, text = launch_then_stop(image, vol, new_checkpoint, *restart)
     assert code == 0, text[-3000:]
     note = next(line for line in text.splitlines() if "exited 143; starting it again" in line)
@@ -627,7 +624,7 @@ def test_launcher_stop_is_not_finished_and_a_restart_resumes_at_the_checkpoint(i
 
 def test_launcher_restart_without_a_checkpoint_says_it_starts_over(image, vol):
     args = classify_args("/volume/so", "--save_strategy=no")
-    restart = ["--restart-on-preemption", "--env", "BYO_STEP_DELAY=1.5", "byo_classify.py", "--", *args]
+    restart = ["--restart-on-preemption", *SLOW, "byo_classify.py", "--", *args]
     code, text = launch_then_stop(image, vol, lambda log: "byo: train begins at step 0" in log, *restart)
     assert code == 0, text[-3000:]
     assert (
@@ -740,7 +737,7 @@ def test_launcher_restart_resumes_each_form_at_its_checkpoint(image, vol, form):
     args = form_args(vol, form, out)
     open_up(vol)
     has_checkpoint = lambda _log: bool(list((vol / out[8:]).glob("checkpoint-*/trainer_state.json")))  # noqa: E731
-    restart = ["--restart-on-preemption", "--env", "BYO_STEP_DELAY=0.8", "byo_classify.py", "--", *args]
+    restart = ["--restart-on-preemption", *SLOW, "byo_classify.py", "--", *args]
     code, text = launch_then_stop(image, vol, has_checkpoint, *restart)
     assert code == 0, text[-3000:]
     note = next(line for line in text.splitlines() if "exited 143; starting it again" in line)

@@ -409,6 +409,7 @@ def test_the_fake_refuses_what_google_refuses(fake: FakeGcp, tmp_path: Path):
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(f"{fake.url}/compute/v1/projects/my-project/zones/us-east4-a/operations/nope")
     assert info.value.code == 404
+    fake.ar_create_polls = 2  # still unfinished at the first poll
     proc = subprocess.run(
         ["gcloud", "artifacts", "repositories", "create", "r2", "--repository-format", "docker",
          "--location", "us-east4"], env=env, capture_output=True, text=True, timeout=120,

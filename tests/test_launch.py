@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import DOCKER, ROOT, docker
+from conftest import DOCKER, ROOT, copy_tiny_models, docker
 from gcp_env import Registry
 
 LAUNCHER = ROOT / "launch_training.sh"
@@ -259,25 +259,34 @@ def tree(*roots: Path) -> dict[str, tuple[int, int]]:
 
 
 OURS: dict[str, str] = {}
+MOUNT_SOURCES = "{{range .Mounts}}{{println .Source}}{{end}}"  # docker inspect: one line per mount
 
 
 @pytest.fixture(autouse=True)
 def _our_image(request) -> None:
-    """Remember the session's image: other people's containers on this shared engine are not ours."""
-    if "image" in request.fixturenames:
-        OURS["image"] = request.getfixturevalue("image").tag
+    """Remember the session's image and this file's workdir: other people's containers on this
+    shared engine are not ours, nor are other test files' (`make test` runs two files at once)."""
+    for name in ("image", "workdir"):
+        if name in request.fixturenames:
+            value = request.getfixturevalue(name)
+            OURS[name] = value.tag if name == "image" else str(value)
 
 
 def containers() -> list[str]:
-    """Containers this test file's callers could have made: from our image, or with our owner labels."""
+    """Containers this test file's callers could have made: with our owner labels, or from our
+    image with a mount from this file's workdir (every launcher container mounts its volume)."""
     filters = [
         ["--filter", f"label=hfgpu.owner={owner}"] for owner in (UID, "hfgpu-lt-alice", "hfgpu-lt-bob")
     ]
-    if "image" in OURS:
-        filters.append(["--filter", f"ancestor={OURS['image']}"])
     found: set[str] = set()
     for f in filters:
         found.update(docker("ps", "-aq", "--no-trunc", *f).stdout.split())
+    if "image" in OURS:
+        for cid in docker("ps", "-aq", "--no-trunc", "--filter", f"ancestor={OURS['image']}").stdout.split():
+            listed = docker("inspect", "--format", MOUNT_SOURCES, cid, check=False)
+            mounts = [Path(line) for line in listed.stdout.splitlines() if line]
+            if any(m.is_relative_to(OURS.get("workdir", "/")) for m in mounts):
+                found.add(cid)
     return sorted(found)
 
 
@@ -303,10 +312,8 @@ def output(proc: subprocess.CompletedProcess) -> str:
     return proc.stdout + proc.stderr
 
 
-@pytest.fixture(scope="module")
-def assets(image, workdir: Path) -> Path:
-    """Tiny BERT/GPT-2 models (random weights, local tokenizers) and a tiny labelled csv."""
-    out = make_volume(workdir, "asset-build")
+def tiny_rows() -> list[tuple[str, str]]:
+    """128 labelled rows: five filler words and one cue word (good or bad) each."""
     rng = random.Random(0)
     good, bad = ["good", "great", "fine", "superb"], ["bad", "awful", "poor", "dull"]
     filler = ["the", "a", "movie", "film", "plot", "actor", "scene", "story", "was", "is", "very"]
@@ -316,29 +323,24 @@ def assets(image, workdir: Path) -> Path:
         words = [*rng.sample(filler, 5), rng.choice(good if label == "pos" else bad)]
         rng.shuffle(words)
         rows.append((" ".join(words), label))
+    return rows
+
+
+ROWS = tiny_rows()
+# The tokenizers of the tiny models (tests/conftest.py tiny_models) learn these words.
+TINY_MODEL_TEXT = "\n".join(text for text, _ in ROWS) + "\n"
+
+
+@pytest.fixture(scope="module")
+def assets(image, workdir: Path, tiny_models) -> Path:
+    """Tiny BERT/GPT-2 models (random weights, local tokenizers) and a tiny labelled csv."""
+    out = make_volume(workdir, "asset-build")
     with (out / "train.csv").open("w", newline="") as f:
-        csv.writer(f).writerows([("text", "label"), *rows])
-    (out / "text.txt").write_text("\n".join(text for text, _ in rows) + "\n")
-    shutil.copy(ROOT / "tests" / "assets" / "make_tiny_models.py", out)
-    make_volume(workdir, "asset-build")
-    proc = docker(
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--user",
-        f"{UID}:{GID}",
-        "-v",
-        f"{out}:/volume",
-        image.tag,
-        "python3",
-        "/volume/make_tiny_models.py",
-        "/volume/text.txt",
-        "/volume",
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    shutil.rmtree(out / ".cache", ignore_errors=True)
+        csv.writer(f).writerows([("text", "label"), *ROWS])
+    (out / "text.txt").write_text(TINY_MODEL_TEXT)
+    models = tiny_models(TINY_MODEL_TEXT)
+    for model in sorted(models.iterdir()):
+        copy_tiny_models(model, out / model.name, f"{UID}:{GID}")
     return out
 
 
@@ -1334,14 +1336,17 @@ def test_pull_without_access_says_so(image, workdir: Path, tmp_path: Path):
         shutil.rmtree(reg.root, ignore_errors=True)
 
 
-def test_vm_flow_pulls_the_digest_and_runs_from_the_copied_files(image, workdir: Path, registry: Registry):
+def test_vm_flow_pulls_the_digest_and_runs_from_the_copied_files(
+    image, workdir: Path, registry: Registry, full_push_lock
+):
     # What create_instance.sh tells users: scp `launch_training.sh lib VERSION` to the VM, then
     # run the pushed image by digest. The copy has no build_image/: it can only pull.
     repo = f"{registry.host}/proj/repo/gpu_transformers"
     pushed_tag = f"{repo}:vmflow"
     docker("tag", image.tag, pushed_tag)
     try:
-        docker("push", pushed_tag, timeout=3600)
+        with full_push_lock():
+            docker("push", pushed_tag, timeout=3600)
         digest = docker("image", "inspect", "--format", "{{json .RepoDigests}}", pushed_tag).stdout
         ref = next(d for d in json.loads(digest) if d.startswith(repo + "@sha256:"))
     finally:

@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, docker, run_in_image
+from conftest import ROOT, copy_tiny_models, docker, run_in_image
 
 BERT = "/app/test_training_bert_base.py"
 GPT = "/volume/test_training_distillgpt2.py"
@@ -63,6 +63,8 @@ SENTENCES = [
     "a stitch in time saves nine .",
     "all that glitters is not gold .",
 ]
+# The tokenizers of the tiny models (tests/conftest.py tiny_models) learn these words.
+TINY_MODEL_TEXT = "\n".join([*FILLER, *CUE.values(), *SENTENCES]) + "\n"
 
 BERT_ARGS = [
     "--model_name_or_path=/volume/models/tiny-bert",
@@ -105,8 +107,8 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def volume(image, tmp_path_factory) -> Path:
-    """A volume with the test data, the volume script and tiny models made inside the image."""
+def volume(image, tmp_path_factory, tiny_models) -> Path:
+    """A volume with the test data, the volume script and the tiny models (tests/conftest.py)."""
     vol = tmp_path_factory.mktemp("volume")
     data = vol / "data"
     data.mkdir()
@@ -119,20 +121,11 @@ def volume(image, tmp_path_factory) -> Path:
     (data / "lm_train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines[:240]))
     (data / "lm_val.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines[240:]))
     (data / "lm_tiny.jsonl").write_text(json.dumps({"text": SENTENCES[0]}) + "\n")
-    (data / "vocab.txt").write_text("\n".join([*FILLER, *CUE.values(), *SENTENCES]) + "\n")
+    (data / "vocab.txt").write_text(TINY_MODEL_TEXT)
     shutil.copy(ROOT / "volume" / "test_training_distillgpt2.py", vol)
-    shutil.copy(ROOT / "tests" / "assets" / "make_tiny_models.py", vol)
     for path in [vol, *vol.rglob("*")]:
         path.chmod(0o777 if path.is_dir() else 0o666)
-    made = run_in_image(
-        image.tag,
-        *("python3", "/volume/make_tiny_models.py", "/volume/data/vocab.txt", "/volume/models"),
-        user=USER,
-        volume=vol,
-        env=ENV,
-        timeout=300,
-    )
-    assert made.returncode == 0, made.stderr[-3000:]
+    copy_tiny_models(tiny_models(TINY_MODEL_TEXT), vol / "models", USER)
     return vol
 
 

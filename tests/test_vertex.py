@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, docker
+from conftest import ROOT, copy_tiny_models, docker
 from fake_gcp import FakeGcp
 from fake_vertex import FAILURE, SUCCESS, FakeMetadata, FakeSecretManager, FakeVertex
 from gcp_env import script_env
@@ -506,29 +506,34 @@ def own(path: Path, gid: int = UID) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def gcs_assets(image, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny BERT (random weights, local tokenizer) and a tiny labelled csv, as a bucket folder."""
-    out = own(tmp_path_factory.mktemp("assets") / "assets")
+def tiny_rows() -> list[str]:
+    """128 labelled csv rows (text,label): five filler words and one cue word (good or bad) each."""
     rng = random.Random(0)
     good, bad = ["good", "great", "fine", "superb"], ["bad", "awful", "poor", "dull"]
     filler = ["the", "a", "movie", "film", "plot", "actor", "scene", "story", "was", "is", "very"]
-    rows = ["text,label"]
+    rows = []
     for _ in range(128):
         label = rng.choice(["pos", "neg"])
         words = [*rng.sample(filler, 5), rng.choice(good if label == "pos" else bad)]
         rng.shuffle(words)
         rows.append(f"{' '.join(words)},{label}")
-    (out / "train.csv").write_text("\n".join(rows) + "\n")
-    (out / "text.txt").write_text("\n".join(r.split(",")[0] for r in rows[1:]) + "\n")
-    shutil.copy(ROOT / "tests" / "assets" / "make_tiny_models.py", out)
-    proc = docker(
-        *("run", "--rm", "--network", "none", "--user", f"{UID}:{UID}", "-v", f"{out}:/volume"),
-        *(image.tag, "python3", "/volume/make_tiny_models.py", "/volume/text.txt", "/volume"),
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    shutil.rmtree(out / ".cache", ignore_errors=True)
+    return rows
+
+
+ROWS = tiny_rows()
+# The tokenizers of the tiny models (tests/conftest.py tiny_models) learn these words.
+TINY_MODEL_TEXT = "\n".join(r.split(",")[0] for r in ROWS) + "\n"
+
+
+@pytest.fixture(scope="module")
+def gcs_assets(image, tmp_path_factory: pytest.TempPathFactory, tiny_models) -> Path:
+    """Tiny BERT (random weights, local tokenizer) and a tiny labelled csv, as a bucket folder."""
+    out = own(tmp_path_factory.mktemp("assets") / "assets")
+    (out / "train.csv").write_text("\n".join(["text,label", *ROWS]) + "\n")
+    (out / "text.txt").write_text(TINY_MODEL_TEXT)
+    models = tiny_models(TINY_MODEL_TEXT)
+    for model in sorted(models.iterdir()):
+        copy_tiny_models(model, out / model.name, f"{UID}:{UID}")
     return out
 
 

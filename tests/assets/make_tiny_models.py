@@ -2,7 +2,8 @@
 
 No model can be downloaded here, so the models are made from configs with random
 weights, and their tokenizers are trained with the `tokenizers` library on the test's
-own text. Usage: python3 make_tiny_models.py TEXT_FILE OUT_DIR
+own text. Usage: python3 make_tiny_models.py TEXT_FILE OUT_DIR [TEXT_FILE OUT_DIR ...]
+(several pairs: one process, one import of torch and transformers, for several texts).
 Writes OUT_DIR/tiny-bert (BertForMaskedLM, like bert-base-uncased), OUT_DIR/tiny-bert-2labels
 (an already fine-tuned-looking classifier with labels neg/pos) and OUT_DIR/tiny-gpt2.
 """
@@ -97,4 +98,8 @@ def main(text_file: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    args = sys.argv[1:]
+    if not args or len(args) % 2:
+        sys.exit("usage: make_tiny_models.py TEXT_FILE OUT_DIR [TEXT_FILE OUT_DIR ...]")
+    for text_file, out in zip(args[::2], args[1::2], strict=True):
+        main(text_file, out)
