@@ -121,14 +121,16 @@ create_vm() {
     quote_cmd "${create[@]}"
     return 0
   fi
-  # From here the VM may exist: a Ctrl-C while gcloud waits for the create leaves it at Google, so
-  # cleanup deletes it. A create that gcloud reports as failed made none (or someone else's).
+  # From here the VM may exist, even when gcloud fails: a Ctrl-C while gcloud waits for the create
+  # (gcloud catches it and exits 1) leaves the VM at Google. So cleanup deletes it whatever the
+  # create's outcome (a VM never made is one log line), unless it is someone else's (ALREADY_EXISTS).
   VM_CREATED=1
   if ! out=$("${create[@]}" 2>&1); then
-    VM_CREATED=0
-    grep -qE "$GCP_EXISTS_RE" <<<"$out" &&
+    if grep -qE "$GCP_EXISTS_RE" <<<"$out"; then
+      VM_CREATED=0
       die "bake VM: $BAKE_VM exists already (an earlier bake still running, or left over); wait for it or" \
         "delete it: gcloud compute instances delete $BAKE_VM --zone $ZONE --project $PROJECT"
+    fi
     gcp_fail "bake VM: creating $BAKE_VM failed" "$out" compute.googleapis.com "roles/compute.instanceAdmin.v1"
   fi
 }

@@ -324,6 +324,16 @@ def cli(main: Callable[..., int], parse_args: Callable[[Sequence[str]], tuple], 
         log.warning("%s; exiting %d (rerun to continue)", err, EXIT_PREEMPTED)
         _write_status("preempted")
         return EXIT_PREEMPTED
+    finally:
+        _end_process_group()
+
+
+def _end_process_group() -> None:
+    """Destroy the process group before the interpreter exits (as torch.distributed asks): left to
+    exit-time teardown, a gloo worker thread still joinable aborts the rank ("terminate called
+    without an active exception", SIGABRT) now and then, under torchrun on a loaded CPU machine."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def setup_logging(training_args) -> None:

@@ -360,9 +360,16 @@ _opt_dir() {
   [[ ! -e $1 || -d $1 ]] || die "invalid folder $(q "$1")$(_from "$2"): it is not a folder; give a folder"
 }
 _opt_pem_file() {
-  local real
   _opt_file "$1" "$2"
-  # BuildKit gets the resolved path (build_and_push.sh): a relative path or a link may add a comma.
+  grep -q -- '-----BEGIN CERTIFICATE-----' "$1" ||
+    die "invalid CA bundle $(q "$1")$(_from "$2"): no PEM certificate (-----BEGIN CERTIFICATE-----) in it;" \
+      "give a PEM bundle (from DER: openssl x509 -inform der -in FILE -out FILE.pem)"
+}
+# A PEM bundle BuildKit gets as a secret (build_and_push.sh's --secret id=...,src=PATH): the resolved
+# path (a relative path or a link may add one) can carry no comma, quote or line break.
+_opt_buildkit_pem_file() {
+  local real
+  _opt_pem_file "$1" "$2"
   real=$(realpath -e -- "$1") || die "invalid file $(q "$1")$(_from "$2"): no readable file there; check the path"
   if [[ ! -f $real ]] || has_line_break "$real"; then
     die "invalid CA bundle $(q "$1")$(_from "$2"): its real path has a line break; copy the bundle to a plain path"
@@ -372,9 +379,6 @@ _opt_pem_file() {
   [[ $real != *,* && $real != *\"* ]] ||
     die "invalid CA bundle $(q "$1")$(_from "$2"): the path$shown has a comma or a double quote," \
       "which BuildKit's --secret cannot carry; copy the bundle to a path without one"
-  grep -q -- '-----BEGIN CERTIFICATE-----' "$1" ||
-    die "invalid CA bundle $(q "$1")$(_from "$2"): no PEM certificate (-----BEGIN CERTIFICATE-----) in it;" \
-      "give a PEM bundle (from DER: openssl x509 -inform der -in FILE -out FILE.pem)"
 }
 _opt_image_ref() {
   # docker's reference grammar (distribution/reference): [HOST[:PORT]/]PATH[:TAG][@sha256:HEX]
@@ -422,6 +426,9 @@ opt_type pem-file _opt_pem_file /etc/ssl/certs/ca-certificates.crt '/no/such/fil
   /dev/null
 opt_path_type file
 opt_path_type pem-file
+opt_type buildkit-pem-file _opt_buildkit_pem_file /etc/ssl/certs/ca-certificates.crt '/no/such/file' '/etc' \
+  /etc/hostname /dev/null
+opt_path_type buildkit-pem-file
 opt_path_type dir
 opt_type image-ref _opt_image_ref nginx:1 'UPPER:1' 'a@sha256:bad' 'a::1' 'a b' "$OPT_SUBST" '-x'
 opt_type email _opt_email a@p.iam.gserviceaccount.com 'x' 'a@b' 'A@p.iam.gserviceaccount.com' "$OPT_SUBST"

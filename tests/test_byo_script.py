@@ -928,9 +928,9 @@ def test_ca_bundle_must_be_a_readable_pem_file_and_any_path_mounts(image, tmp_pa
     (tmp_path / "empty.pem").write_text("")
     (tmp_path / "der.cer").write_bytes(b"\x30\x82\x05\x00not pem")
     for bad, says in (
-        (tmp_path, "is not a readable regular file"),
-        (tmp_path / "empty.pem", "holds no PEM certificate"),
-        (tmp_path / "der.cer", "holds no PEM certificate"),
+        (tmp_path, "(--ca-bundle): it is a folder"),
+        (tmp_path / "empty.pem", "(--ca-bundle): no PEM certificate"),
+        (tmp_path / "der.cer", "(--ca-bundle): no PEM certificate"),
     ):
         proc = launch(image, vol, "--dry-run", "--ca-bundle", str(bad), "ok.py")
         lines = proc.stderr.splitlines()

@@ -80,8 +80,8 @@ def test_zstd_without_buildx_stops_before_anything(fake: FakeGcp, bindir: Path, 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--compression", "lz4"], "invalid --compression 'lz4': give gzip (the default) or zstd"),
-        (["--compression", "zstd", "--no-push"], "--compression zstd compresses the pushed layers"),
+        (["--compression", "lz4"], "--compression must be one of gzip, zstd; got 'lz4'"),
+        (["--compression", "zstd", "--no-push"], "--compression and --no-push cannot be given together"),
     ],
     ids=["unknown", "zstd-no-push"],
 )
@@ -574,7 +574,8 @@ def test_ctrl_c_during_the_bake_vm_create_deletes_the_vm(
     compute: FakeComputeImages, local_ref: str, tmp_path: Path
 ):
     """A Ctrl-C (SIGINT to the whole foreground group, gcloud included) while gcloud waits for the
-    VM's create: the VM exists at Google all the same, and the script deletes it on its way out."""
+    VM's create: the VM exists at Google all the same, and the script deletes it on its way out,
+    whether gcloud's exit (it catches the signal) or bash's INT trap comes first."""
     compute.insert_polls = 10_000  # the create never finishes by itself
     proc = subprocess.Popen(
         [str(BAKE), "--image", local_ref, "--poll-seconds", "1"], env=script_env(compute, tmp_path, tmp_path),
@@ -593,6 +594,7 @@ def test_ctrl_c_during_the_bake_vm_create_deletes_the_vm(
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, err
+    # gcloud catches the SIGINT and exits 1, or bash's INT trap exits 130 first: either way, not 0.
+    assert proc.returncode in (1, 130), err
     assert compute.calls("DELETE", r"/instances/hfgpu-bake-"), f"the bake VM is left at Google: {err}"
     assert compute.instances == {}

@@ -8,7 +8,7 @@ opt --image-name type=image-name env=IMAGE_NAME meta=NAME old=--image help='imag
 opt --tag type=tag env=TAG meta=TAG help='the release tag (default: the VERSION file)'
 opt --base-image type=image-ref env=BASE_IMAGE meta=IMAGE \
   help="the image's base, build argument BASE_IMAGE (default: the Dockerfile's CUDA 12 base)"
-opt --ca-bundle type=pem-file env=CA_BUNDLE meta=FILE old=--ca-cert \
+opt --ca-bundle type=buildkit-pem-file env=CA_BUNDLE meta=FILE old=--ca-cert \
   help='extra CA bundle (PEM) for a build behind a TLS-intercepting proxy, given to BuildKit|as the secret ca_bundle: it is never stored in a layer'
 opt --registry-host type=registry-host env=REGISTRY_HOST meta=HOST help='registry host (default LOCATION-docker.pkg.dev)'
 opt --compression type=enum:gzip,zstd var=COMPRESSION meta=gzip\|zstd conflicts=--no-push \
