@@ -369,7 +369,7 @@ _opt_pem_file() {
 # path (a relative path or a link may add one) can carry no comma, quote or line break.
 _opt_buildkit_pem_file() {
   local real
-  _opt_pem_file "$1" "$2"
+  _opt_file "$1" "$2"
   real=$(realpath -e -- "$1") || die "invalid file $(q "$1")$(_from "$2"): no readable file there; check the path"
   if [[ ! -f $real ]] || has_line_break "$real"; then
     die "invalid CA bundle $(q "$1")$(_from "$2"): its real path has a line break; copy the bundle to a plain path"
@@ -379,6 +379,7 @@ _opt_buildkit_pem_file() {
   [[ $real != *,* && $real != *\"* ]] ||
     die "invalid CA bundle $(q "$1")$(_from "$2"): the path$shown has a comma or a double quote," \
       "which BuildKit's --secret cannot carry; copy the bundle to a path without one"
+  _opt_pem_file "$1" "$2"
 }
 _opt_image_ref() {
   # docker's reference grammar (distribution/reference): [HOST[:PORT]/]PATH[:TAG][@sha256:HEX]
