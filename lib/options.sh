@@ -361,6 +361,10 @@ _opt_dir() {
 }
 _opt_pem_file() {
   _opt_file "$1" "$2"
+  _opt_pem_content "$1" "$2"
+}
+# _opt_pem_content FILE ORIGIN: FILE (a readable file) holds a PEM certificate.
+_opt_pem_content() {
   grep -q -- '-----BEGIN CERTIFICATE-----' "$1" ||
     die "invalid CA bundle $(q "$1")$(_from "$2"): no PEM certificate (-----BEGIN CERTIFICATE-----) in it;" \
       "give a PEM bundle (from DER: openssl x509 -inform der -in FILE -out FILE.pem)"
@@ -379,7 +383,7 @@ _opt_buildkit_pem_file() {
   [[ $real != *,* && $real != *\"* ]] ||
     die "invalid CA bundle $(q "$1")$(_from "$2"): the path$shown has a comma or a double quote," \
       "which BuildKit's --secret cannot carry; copy the bundle to a path without one"
-  _opt_pem_file "$1" "$2"
+  _opt_pem_content "$1" "$2"
 }
 _opt_image_ref() {
   # docker's reference grammar (distribution/reference): [HOST[:PORT]/]PATH[:TAG][@sha256:HEX]
