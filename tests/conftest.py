@@ -6,9 +6,10 @@ reached here. Set HFGPU_TEST_IMAGE to reuse an image you already built, or
 HFGPU_KEEP_IMAGES=1 to keep the test images after the run.
 
 `make test` runs the files on two pytest-xdist workers (`-n 2 --dist loadfile`: a file's tests
-stay on one worker, so its module fixtures are made once). What a run makes once for every
-worker (the image, the tiny models) is made under a file lock in the folder the workers share
-(`shared_root`): the first worker to need it makes it, the other reuses it.
+stay on one worker, so its module fixtures are made once), longest first (tests/run_order.py).
+What a run makes once for every worker (the image, the tiny models) is made under a file lock in
+the folder the workers share (`shared_root`): the first worker to need it makes it, the other
+reuses it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import run_order
 from gcp_env import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,6 +113,17 @@ def build_image(
 def image_layers(ref: str) -> list[str]:
     out = docker("image", "inspect", "--format", "{{range .RootFS.Layers}}{{println .}}{{end}}", ref).stdout
     return [line for line in out.splitlines() if line]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadfile` takes the work units longest first (tests/run_order.py)."""
+    return run_order.LongestFirst(config, log) if config.getvalue("dist") == "loadfile" else None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Work units longest first (tests/run_order.py), a file's tests in their written order."""
+    items.sort(key=lambda item: run_order.rank(item.nodeid))
 
 
 def pytest_configure(config: pytest.Config) -> None:
