@@ -45,8 +45,12 @@ $(VENV)/.ok: tests/requirements.txt
 lint: $(VENV)/.ok
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/test_lint.py
 
-test: $(VENV)/.ok
-	tests/make-test-base.sh
+# The tools' venv and the test base image (tests/make-test-base.sh) are made side by side: on a new
+# machine each takes about half a minute, mostly downloads.
+test:
+	tests/make-test-base.sh & base=$$!; \
+	  $(MAKE) --no-print-directory $(VENV)/.ok || { wait $$base || true; exit 1; }; \
+	  wait $$base
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 # The one build path: build_and_push.sh --no-push, with $(DOCKER)'s folder first on PATH

@@ -6,7 +6,7 @@ reached here. Set HFGPU_TEST_IMAGE to reuse an image you already built, or
 HFGPU_KEEP_IMAGES=1 to keep the test images after the run.
 
 `make test` runs the files on two pytest-xdist workers (`-n 2 --dist loadfile`: a file's tests
-stay on one worker, so its module fixtures are made once), longest first (tests/run_order.py).
+stay on one worker, so its module fixtures are made once), in tests/run_order.py's order.
 What a run makes once for every worker (the image, the tiny models) is made under a file lock in
 the folder the workers share (`shared_root`): the first worker to need it makes it, the other
 reuses it.
@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 import run_order
 from gcp_env import Registry
+from xdist.scheduler import LoadFileScheduling
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_BASE_IMAGE = os.environ.get("HFGPU_TEST_BASE", "hfgpu-test-base:bookworm")
@@ -115,15 +116,29 @@ def image_layers(ref: str) -> list[str]:
     return [line for line in out.splitlines() if line]
 
 
+class LongestFirst(LoadFileScheduling):
+    """`--dist loadfile` with tests/run_order.py's work units, queued in collection order (which
+    pytest_collection_modifyitems sorts) instead of by their number of tests."""
+
+    def __init__(self, config: pytest.Config, log=None) -> None:
+        super().__init__(config, log)
+        config.option.loadscopereorder = False
+
+    def _split_scope(self, nodeid: str) -> str:
+        return run_order.work_unit(nodeid)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """`--dist loadfile` takes the work units longest first (tests/run_order.py)."""
-    return run_order.LongestFirst(config, log) if config.getvalue("dist") == "loadfile" else None
+    """`--dist loadfile` takes the work units in tests/run_order.py's order."""
+    return LongestFirst(config, log) if config.getvalue("dist") == "loadfile" else None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Work units longest first (tests/run_order.py), a file's tests in their written order."""
-    items.sort(key=lambda item: run_order.rank(item.nodeid))
+    """The work units in tests/run_order.py's queue order, a file's tests in their written order."""
+    unit = {item.nodeid: run_order.work_unit(item.nodeid) for item in items}
+    uses_image = {unit[item.nodeid] for item in items if "image" in item.fixturenames}
+    items.sort(key=lambda item: run_order.queue_key(unit[item.nodeid], unit[item.nodeid] in uses_image))
 
 
 def pytest_configure(config: pytest.Config) -> None:

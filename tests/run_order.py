@@ -1,20 +1,30 @@
-"""The order in which `make test`'s pytest-xdist workers take the test files: longest first.
+"""The order in which `make test`'s pytest-xdist workers take the test files.
 
 `--dist loadfile` keeps a file's tests on one worker (its module fixtures are made once) and
-hands a free worker the next file in the queue. xdist's own queue puts the files with the most
-tests first, whatever they cost: in the 2026-12-06 runs one worker ended minutes after the other.
-Here the queue is the files by their measured time, longest first (LPT: the usual rule for
-sharing jobs among machines), so the last files to start are short ones and the workers end
-together. A test that alone takes minutes is a work unit of its own, so it does not make its
-file one long block.
+hands a free worker the next work unit in the queue. xdist's own queue puts the files with the
+most tests first, whatever they cost: in the 2026-12-06 runs one worker ended minutes after the
+other. Here the queue is:
 
-The figures are a warm run's per-file seconds (docs/development.md says how to measure them
-again); a file missing here runs after the listed ones, and tests/test_lint.py says to add it.
+1. FIRST, the one full push of the image (and its pull by digest). Its worker builds the image
+   (the first test that needs it does) and then pushes it: the run's longest chain, and the
+   engine's busiest minutes.
+2. The work units that need no image (no test asks for the `image` fixture): the other worker
+   runs them meanwhile, without waiting for the build and without the engine.
+3. The rest, longest first (LPT, the usual rule for sharing jobs among machines), so the last
+   units to start are short and the workers end together.
+
+A test that alone takes minutes can be a work unit of its own (an entry with `::`), so it does
+not make its file one long block. The seconds are a run's, per work unit: `.ci/run` prints them
+at the end of every run (`python3 tests/run_order.py JUNIT_XML`, from pytest's JUnit report) in
+the form SECONDS takes. tests/test_lint.py asks for every test file here. The scheduler itself
+(a subclass of xdist's) and the sort are in tests/conftest.py: this file needs only Python.
 """
 
 from __future__ import annotations
 
-from xdist.scheduler import LoadFileScheduling
+import sys
+import xml.etree.ElementTree as ET
+from collections import defaultdict
 
 # Work units and their seconds in the run of 2026-12-06 at 2d524a5 (warm engine, two workers; the
 # queue is sorted from these). An entry with `::` is one test that is a unit of its own.
@@ -36,9 +46,9 @@ SECONDS: tuple[tuple[str, int], ...] = (
     ("tests/test_docs.py", 0),
     ("tests/test_systemd_unit.py", 0),
 )
-LONGEST_FIRST = tuple(unit for unit, _ in sorted(SECONDS, key=lambda pair: -pair[1]))
-RANK = {unit: i for i, unit in enumerate(LONGEST_FIRST)}
-OWN_UNITS = frozenset(unit for unit in LONGEST_FIRST if "::" in unit)
+FIRST = "tests/test_launch.py::test_vm_flow_pulls_the_digest_and_runs_from_the_copied_files"
+UNIT_SECONDS = dict(SECONDS)
+OWN_UNITS = frozenset(unit for unit in UNIT_SECONDS if "::" in unit)
 
 
 def work_unit(nodeid: str) -> str:
@@ -46,18 +56,28 @@ def work_unit(nodeid: str) -> str:
     return nodeid if nodeid in OWN_UNITS else nodeid.split("::", 1)[0]
 
 
-def rank(nodeid: str) -> int:
-    """Where the test's work unit stands in the queue (unlisted units last)."""
-    return RANK.get(work_unit(nodeid), len(LONGEST_FIRST))
+def queue_key(unit: str, uses_image: bool) -> tuple[bool, bool, int]:
+    """Where a work unit stands in the queue: FIRST, then those without the image, then the
+    rest; longest first within each (an unlisted unit counts as 0 s)."""
+    return (unit != FIRST, uses_image, -UNIT_SECONDS.get(unit, 0))
 
 
-class LongestFirst(LoadFileScheduling):
-    """`--dist loadfile`, with the work units of work_unit, queued in collection order (which
-    pytest_collection_modifyitems has sorted by rank) instead of by number of tests."""
+def junit_seconds(path: str) -> dict[str, float]:
+    """Seconds per work unit in a pytest JUnit report (a test's setup, call and teardown)."""
+    seconds: dict[str, float] = defaultdict(float)
+    for case in ET.parse(path).getroot().iter("testcase"):
+        parts = case.get("classname", "").split(".")  # tests.test_x, then a class if any
+        module = next(i for i, part in enumerate(parts) if part.startswith("test_"))
+        file = "/".join(parts[: module + 1]) + ".py"
+        seconds[work_unit(f"{file}::{case.get('name', '').split('[')[0]}")] += float(case.get("time", 0))
+    return dict(seconds)
 
-    def __init__(self, config, log=None) -> None:
-        super().__init__(config, log)
-        config.option.loadscopereorder = False
 
-    def _split_scope(self, nodeid: str) -> str:
-        return work_unit(nodeid)
+def main() -> None:
+    """Print a JUnit report's seconds per work unit, longest first, as SECONDS lists them."""
+    for unit, total in sorted(junit_seconds(sys.argv[1]).items(), key=lambda pair: -pair[1]):
+        print(f'    ("{unit}", {total:.0f}),')
+
+
+if __name__ == "__main__":
+    main()

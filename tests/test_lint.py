@@ -66,3 +66,17 @@ def test_hadolint():
 def test_ruff(args):
     proc = run_tool(str(BIN / "ruff"), *args, ".")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_test_file_has_a_place_in_the_run_order():
+    """tests/run_order.py queues the work units by their seconds: a new file needs its measured
+    seconds there, and a test named there must still exist under that name."""
+    import run_order
+
+    files = {unit.split("::")[0] for unit in run_order.UNIT_SECONDS}
+    missing = sorted(set(tracked("tests/test_*.py")) - files)
+    assert not missing, f"add to tests/run_order.py SECONDS, with their seconds in a run: {missing}"
+    assert run_order.FIRST in run_order.OWN_UNITS, "tests/run_order.py: FIRST must be listed in SECONDS"
+    for unit in run_order.OWN_UNITS:
+        path, name = unit.split("::")
+        assert f"\ndef {name}(" in (ROOT / path).read_text(), f"tests/run_order.py names {unit}: not found"
