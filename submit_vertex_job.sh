@@ -38,7 +38,7 @@ source "$HFGPU_ROOT/lib/gcp.sh"
 # Google's machine facts (GPUs per machine type, Vertex AI's GPU names, Flex-start's GPUs).
 # shellcheck disable=SC1091
 source "$HFGPU_ROOT/lib/machines.sh"
-# Which script arguments hold an output path (script_output_option).
+# The script's output options among its arguments (script_output_args).
 # shellcheck disable=SC1091
 source "$HFGPU_ROOT/lib/script_support.sh"
 # shellcheck disable=SC1091
@@ -98,22 +98,13 @@ duration_seconds() {
 
 # check_script_outputs: an output path among the script's arguments (after --) must be in Cloud
 # Storage (/gcs/BUCKET/...): anything else is on the job's machine, lost when the job ends. The
-# names lib/script_support.sh's script_output_option knows (--output_dir, --logging-dir...) and
-# trainkit's --model_dir, each occurrence.
+# options lib/script_support.sh's script_output_args finds (--output_dir, --logging-dir, trainkit's
+# --model_dir...), the last of a repeated one: the script reads only that one, as argparse does.
 check_script_outputs() {
-  local i arg name value norm
-  local -a args=("${script_args[@]}")
-  for ((i = 0; i < ${#args[@]}; i++)); do
-    arg=${args[i]}
-    [[ $arg == --?* ]] || continue
-    name=${arg#--} value=''
-    if [[ $name == *=* ]]; then
-      value=${name#*=} name=${name%%=*}
-    elif ((i + 1 < ${#args[@]})); then
-      value=${args[i + 1]}
-    fi
-    script_output_option "$name" || [[ ${name//-/_} == model_dir ]] || continue # trainkit's --model_dir too
-    [[ -n $value && $value != --* ]] || continue
+  local i name value norm
+  script_output_args "${script_args[@]}"
+  for i in "${!SCRIPT_OUTPUT_NAMES[@]}"; do
+    name=${SCRIPT_OUTPUT_NAMES[i]} value=${SCRIPT_OUTPUT_VALUES[i]}
     norm=$value
     [[ $norm == /* ]] && norm=$(realpath -m -- "$norm")
     [[ $norm =~ ^$GCS_MOUNT/[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/|$) ]] && continue

@@ -7,6 +7,7 @@
 # Source after lib/common.sh (uses warn, and PROG for messages). Paths: SCRIPT is the
 # container path the launcher runs (/app/NAME.py or /volume/NAME.py); VOLUME is the host
 # folder mounted at /volume; ARGS are the script's own arguments (after `--`).
+# submit_vertex_job.sh uses script_output_args too: the same output options must be in /gcs there.
 #
 # How launch_training.sh calls each (the lead wires these in):
 #   1. After parsing, before `docker run`:
@@ -333,10 +334,48 @@ script_in_volume() {
   [[ $norm == "$SCRIPT_VOLUME_MOUNT" || $norm == "$SCRIPT_VOLUME_MOUNT"/* ]]
 }
 
-# script_output_option NAME: option names that hold an output path.
+# script_output_option NAME: option names that hold an output path (either spelling): HF's
+# (--output_dir, --logging-dir, --save_path...) and trainkit's --model_dir (app/trainkit.py
+# RunArguments: where our programs write the final model).
 script_output_option() {
   set -- "${1//-/_}"
+  [[ $1 == model_dir ]] && return 0
   [[ $1 =~ (^|_)(output|save|logging|log|checkpoint)(_|$) && $1 =~ (dir|path|file|output)$ ]]
+}
+
+# The output options script_output_args found, index by index: the name as spelt (output-dir) and
+# the path as given.
+declare -ga SCRIPT_OUTPUT_NAMES=() SCRIPT_OUTPUT_VALUES=()
+
+# script_output_args ARGS...: the output options (script_output_option) among a script's ARGS,
+# --NAME VALUE or --NAME=VALUE, in SCRIPT_OUTPUT_NAMES and SCRIPT_OUTPUT_VALUES, in their order in
+# ARGS. Only the LAST occurrence of an option counts, as argparse and HfArgumentParser keep it
+# (--output_dir A --output-dir B: B); one with no value (bare, empty, or followed by --X) is left out.
+# The one walker for both checks: the launcher's (script_check_output_paths) and Vertex AI's.
+script_output_args() {
+  local i name value key
+  local -a args=("$@")
+  local -A last=()
+  SCRIPT_OUTPUT_NAMES=() SCRIPT_OUTPUT_VALUES=()
+  for ((i = 0; i < ${#args[@]}; i++)); do
+    key=${args[i]#--} key=${key%%=*}
+    [[ ${args[i]} == --?* && -n $key ]] && last[${key//-/_}]=$i
+  done
+  for ((i = 0; i < ${#args[@]}; i++)); do
+    [[ ${args[i]} == --?* ]] || continue
+    name=${args[i]#--} value=''
+    if [[ $name == *=* ]]; then
+      value=${name#*=} name=${name%%=*}
+    elif ((i + 1 < ${#args[@]})); then
+      value=${args[i + 1]}
+    fi
+    key=${name//-/_}
+    [[ -n $key && ${last[$key]:-} == "$i" ]] || continue
+    script_output_option "$name" || continue
+    [[ -n $value && $value != --* ]] || continue
+    SCRIPT_OUTPUT_NAMES+=("$name") SCRIPT_OUTPUT_VALUES+=("$value")
+  done
+  return 0
 }
 
 # script_container_path PATH: PATH as the container resolves it (relative to the workdir /volume),
@@ -348,32 +387,16 @@ script_container_path() {
 }
 
 # script_check_output_paths MODE ARGS...: an absolute output path outside /volume among ARGS
-# (--output_dir /tmp/out, --logging_dir=/app/logs): MODE refuse prints one error line and
-# returns 1; MODE warn prints a warning and returns 0.
+# (--output_dir /tmp/out, --logging_dir=/app/logs, --model_dir /tmp/m; script_output_args: the last
+# of a repeated option): MODE refuse prints one error line and returns 1; MODE warn prints a
+# warning and returns 0.
 script_check_output_paths() {
-  local mode=$1 arg name value i norm key
+  local mode=$1 i name value
   shift
-  local -a args=("$@")
-  local -A last=() # argparse keeps the last of a repeated option (--output_dir A --output-dir B: B)
-  for ((i = 0; i < ${#args[@]}; i++)); do
-    key=${args[i]#--} key=${key%%=*}
-    [[ ${args[i]} == --?* && -n $key ]] && last[${key//-/_}]=$i
-  done
-  for ((i = 0; i < ${#args[@]}; i++)); do
-    arg=${args[i]}
-    [[ $arg == --?* ]] || continue
-    name=${arg#--} value=''
-    if [[ $name == *=* ]]; then
-      value=${name#*=} name=${name%%=*}
-    elif ((i + 1 < ${#args[@]})); then
-      value=${args[i + 1]}
-    fi
-    key=${name//-/_}
-    [[ -n $key && ${last[$key]:-} == "$i" ]] || continue
-    script_output_option "$name" || continue
-    [[ -n $value && $value != --* ]] || continue
-    norm=$(script_container_path "$value")
-    [[ $norm == "$SCRIPT_VOLUME_MOUNT" || $norm == "$SCRIPT_VOLUME_MOUNT"/* ]] && continue
+  script_output_args "$@"
+  for i in "${!SCRIPT_OUTPUT_NAMES[@]}"; do
+    name=${SCRIPT_OUTPUT_NAMES[i]} value=${SCRIPT_OUTPUT_VALUES[i]}
+    script_in_volume "$value" && continue
     if [[ $mode == warn ]]; then
       warn "--$name $value is outside $SCRIPT_VOLUME_MOUNT: it is lost with the container"
       continue

@@ -134,6 +134,8 @@ def test_output_paths_outside_the_volume_are_refused_or_warned():
         ["--output-dir", "/tmp/out"],  # HfArgumentParser's dash spelling
         ["--output-dir=/tmp/out"],
         ["--output_dir", "../tmp/out"],  # relative to the workdir /volume, yet outside it
+        ["--model_dir", "/tmp/m"],  # our programs' final model (app/trainkit.py RunArguments)
+        ["--model-dir=/app/m"],
     ):
         proc = lib("script_check_output_paths", "refuse", "--do_train", *args)
         assert proc.returncode == 1, args
@@ -157,6 +159,12 @@ def test_output_paths_outside_the_volume_are_refused_or_warned():
         "script_check_output_paths", "refuse", "--output_dir", "/volume/x", "--output-dir", "/tmp/y"
     )
     assert last_outside.returncode == 1 and "--output-dir /tmp/y is outside" in last_outside.stderr
+    # The one walker (submit_vertex_job.sh's check uses it too): the last of each output option, in order.
+    # --seed is no output option; --logging_dir without a value is left out.
+    mixed = "--output_dir A --model_dir=M --seed 1 --output-dir B --logging_dir"
+    show = 'printf "%s\\n" "${SCRIPT_OUTPUT_NAMES[@]}" "${SCRIPT_OUTPUT_VALUES[@]}"'
+    found = lib("eval", f"script_output_args {mixed}; {show}")
+    assert found.stdout.splitlines() == ["model_dir", "output-dir", "M", "B"], found.stdout
 
 
 def facts_lines(**facts: str) -> str:

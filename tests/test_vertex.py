@@ -317,6 +317,8 @@ BAD_INPUTS = [
     ("-- --output_dir /tmp/x", "--output_dir '/tmp/x' (after --) is on the job's machine"),
     ("-- --logging-dir=runs", "--logging-dir 'runs' (after --) is on the job's machine"),
     ("-- --model_dir /gcs/b-1/../../tmp/m", "--model_dir '/gcs/b-1/../../tmp/m' (after --) is on the job's"),
+    # argparse keeps the last of a repeated option: that one is checked (the reverse is taken).
+    ("-- --output_dir /gcs/b-1/out --output_dir /tmp/x", "--output_dir '/tmp/x' (after --) is on the job's"),
     ("--display-name " + "x" * 129, "--display-name is 129 characters long; Vertex AI takes at most 128"),
     ("--spot=yes", "--spot is an on/off flag"),
     ("--gpus 1", "unknown option '--gpus'"),
@@ -371,8 +373,10 @@ def test_a_mismatch_gets_the_same_line_as_create_instance(fake: FakeVertex, tmp_
 
 
 def test_script_outputs_in_cloud_storage_are_taken(fake: FakeVertex, tmp_path: Path):
-    """The job's folders are Cloud Storage's, through /gcs: an output path there is kept as given."""
-    args = ["--output_dir", "/gcs/b-1/x/out", "--logging-dir=/gcs/b-1/x/logs", "--save_steps", "5"]
+    """The job's folders are Cloud Storage's, through /gcs: an output path there is kept as given. Of
+    a repeated option the script reads the last, as argparse does: an earlier /tmp/x does not count."""
+    args = ["--output_dir", "/tmp/x", "--output_dir", "/gcs/b-1/x/out", "--logging-dir=/gcs/b-1/x/logs",
+            "--save_steps", "5"]  # fmt: skip
     proc = submit(fake, tmp_path, "--dry-run", "--output", "gs://b-1/x", "bert", "--", *args)
     assert proc.returncode == 0, proc.stderr
     spec = json.loads(proc.stdout.partition("\n# ")[0])
