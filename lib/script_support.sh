@@ -9,9 +9,9 @@
 # folder mounted at /volume; ARGS are the script's own arguments (after `--`).
 # submit_vertex_job.sh uses script_output_args too: the same output options must be in /gcs there.
 #
-# How launch_training.sh calls each (the lead wires these in):
+# How launch_training.sh calls each:
 #   1. After parsing, before `docker run`:
-#        script_check_output_paths "$mode" "${script_args[@]}" || exit 2
+#        script_check_output_paths "$mode" "${script_args[@]}" || exit 1
 #      mode=refuse by default, mode=warn with the launcher flag --allow-outside-volume.
 #      Refuses (one line, exit status 1) an absolute output path outside /volume, e.g.
 #      --output_dir /tmp/out or --output_dir=/app/out: lost with the container, or unwritable.
