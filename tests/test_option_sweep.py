@@ -9,7 +9,8 @@ The cases are generated from the option tables (lib/options/SCRIPT.sh, printed b
   a path type's `~/x` with HOME unset;
 - each option backed by a configuration name: the same traps from the environment and from .env,
   and an empty `NAME=` line in .env;
-- each declared conflict (both options with valid values) and need (the option alone);
+- each declared conflict (both options with valid values) and need (the option alone), whose line
+  must be the pair's, with the reason and fix the table declares (conflicts-why=, needs-why=);
 - `--=x` and `-h=x`, never taken for `--` or `-h`; DRY_RUN=true, never a real run.
 Each case must end with exit status 1 and one stderr line `SCRIPT: error: ...` that names where the
 value came from (the flag, `NAME from the environment`, `NAME in FILE:LINE` with the case's own file
@@ -65,6 +66,8 @@ class Option:
     bad: tuple[str, ...]
     old: tuple[str, ...] = ()
     path: bool = False
+    conflicts_why: str = ""
+    needs_why: str = ""
 
 
 def table(script: str) -> list[Option]:
@@ -73,11 +76,13 @@ def table(script: str) -> list[Option]:
     ).stdout
     options = []
     for line in out.splitlines():
-        name, typ, env, var, repeat, conflicts, needs, example, bad, old, path = line.split("\t")
+        name, typ, env, var, repeat, conflicts, needs, example, bad, old, path, conflicts_why, needs_why = (
+            line.split("\t")
+        )
         split = lambda s, sep: tuple(x for x in s.split(sep) if x)  # noqa: E731
         traps = tuple(bad.split("|")) if bad else ()
         options.append(Option(name, typ, env, var, repeat, split(conflicts, ","), split(needs, ","), example,
-                              traps, split(old, ","), path == "1"))  # fmt: skip
+                              traps, split(old, ","), path == "1", conflicts_why, needs_why))  # fmt: skip
     return options
 
 
@@ -85,13 +90,14 @@ def table(script: str) -> list[Option]:
 class Case:
     """One hostile input: ARGS on the command line, ENV in the environment, DOTENV as .env's text
     (after the baseline's); ORIGIN is what the error line must name (for a .env case, followed by
-    the case's file and line)."""
+    the case's file and line); LINE, when given, is the whole message after `error: `."""
 
     id: str
     args: tuple[str, ...]
     origin: str
     env: tuple[tuple[str, str], ...] = ()
     dotenv: str = ""
+    line: str = ""
 
 
 LINE_SEPARATOR = "x\u2028y"  # a line break to Python (and to JSON logs); not a control byte in C
@@ -135,10 +141,12 @@ def cases(options: list[Option]) -> list[Case]:
     by_name = {o.name: o for o in options}
     for o in options:
         for other in o.conflicts:
-            both = (*given(o), *given(by_name[other]))
-            out.append(Case(f"{o.name} with {other}", both, f"{o.name} and {other}"))
+            both, pair = (*given(o), *given(by_name[other])), f"{o.name} and {other}"
+            why = f"{pair} cannot be given together: {o.conflicts_why}"
+            out.append(Case(f"{o.name} with {other}", both, pair, line=why))
         for other in o.needs:
-            out.append(Case(f"{o.name} without {other}", given(o), f"{o.name} needs {other}"))
+            need = f"{o.name} needs {other}"
+            out.append(Case(f"{o.name} without {other}", given(o), need, line=f"{need}: {o.needs_why}"))
     return out
 
 
@@ -327,6 +335,8 @@ def problems(sweep: Sweep, case: Case, proc: subprocess.CompletedProcess) -> lis
         out.append(f"does not name {origin!r}")
     if not FIX_RE.search(line):
         out.append("names no fix")
+    if case.line and line != f"{sweep.script}.sh: error: {case.line}":
+        out.append(f"is not {case.line!r} (the declared reason and fix)")
     if proc.stdout:
         out.append(f"printed on stdout {proc.stdout[:100]!r}")
     if proc.left:  # type: ignore[attr-defined]
@@ -395,9 +405,8 @@ def doc_section(
         rows.append(f"| `{o.name}` | {o.type.replace('|', ',')} | {o.env or ''} | {tried} | {shown} |")
     for k, proc in procs.items():
         if " with " in k or " without " in k:
-            rows.append(
-                f"| {k} | conflict | | 1 | {proc.stderr.strip().removeprefix(f'{script}.sh: error: ')} |"
-            )
+            kind, line = "need" if " without " in k else "conflict", proc.stderr.strip()
+            rows.append(f"| {k} | {kind} | | 1 | {line.removeprefix(f'{script}.sh: error: ')} |")
     rows.append(f"<!-- /sweep:{script} -->")
     assert start
     return "\n".join(rows)
@@ -550,6 +559,36 @@ def test_an_env_backed_number_is_stored_in_decimal_too():
     env = {**os.environ, "TAG": "010", "CONFIG_FILE": "/dev/null"}
     proc = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "8 10", "")
+
+
+# A table (lines of `opt`) and its one error line: a conflict or need must say why and what to do.
+WHY_DECLARED = "option --a: conflicts=--b needs conflicts-why='REASON; FIX', the reason and the fix its"
+TABLES = [
+    ("opt --a type=switch var=A conflicts=--b", WHY_DECLARED),
+    ("opt --a type=switch var=A needs=--b", WHY_DECLARED.replace("conflicts", "needs")),
+    ("opt --a type=switch var=A conflicts=--b conflicts-why=because", "option --a: conflicts-why= must be"),
+    ("opt --a type=switch var=A needs=--b needs-why=$'x; y\\nz'", "needs-why= must be 'REASON; FIX' on one"),
+    ("opt --a type=switch var=A needs-why='x; y'", "option --a: needs-why= without needs=; drop it"),
+    # loads; a conflict names each option as it was given (an old spelling), with the reason and fix
+    ("opt --a type=switch var=A old=--aa conflicts=--b conflicts-why='r; f'; opt --b type=switch var=B",
+     "--aa and --b cannot be given together: r; f"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("declared", "line"), TABLES, ids=["conflict", "need", "no-fix", "two-lines",
+                                                        "why-alone", "old-spelling"])  # fmt: skip
+def test_a_conflict_or_need_says_why_or_the_table_does_not_load(declared, line):
+    """A table whose conflict or need lacks its 'REASON; FIX' stops the script in one line when it is
+    read, so that no error line can lose it; a conflict's line names each option as it was given."""
+    script = (
+        "set -euo pipefail; for f in common flags gcp options; do source lib/$f.sh; done;"
+        f" {declared}; config_init; opt_parse --aa --b; opt_check_config"
+    )
+    env = {**os.environ, "CONFIG_FILE": "/dev/null"}
+    proc = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("bash: error: "), proc.stderr
+    assert line in proc.stderr, proc.stderr
 
 
 # .env as dotenv reads it: (the file's text, TAG and its origin, or the start of the one error line).
