@@ -473,37 +473,47 @@ def test_a_leading_tilde_user_is_that_users_home(fake, tmp_path):
     assert "id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt" in build
 
 
-def test_a_ca_bundle_whose_real_path_has_a_comma_is_refused_before_anything(fake, tmp_path):
-    """BuildKit's --secret gets the bundle's resolved path: a relative path from a folder whose name
-    has a comma (or a link into one) is refused with the checks, not by BuildKit after the
-    repository was created."""
+@dataclass(frozen=True)
+class LinkedBundle:
+    """The host's CA bundle copied to FOLDER/ca.pem, a folder whose name BuildKit's --secret cannot
+    carry, and TMP/link.pem linking to it; `run` gives build_and_push.sh --dry-run one of them."""
+
+    folder: Path
+    env: dict[str, str]
+
+    def run(self, bundle: str, cwd: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([str(ROOT / "build_and_push.sh"), "--dry-run", f"--ca-bundle={bundle}"],
+                              env=self.env, cwd=cwd, capture_output=True, text=True)  # fmt: skip
+
+
+def linked_bundle(fake: FakeGcp, tmp_path: Path, folder_name: str) -> LinkedBundle:
     sweep = sweep_build_and_push(fake, tmp_path)
-    folder = tmp_path / "certs, corp"
+    folder = tmp_path / folder_name
     folder.mkdir()
     (folder / "ca.pem").write_text(Path("/etc/ssl/certs/ca-certificates.crt").read_text())
     (tmp_path / "link.pem").symlink_to(folder / "ca.pem")
     env = {**sweep.env, "HOME": str(tmp_path), "CONFIG_FILE": str(tmp_path / "no.env")}
-    for cwd, bundle in ((folder, "ca.pem"), (tmp_path, "link.pem")):
-        proc = subprocess.run([str(ROOT / "build_and_push.sh"), "--dry-run", f"--ca-bundle={bundle}"],
-                              env=env, cwd=cwd, capture_output=True, text=True)  # fmt: skip
+    return LinkedBundle(folder, env)
+
+
+def test_a_ca_bundle_whose_real_path_has_a_comma_is_refused_before_anything(fake, tmp_path):
+    """BuildKit's --secret gets the bundle's resolved path: a relative path from a folder whose name
+    has a comma (or a link into one) is refused with the checks, not by BuildKit after the
+    repository was created."""
+    linked = linked_bundle(fake, tmp_path, "certs, corp")
+    for cwd, bundle in ((linked.folder, "ca.pem"), (tmp_path, "link.pem")):
+        proc = linked.run(bundle, cwd)
         assert proc.returncode == 1 and proc.stdout == "", proc.stdout
         assert proc.stderr.splitlines() == [
             f"build_and_push.sh: error: invalid CA bundle '{bundle}' (--ca-bundle): the path"
-            f" ('{folder}/ca.pem') has a comma or a double quote, which BuildKit's --secret cannot carry;"
-            " copy the bundle to a path without one"
+            f" ('{linked.folder}/ca.pem') has a comma or a double quote, which BuildKit's --secret cannot"
+            " carry; copy the bundle to a path without one"
         ]
 
 
 def test_a_ca_bundle_whose_real_path_has_a_line_break_is_refused(fake, tmp_path):
     """The same for a link into a folder whose name holds a newline."""
-    sweep = sweep_build_and_push(fake, tmp_path)
-    folder = tmp_path / "certs\ncorp"
-    folder.mkdir()
-    (folder / "ca.pem").write_text(Path("/etc/ssl/certs/ca-certificates.crt").read_text())
-    (tmp_path / "link.pem").symlink_to(folder / "ca.pem")
-    env = {**sweep.env, "HOME": str(tmp_path), "CONFIG_FILE": str(tmp_path / "no.env")}
-    proc = subprocess.run([str(ROOT / "build_and_push.sh"), "--dry-run", "--ca-bundle=link.pem"],
-                          env=env, cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    proc = linked_bundle(fake, tmp_path, "certs\ncorp").run("link.pem", tmp_path)
     assert (proc.returncode, proc.stdout) == (1, "")
     assert proc.stderr.splitlines() == [
         "build_and_push.sh: error: invalid CA bundle 'link.pem' (--ca-bundle): its real path has a line"
