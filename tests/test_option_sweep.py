@@ -71,9 +71,9 @@ class Option:
 
 
 def table(script: str) -> list[Option]:
-    out = subprocess.run(
-        ["bash", str(ROOT / "lib" / "options.sh"), script], capture_output=True, text=True, check=True
-    ).stdout
+    proc = subprocess.run(["bash", str(ROOT / "lib" / "options.sh"), script], capture_output=True, text=True)
+    assert proc.returncode == 0, f"lib/options/{script}.sh does not load: {proc.stderr}"
+    out = proc.stdout
     options = []
     for line in out.splitlines():
         name, typ, env, var, repeat, conflicts, needs, example, bad, old, path, conflicts_why, needs_why = (
