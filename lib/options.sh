@@ -20,7 +20,13 @@
 #   repeat=1    may be given more than once; var= names an array the values are appended to
 #   meta=       the value's name in --help (default VALUE)
 #   old=        old spellings, comma-separated: accepted with a one-line deprecation warning
-#   conflicts=  options it cannot be given with; needs= options it needs (comma-separated)
+#   conflicts=  options it cannot be given with; needs= options it needs (comma-separated). Both are
+#               between flags: the environment and .env hold defaults, which a flag replaces.
+#   conflicts-why=, needs-why=
+#               'REASON; FIX', one line, required with conflicts= and needs= (a table without it
+#               does not load): the error line says it, e.g. `--a and --b cannot be given together:
+#               REASON; FIX` or `--a needs --b: REASON; FIX`. It serves all of the option's
+#               conflicts (or needs): declare a conflict on the side whose reason fits the pair.
 #   example=    a valid value (the sweep gives it when it tries a conflict; default: the type's)
 #   bad=        more values the option refuses beyond its type's, separated by '|'
 #   help=       the --help text; a '|' starts a new line
@@ -33,14 +39,16 @@
 # A script's parse:  opt_help_first "$@"; config_init; opt_parse "$@"; opt_check_config
 # (opt_help_first: --help works whatever the environment and .env hold).
 # It then has its variables set, OPT_ARGS (arguments that are not options) and OPT_REST (those
-# after `--`), and OPT_GIVEN[--name]=1 for every option given. A value is stored as checked: a
-# number in decimal (--keep=08 is 8), a path with its ~ expanded. An old spelling's deprecation
-# warning waits for the script's first progress line (lib/common.sh's log or warn), so that a bad
-# input still gives one line.
+# after `--`), OPT_GIVEN[--name]=1 for every option given and OPT_GIVEN_AS[--name] the spelling
+# it was given by (the name, or an old spelling: what an error line names). A value is stored as
+# checked: a number in decimal (--keep=08 is 8), a path with its ~ expanded. An old spelling's
+# deprecation warning waits for the script's first progress line (lib/common.sh's log or warn), so
+# that a bad input still gives one line.
 
 declare -ga OPT_NAMES=() OPT_ARGS=() OPT_REST=()
 declare -gA OPT_TYPE=() OPT_ENV=() OPT_VAR=() OPT_VALUE=() OPT_REPEAT=() OPT_META=() OPT_OLD=()
 declare -gA OPT_CONFLICTS=() OPT_NEEDS=() OPT_EXAMPLE=() OPT_BAD=() OPT_HELP=() OPT_GIVEN=()
+declare -gA OPT_CONFLICTS_WHY=() OPT_NEEDS_WHY=() OPT_GIVEN_AS=()
 declare -gA OPT_ALIAS=() OPT_TYPE_FN=() OPT_TYPE_BAD=() OPT_TYPE_EXAMPLE=() OPT_TYPE_PATH=()
 OPT_CHECKED='' OPT_EXPANDED=''
 
@@ -80,6 +88,8 @@ opt() {
       old) OPT_OLD[$name]=${kv#*=} ;;
       conflicts) OPT_CONFLICTS[$name]=${kv#*=} ;;
       needs) OPT_NEEDS[$name]=${kv#*=} ;;
+      conflicts-why) OPT_CONFLICTS_WHY[$name]=${kv#*=} ;;
+      needs-why) OPT_NEEDS_WHY[$name]=${kv#*=} ;;
       example) OPT_EXAMPLE[$name]=${kv#*=} ;;
       bad) OPT_BAD[$name]=${kv#*=} ;;
       help) OPT_HELP[$name]=${kv#*=} ;;
@@ -87,11 +97,29 @@ opt() {
     esac
   done
   [[ -n ${OPT_ENV[$name]:-}${OPT_VAR[$name]:-} ]] || die "lib/options.sh: option $name needs env= or var="
+  opt_why_declared "$name" conflicts "${OPT_CONFLICTS[$name]:-}" "${OPT_CONFLICTS_WHY[$name]:-}"
+  opt_why_declared "$name" needs "${OPT_NEEDS[$name]:-}" "${OPT_NEEDS_WHY[$name]:-}"
   local -a olds
   IFS=, read -ra olds <<<"${OPT_OLD[$name]:-}"
   for old in "${olds[@]}"; do
     OPT_ALIAS[$old]=$name
   done
+}
+
+# opt_why_declared NAME KIND LIST WHY: option NAME's conflicts (or needs), LIST, come with WHY,
+# 'REASON; FIX' on one line; a WHY without a LIST explains nothing.
+opt_why_declared() {
+  local name=$1 kind=$2 list=$3 why=$4
+  if [[ -z $list ]]; then
+    [[ -z $why ]] || die "lib/options.sh: option $name: $kind-why= without $kind=; drop it, or add $kind="
+    return 0
+  fi
+  [[ -n $why ]] ||
+    die "lib/options.sh: option $name: $kind=$list needs $kind-why='REASON; FIX', the reason and the fix" \
+      "its error line gives"
+  if [[ $why != *[![:space:]]'; '[![:space:]]* ]] || has_line_break "$why"; then
+    die "lib/options.sh: option $name: $kind-why= must be 'REASON; FIX' on one line; got $(q "$why")"
+  fi
 }
 
 # opt_base_type NAME: the type's name without its parameters (int:1:8 -> int).
@@ -201,7 +229,7 @@ opt_parse() {
           opt_check "$name" "$VALUE" "$FLAG"
           opt_set "$name" "$OPT_CHECKED"
         fi
-        OPT_GIVEN[$name]=1
+        OPT_GIVEN[$name]=1 OPT_GIVEN_AS[$name]=$FLAG
         ;;
       *) OPT_ARGS+=("$1") ;;
     esac
@@ -245,7 +273,8 @@ opt_unknown() {
 }
 
 # opt_check_config: the values of env-backed options that no flag set (environment, .env) checked
-# by their type, naming where they came from; then the conflicts and needs between given options.
+# by their type, naming where they came from; then the conflicts and needs between given options,
+# in the table's order, each refused with its declared reason and fix.
 opt_check_config() {
   local name env other
   local -a others
@@ -258,15 +287,17 @@ opt_check_config() {
     opt_check "$name" "${!env}" "$(config_origin "$env")"
     printf -v "$env" '%s' "$OPT_CHECKED"
   done
-  for name in "${!OPT_GIVEN[@]}"; do
+  for name in "${OPT_NAMES[@]}"; do
+    [[ -n ${OPT_GIVEN[$name]:-} ]] || continue
     IFS=, read -ra others <<<"${OPT_CONFLICTS[$name]:-}"
     for other in "${others[@]}"; do
       [[ -z ${OPT_GIVEN[$other]:-} ]] ||
-        die "$name and $other cannot be given together; keep one of them (see --help)"
+        die "${OPT_GIVEN_AS[$name]} and ${OPT_GIVEN_AS[$other]} cannot be given together:" \
+          "${OPT_CONFLICTS_WHY[$name]}"
     done
     IFS=, read -ra others <<<"${OPT_NEEDS[$name]:-}"
     for other in "${others[@]}"; do
-      [[ -n ${OPT_GIVEN[$other]:-} ]] || die "$name needs $other; give $other too (see --help)"
+      [[ -n ${OPT_GIVEN[$other]:-} ]] || die "${OPT_GIVEN_AS[$name]} needs $other: ${OPT_NEEDS_WHY[$name]}"
     done
   done
 }
@@ -308,7 +339,7 @@ opt_usage() {
 
 # opt_dump: the table as tab-separated lines for tests/test_option_sweep.py: name, type, env, var,
 # repeat, conflicts, needs, a valid example, the values to refuse (type's and option's, '|'), the
-# old spellings (',') and 1 for a path type (its ~ is expanded).
+# old spellings (','), 1 for a path type (its ~ is expanded), and the conflicts' and needs' why.
 opt_dump() {
   local name base example bad
   for name in "${OPT_NAMES[@]}"; do
@@ -331,9 +362,10 @@ opt_dump() {
         [[ ${OPT_TYPE[$name]} != *,* ]] || bad+=\|${OPT_TYPE[$name]#enum:}
         ;;
     esac
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "${OPT_TYPE[$name]}" "${OPT_ENV[$name]:-}" \
-      "${OPT_VAR[$name]:-}" "${OPT_REPEAT[$name]:-}" "${OPT_CONFLICTS[$name]:-}" "${OPT_NEEDS[$name]:-}" \
-      "$example" "$bad" "${OPT_OLD[$name]:-}" "${OPT_TYPE_PATH[$base]:-}"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "${OPT_TYPE[$name]}" \
+      "${OPT_ENV[$name]:-}" "${OPT_VAR[$name]:-}" "${OPT_REPEAT[$name]:-}" "${OPT_CONFLICTS[$name]:-}" \
+      "${OPT_NEEDS[$name]:-}" "$example" "$bad" "${OPT_OLD[$name]:-}" "${OPT_TYPE_PATH[$base]:-}" \
+      "${OPT_CONFLICTS_WHY[$name]:-}" "${OPT_NEEDS_WHY[$name]:-}"
   done
 }
 

@@ -460,9 +460,11 @@ BAD_INPUTS = [
      "a3-highgpu-1g (A3 High) is not offered as reservation on Compute Engine (offered: spot, flex-start)"),
     ([], {"HFGPU_IAM_WAIT_SECONDS": "abc"}, "HFGPU_IAM_WAIT_SECONDS must be a whole number from 0 to 3600"),
     ([], {"HFGPU_IAM_WAIT_SECONDS": "-5"}, "HFGPU_IAM_WAIT_SECONDS must be a whole number from 0 to 3600"),
-    (["--spot", "--flex-start"], {}, "--spot and --flex-start cannot be given together; keep one of them"),
+    (["--spot", "--flex-start"], {},
+     "--spot and --flex-start cannot be given together: each picks how the VM is provisioned (Spot,"),
     (["--flex-start", "--max-run-duration", "9d"], {}, "duration '9d' (--max-run-duration) must be from"),
-    (["--max-run-duration", "1d"], {}, "--max-run-duration needs --flex-start; give --flex-start too"),
+    (["--max-run-duration", "1d"], {},
+     "--max-run-duration needs --flex-start: it is how long a Flex-start VM runs before it is deleted"),
     (["--vm-name", "My_VM"], {}, "invalid VM name 'My_VM' (--vm-name)"),
     ([], {"VM_NAME": "Bad Name"}, "invalid VM name 'Bad Name' (VM_NAME from the environment)"),
     ([], {"ZONE": "us-east4"}, "invalid zone 'us-east4' (ZONE from the environment)"),
@@ -520,7 +522,9 @@ def flag_meta(flag: str) -> str:
     ("args", "env", "line"),
     [
         (["--zone", "us-east4-a", "--zones", "us-east4-b,us-east4-c"], {},
-         "--zone and --zones cannot be given together; keep one of them (see --help)"),
+         "--zone and --zones cannot be given together: --zones is the whole list of zones to try, in order,"
+         " its first one tried first; put your zone first in --zones, or give --zone alone (the region's"
+         " other zones follow it)"),
         (["--zone", "europe-west4-a"], {},
          "zone 'europe-west4-a' (--zone) is not in LOCATION's region us-east4 (the default LOCATION); pick a "
          "zone of us-east4, or pass --location europe-west4 too"),

@@ -839,7 +839,7 @@ BAD_INPUTS = [
         {},
         ["--nnodes 2 with --master-addr needs --node-rank R (this node's rank, 0..1)"],
     ),
-    ("rank-without-nnodes", "--node-rank 0", {}, ["--node-rank needs --nnodes; give --nnodes too"]),
+    ("rank-without-nnodes", "--node-rank 0", {}, ["--node-rank needs --nnodes: a rank", "give --nnodes N"]),
     (
         "addr-and-rdzv",
         "--master-addr h --rdzv-endpoint h:1",

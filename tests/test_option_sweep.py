@@ -9,7 +9,8 @@ The cases are generated from the option tables (lib/options/SCRIPT.sh, printed b
   a path type's `~/x` with HOME unset;
 - each option backed by a configuration name: the same traps from the environment and from .env,
   and an empty `NAME=` line in .env;
-- each declared conflict (both options with valid values) and need (the option alone);
+- each declared conflict (both options with valid values) and need (the option alone), whose line
+  must be the pair's, with the reason and fix the table declares (conflicts-why=, needs-why=);
 - `--=x` and `-h=x`, never taken for `--` or `-h`; DRY_RUN=true, never a real run.
 Each case must end with exit status 1 and one stderr line `SCRIPT: error: ...` that names where the
 value came from (the flag, `NAME from the environment`, `NAME in FILE:LINE` with the case's own file
@@ -65,19 +66,23 @@ class Option:
     bad: tuple[str, ...]
     old: tuple[str, ...] = ()
     path: bool = False
+    conflicts_why: str = ""
+    needs_why: str = ""
 
 
 def table(script: str) -> list[Option]:
-    out = subprocess.run(
-        ["bash", str(ROOT / "lib" / "options.sh"), script], capture_output=True, text=True, check=True
-    ).stdout
+    proc = subprocess.run(["bash", str(ROOT / "lib" / "options.sh"), script], capture_output=True, text=True)
+    assert proc.returncode == 0, f"lib/options/{script}.sh does not load: {proc.stderr}"
+    out = proc.stdout
     options = []
     for line in out.splitlines():
-        name, typ, env, var, repeat, conflicts, needs, example, bad, old, path = line.split("\t")
+        name, typ, env, var, repeat, conflicts, needs, example, bad, old, path, conflicts_why, needs_why = (
+            line.split("\t")
+        )
         split = lambda s, sep: tuple(x for x in s.split(sep) if x)  # noqa: E731
         traps = tuple(bad.split("|")) if bad else ()
         options.append(Option(name, typ, env, var, repeat, split(conflicts, ","), split(needs, ","), example,
-                              traps, split(old, ","), path == "1"))  # fmt: skip
+                              traps, split(old, ","), path == "1", conflicts_why, needs_why))  # fmt: skip
     return options
 
 
@@ -85,13 +90,14 @@ def table(script: str) -> list[Option]:
 class Case:
     """One hostile input: ARGS on the command line, ENV in the environment, DOTENV as .env's text
     (after the baseline's); ORIGIN is what the error line must name (for a .env case, followed by
-    the case's file and line)."""
+    the case's file and line); LINE, when given, is the whole message after `error: `."""
 
     id: str
     args: tuple[str, ...]
     origin: str
     env: tuple[tuple[str, str], ...] = ()
     dotenv: str = ""
+    line: str = ""
 
 
 LINE_SEPARATOR = "x\u2028y"  # a line break to Python (and to JSON logs); not a control byte in C
@@ -135,10 +141,12 @@ def cases(options: list[Option]) -> list[Case]:
     by_name = {o.name: o for o in options}
     for o in options:
         for other in o.conflicts:
-            both = (*given(o), *given(by_name[other]))
-            out.append(Case(f"{o.name} with {other}", both, f"{o.name} and {other}"))
+            both, pair = (*given(o), *given(by_name[other])), f"{o.name} and {other}"
+            why = f"{pair} cannot be given together: {o.conflicts_why}"
+            out.append(Case(f"{o.name} with {other}", both, pair, line=why))
         for other in o.needs:
-            out.append(Case(f"{o.name} without {other}", given(o), f"{o.name} needs {other}"))
+            need = f"{o.name} needs {other}"
+            out.append(Case(f"{o.name} without {other}", given(o), need, line=f"{need}: {o.needs_why}"))
     return out
 
 
@@ -327,6 +335,8 @@ def problems(sweep: Sweep, case: Case, proc: subprocess.CompletedProcess) -> lis
         out.append(f"does not name {origin!r}")
     if not FIX_RE.search(line):
         out.append("names no fix")
+    if case.line and line != f"{sweep.script}.sh: error: {case.line}":
+        out.append(f"is not {case.line!r} (the declared reason and fix)")
     if proc.stdout:
         out.append(f"printed on stdout {proc.stdout[:100]!r}")
     if proc.left:  # type: ignore[attr-defined]
@@ -395,9 +405,8 @@ def doc_section(
         rows.append(f"| `{o.name}` | {o.type.replace('|', ',')} | {o.env or ''} | {tried} | {shown} |")
     for k, proc in procs.items():
         if " with " in k or " without " in k:
-            rows.append(
-                f"| {k} | conflict | | 1 | {proc.stderr.strip().removeprefix(f'{script}.sh: error: ')} |"
-            )
+            kind, line = "need" if " without " in k else "conflict", proc.stderr.strip()
+            rows.append(f"| {k} | {kind} | | 1 | {line.removeprefix(f'{script}.sh: error: ')} |")
     rows.append(f"<!-- /sweep:{script} -->")
     assert start
     return "\n".join(rows)
@@ -464,37 +473,47 @@ def test_a_leading_tilde_user_is_that_users_home(fake, tmp_path):
     assert "id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt" in build
 
 
-def test_a_ca_bundle_whose_real_path_has_a_comma_is_refused_before_anything(fake, tmp_path):
-    """BuildKit's --secret gets the bundle's resolved path: a relative path from a folder whose name
-    has a comma (or a link into one) is refused with the checks, not by BuildKit after the
-    repository was created."""
+@dataclass(frozen=True)
+class LinkedBundle:
+    """The host's CA bundle copied to FOLDER/ca.pem, a folder whose name BuildKit's --secret cannot
+    carry, and TMP/link.pem linking to it; `run` gives build_and_push.sh --dry-run one of them."""
+
+    folder: Path
+    env: dict[str, str]
+
+    def run(self, bundle: str, cwd: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([str(ROOT / "build_and_push.sh"), "--dry-run", f"--ca-bundle={bundle}"],
+                              env=self.env, cwd=cwd, capture_output=True, text=True)  # fmt: skip
+
+
+def linked_bundle(fake: FakeGcp, tmp_path: Path, folder_name: str) -> LinkedBundle:
     sweep = sweep_build_and_push(fake, tmp_path)
-    folder = tmp_path / "certs, corp"
+    folder = tmp_path / folder_name
     folder.mkdir()
     (folder / "ca.pem").write_text(Path("/etc/ssl/certs/ca-certificates.crt").read_text())
     (tmp_path / "link.pem").symlink_to(folder / "ca.pem")
     env = {**sweep.env, "HOME": str(tmp_path), "CONFIG_FILE": str(tmp_path / "no.env")}
-    for cwd, bundle in ((folder, "ca.pem"), (tmp_path, "link.pem")):
-        proc = subprocess.run([str(ROOT / "build_and_push.sh"), "--dry-run", f"--ca-bundle={bundle}"],
-                              env=env, cwd=cwd, capture_output=True, text=True)  # fmt: skip
+    return LinkedBundle(folder, env)
+
+
+def test_a_ca_bundle_whose_real_path_has_a_comma_is_refused_before_anything(fake, tmp_path):
+    """BuildKit's --secret gets the bundle's resolved path: a relative path from a folder whose name
+    has a comma (or a link into one) is refused with the checks, not by BuildKit after the
+    repository was created."""
+    linked = linked_bundle(fake, tmp_path, "certs, corp")
+    for cwd, bundle in ((linked.folder, "ca.pem"), (tmp_path, "link.pem")):
+        proc = linked.run(bundle, cwd)
         assert proc.returncode == 1 and proc.stdout == "", proc.stdout
         assert proc.stderr.splitlines() == [
             f"build_and_push.sh: error: invalid CA bundle '{bundle}' (--ca-bundle): the path"
-            f" ('{folder}/ca.pem') has a comma or a double quote, which BuildKit's --secret cannot carry;"
-            " copy the bundle to a path without one"
+            f" ('{linked.folder}/ca.pem') has a comma or a double quote, which BuildKit's --secret cannot"
+            " carry; copy the bundle to a path without one"
         ]
 
 
 def test_a_ca_bundle_whose_real_path_has_a_line_break_is_refused(fake, tmp_path):
     """The same for a link into a folder whose name holds a newline."""
-    sweep = sweep_build_and_push(fake, tmp_path)
-    folder = tmp_path / "certs\ncorp"
-    folder.mkdir()
-    (folder / "ca.pem").write_text(Path("/etc/ssl/certs/ca-certificates.crt").read_text())
-    (tmp_path / "link.pem").symlink_to(folder / "ca.pem")
-    env = {**sweep.env, "HOME": str(tmp_path), "CONFIG_FILE": str(tmp_path / "no.env")}
-    proc = subprocess.run([str(ROOT / "build_and_push.sh"), "--dry-run", "--ca-bundle=link.pem"],
-                          env=env, cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    proc = linked_bundle(fake, tmp_path, "certs\ncorp").run("link.pem", tmp_path)
     assert (proc.returncode, proc.stdout) == (1, "")
     assert proc.stderr.splitlines() == [
         "build_and_push.sh: error: invalid CA bundle 'link.pem' (--ca-bundle): its real path has a line"
@@ -550,6 +569,36 @@ def test_an_env_backed_number_is_stored_in_decimal_too():
     env = {**os.environ, "TAG": "010", "CONFIG_FILE": "/dev/null"}
     proc = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "8 10", "")
+
+
+# A table (lines of `opt`) and its one error line: a conflict or need must say why and what to do.
+WHY_DECLARED = "option --a: conflicts=--b needs conflicts-why='REASON; FIX', the reason and the fix its"
+TABLES = [
+    ("opt --a type=switch var=A conflicts=--b", WHY_DECLARED),
+    ("opt --a type=switch var=A needs=--b", WHY_DECLARED.replace("conflicts", "needs")),
+    ("opt --a type=switch var=A conflicts=--b conflicts-why=because", "option --a: conflicts-why= must be"),
+    ("opt --a type=switch var=A needs=--b needs-why=$'x; y\\nz'", "needs-why= must be 'REASON; FIX' on one"),
+    ("opt --a type=switch var=A needs-why='x; y'", "option --a: needs-why= without needs=; drop it"),
+    # loads; a conflict names each option as it was given (an old spelling), with the reason and fix
+    ("opt --a type=switch var=A old=--aa conflicts=--b conflicts-why='r; f'; opt --b type=switch var=B",
+     "--aa and --b cannot be given together: r; f"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("declared", "line"), TABLES, ids=["conflict", "need", "no-fix", "two-lines",
+                                                        "why-alone", "old-spelling"])  # fmt: skip
+def test_a_conflict_or_need_says_why_or_the_table_does_not_load(declared, line):
+    """A table whose conflict or need lacks its 'REASON; FIX' stops the script in one line when it is
+    read, so that no error line can lose it; a conflict's line names each option as it was given."""
+    script = (
+        "set -euo pipefail; for f in common flags gcp options; do source lib/$f.sh; done;"
+        f" {declared}; config_init; opt_parse --aa --b; opt_check_config"
+    )
+    env = {**os.environ, "CONFIG_FILE": "/dev/null"}
+    proc = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("bash: error: "), proc.stderr
+    assert line in proc.stderr, proc.stderr
 
 
 # .env as dotenv reads it: (the file's text, TAG and its origin, or the start of the one error line).

@@ -12,6 +12,7 @@ opt --ca-bundle type=buildkit-pem-file env=CA_BUNDLE meta=FILE old=--ca-cert \
   help='extra CA bundle (PEM) for a build behind a TLS-intercepting proxy, given to BuildKit|as the secret ca_bundle: it is never stored in a layer'
 opt --registry-host type=registry-host env=REGISTRY_HOST meta=HOST help='registry host (default LOCATION-docker.pkg.dev)'
 opt --compression type=enum:gzip,zstd var=COMPRESSION meta=gzip\|zstd conflicts=--no-push \
+  conflicts-why='--compression sets how the pushed layers are compressed, and --no-push pushes none (a local image is stored uncompressed); drop --compression, or drop --no-push to push' \
   help='how the pushed layers are compressed (default gzip). zstd inflates about 2.5x|faster on the VM but needs Docker >= 23.0 there, and a client with the buildx|plugin here; without one the script stops before it creates anything (docs/cold-start.md)'
 opt --keep type=int:0:10000 var=KEEP meta=N \
   help='the cleanup policy keeps the newest N sha-* versions of each image (default 20;|0: no policy); latest and other tags are never deleted; a repository with cleanup|policies of its own is left alone (said in one line)'

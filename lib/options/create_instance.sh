@@ -5,7 +5,8 @@
 # tests/test_option_sweep.py on every option of the type. Source it after lib/machines.sh.
 # The old spelling the table cannot say (--image NAME without '/', which meant --image-name) and
 # --grant-reader (now a no-op) are read by create_instance.sh's old_spellings before opt_parse.
-# A conflict is declared on one side only (the error then names the pair in the table's order).
+# A conflict is declared on one side only, with its reason and fix (conflicts-why=): the error
+# then names the pair in the table's order.
 # An option's bad= values are refused only beside the others' defaults (LOCATION us-east4): a zone
 # outside that region, a multi-region LOCATION without a zone.
 
@@ -18,6 +19,12 @@
 readonly FLEX_MIN_SECONDS=600 FLEX_MAX_SECONDS=$((7 * 86400))
 # The smallest boot disk in GB: the Deep Learning VM image, the training image and the caches.
 readonly DISK_MIN_GB=100
+# Why --spot, --flex-start, --on-demand and --reservation exclude one another: each is one way to
+# provision the VM (the create command's --provisioning-model SPOT, FLEX_START with reservation
+# affinity none, standard, or a specific reservation); --reservation's help says the default.
+readonly CI_ONE_PROVISIONING="each picks how the VM is provisioned (Spot, Flex-start, on demand or a specific\
+ reservation), and a VM is provisioned one way; keep one (with none: on demand where Google offers the\
+ machine type, else Spot)"
 
 # ci_accelerator SPEC: ACC_TYPE and ACC_COUNT from TYPE[,count=N] or type=TYPE,count=N (none: no
 # GPU); returns 1 with ACC_WHY set when SPEC is not one.
@@ -85,6 +92,7 @@ opt_type image-family machine_check_family "$DLVM_FAMILY" 'fam-' 'Fam' 'fam_1' "
 opt --vm-name type=vm-name env=VM_NAME meta=NAME old=--name \
   help='VM name (default hfgpu-vm, or an existing gpu-transformers-vm, the old|default; INSTANCE_NAME is still read)'
 opt --zone type=zone env=ZONE meta=ZONE conflicts=--zones bad=europe-west4-a \
+  conflicts-why="--zones is the whole list of zones to try, in order, its first one tried first; put your zone first in --zones, or give --zone alone (the region's other zones follow it)" \
   help="first zone to try, in LOCATION's region (default: the region's first|zone, e.g. us-east4-a)"
 opt --zones type=zones var=ZONES_FLAG meta=Z1,Z2,... bad=us-east4-a,europe-west4-a \
   help="zones to try, in this order, when one is out of GPUs, all in LOCATION's|region (default: the zone, then the region's other zones, alphabetically)"
@@ -93,14 +101,18 @@ opt --machine-type type=machine-type var=MACHINE_TYPE meta=TYPE \
 opt --accelerator type=accelerator var=ACCELERATOR meta=TYPE,count=N \
   help='GPUs for N1 types, which need it (e.g. nvidia-tesla-t4,count=1);|A2/A3/A4/G2 types come with their GPUs'
 opt --spot type=switch var=PROVISIONING value=spot conflicts=--flex-start,--on-demand,--reservation \
+  conflicts-why="$CI_ONE_PROVISIONING" \
   help='Spot VM: stopped (not deleted) when reclaimed, about 30 s notice;|launch_training.sh --restart-on-preemption resumes'
 opt --flex-start type=switch var=PROVISIONING value=flex-start conflicts=--on-demand,--reservation \
+  conflicts-why="$CI_ONE_PROVISIONING" \
   help="Flex-start (Dynamic Workload Scheduler): runs up to --max-run-duration,|then is deleted; no preemption meanwhile; A2/A3/A4/G2 types only; needs|gcloud's alpha component"
 opt --on-demand type=switch var=PROVISIONING value=on-demand conflicts=--reservation \
+  conflicts-why="$CI_ONE_PROVISIONING" \
   help='a standard VM; refused for types Google does not offer on demand|(a3-highgpu-1g/2g/4g, a3-megagpu-8g, a3-ultragpu-8g, a4-highgpu-8g)'
 opt --reservation type=reservation var=RESERVATION meta=NAME \
   help='consume this specific reservation. Without any of these four: on demand|where Google offers it, else Spot (said in one line)'
 opt --max-run-duration type=duration var=MAX_RUN_DURATION meta=DURATION needs=--flex-start \
+  needs-why='it is how long a Flex-start VM runs before it is deleted, which this script sets only with --flex-start; add --flex-start, or drop --max-run-duration' \
   help="Flex-start's run time, 10m to 7d (default 7d), e.g. 36h or 1d12h"
 opt --boot-disk-size type=disk-size var=BOOT_DISK_SIZE meta=SIZE \
   help='100GB to 64TB; default 200GB (the image is about 9 GB, caches grow); the|disk type follows the series: hyperdisk-balanced for A3 Ultra and A4, else|pd-balanced'

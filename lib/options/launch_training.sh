@@ -222,10 +222,14 @@ opt --nproc type=nproc var=opt_nproc meta='N|auto' help='processes on this node 
 opt --nnodes type=int:1:4096 var=opt_nnodes meta=N \
   help='nodes in the job (default 1); more than 1 needs --node-rank and|--master-addr, or --rdzv-endpoint'
 opt --node-rank type=int:0:4095 var=opt_node_rank meta=R needs=--nnodes conflicts=--rdzv-endpoint \
+  needs-why="a rank is this node's place among the --nnodes N nodes (0..N-1), and without --nnodes the job has one node; give --nnodes N too, the same on every node" \
+  conflicts-why="a c10d rendezvous (--rdzv-endpoint) assigns each node its rank itself; drop --node-rank, or give --master-addr with --node-rank instead of --rdzv-endpoint" \
   help="this node's rank, 0..N-1 (with --master-addr; a rendezvous assigns ranks itself)"
 opt --master-addr type=host var=opt_master_addr meta=HOST conflicts=--rdzv-endpoint \
+  conflicts-why="the nodes meet either at the rank-0 node's address or at a c10d rendezvous endpoint, not both; keep --rdzv-endpoint HOST:PORT alone, or --master-addr with --node-rank on every node" \
   help="the rank-0 node's address"
 opt --master-port type=int:1:65535 var=opt_master_port meta=P conflicts=--rdzv-endpoint \
+  conflicts-why="--master-port is the rank-0 node's port, and a c10d rendezvous meets at its own HOST:PORT instead; drop --master-port, or give --master-addr, --master-port and --node-rank instead of --rdzv-endpoint" \
   help="the rank-0 node's port (default 29500)"
 opt --rdzv-endpoint type=host-port var=opt_rdzv meta=HOST:PORT \
   help='a c10d rendezvous instead of --master-addr/--master-port'

@@ -93,6 +93,7 @@ opt_type secret-pair _opt_secret_pair HF_TOKEN=hf-token HF_TOKEN HF_TOKEN= =hf-t
   HF_TOKEN=projects/p/secrets/s/versions/v 'HF_TOKEN=a b' "HF_TOKEN=$OPT_SUBST"
 
 opt --location type=vertex-region env=LOCATION meta=REGION conflicts=--region \
+  conflicts-why="--region is --location under gcloud's name (both set LOCATION); give it once" \
   help="Vertex AI region, e.g. europe-west4 (default us-east4); --region is|the same option, gcloud's word"
 opt --region type=vertex-region env=LOCATION meta=REGION help='the same as --location'
 opt --project type=project env=PROJECT meta=ID help="Google Cloud project (default: gcloud's core/project)"
@@ -103,10 +104,13 @@ opt --machine-type type=machine-type var=opt_machine meta=TYPE help='machine of 
 opt --accelerator type=accelerator var=opt_accelerator meta=TYPE,count=N \
   help="GPUs of every node, by Vertex's name (NVIDIA_H100_80GB) or Compute|Engine's (nvidia-h100-80gb); default: the machine type's own GPUs|(a3-*, a2-*, a4-*, g2-*: lib/machines.sh), none for other machine types"
 opt --nodes type=int:1:1000 var=opt_nodes meta=N help='machines (default 1): pool 0 holds the chief, pool 1 the other N-1'
-opt --spot type=switch var=opt_spot conflicts=--flex-start help='Spot capacity: cheaper, can be preempted'
+opt --spot type=switch var=opt_spot conflicts=--flex-start \
+  conflicts-why='a job has one scheduling strategy (Vertex AI scheduling.strategy: SPOT or FLEX_START); keep one (with neither: on demand)' \
+  help='Spot capacity: cheaper, can be preempted'
 opt --flex-start type=switch var=opt_flex \
   help='Flex-start (Dynamic Workload Scheduler): waits for capacity; L4, A100,|H100, H200 and B200 GPUs only'
 opt --max-wait type=wait var=opt_max_wait meta=DURATION needs=--flex-start \
+  needs-why="it is Flex-start's longest wait for capacity (scheduling.maxWaitDuration, sent only with FLEX_START); add --flex-start, or drop --max-wait" \
   help="with --flex-start: longest wait for capacity (30m, 4h, 1d, 3600s;|0 = no limit; Vertex's default 24h)"
 opt --output type=gs-url var=opt_output meta=gs://BUCKET/PATH \
   help="the job's base output directory: checkpoints, model, TensorBoard logs"
@@ -118,5 +122,6 @@ opt --env type=env-pair var=env_pairs repeat=1 meta=NAME=VALUE \
 opt --secret type=secret-pair var=secret_pairs repeat=1 meta=NAME=SECRET \
   help='a Secret Manager secret as variable NAME (repeatable); SECRET is|projects/P/secrets/S/versions/V, or S[:VERSION] in PROJECT (latest)'
 opt --follow type=switch var=opt_follow conflicts=--dry-run \
+  conflicts-why='--dry-run submits no job, so there is none to follow; drop --follow, or drop --dry-run to submit the job and follow it' \
   help="stream the job's logs (to stderr) and its state changes until it|ends; exit 0 when it succeeded, 1 otherwise"
 opt --dry-run type=switch var=DRY_RUN help='print the job specification and the gcloud command; submit nothing'
