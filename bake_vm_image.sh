@@ -3,7 +3,8 @@
 # Usage: bake_vm_image.sh [OPTIONS]     (the options: below, declared in lib/options/bake_vm_image.sh)
 #
 # Steps: the family name, hfgpu-deps-<digest of the image's dependency layers> (lib/baked.sh);
-# nothing to do when the project has that family already; a bake VM from the Deep Learning VM
+# the zone (read-only: --zone, or LOCATION's first zone, which is not always -a); nothing to do
+# when the project has that family already; a bake VM from the Deep Learning VM
 # family whose startup script (deploy/vm-startup.sh) installs pigz, pulls the image and powers the
 # VM off; waiting for TERMINATED; an image from its boot disk in that family (images.insert); the
 # VM deleted (also when a step fails). create_instance.sh then boots from the family whenever the
@@ -44,11 +45,15 @@ PULL_REF=    # what the bake VM pulls: IMAGE_REF's registry digest when this mac
 DEP_LAYERS=  # how many of the image's layers the family covers (the VM checks what it pulled)
 VM_CREATED=0
 STARTUP=
+ZONES=()     # gcp_zones (lib/gcp.sh): ZONE, then its region's other zones (the bake uses ZONE)
 
 # validate: what the option table cannot say (lib/options.sh has checked each value, from flags,
 # environment and .env alike), before any gcloud call.
 validate() {
-  config_default ZONE "${LOCATION}-a"
+  [[ -n $ZONE || $LOCATION == *-* ]] ||
+    die "LOCATION $(q "$LOCATION") ($(config_origin LOCATION)) is a multi-region: the bake VM needs a zone;" \
+      "pass --zone ZONE, or --location REGION"
+  config_default ZONE "${LOCATION}-a" # gcp_zones (lib/gcp.sh) picks the region's first zone
   # shellcheck disable=SC2153 # ZONE: a configuration name of lib/common.sh
   validate_zone "$ZONE" "$(config_origin ZONE)"
   DISK_GB=$(disk_gb "$DISK_SIZE")
@@ -196,6 +201,7 @@ main() {
   validate
   log "preflight: checking gcloud"
   gcp_preflight
+  gcp_zones # also under --dry-run (read-only): the commands it prints name the zone they would use
   log "family: $FAMILY (the dependency layers of $IMAGE_REF)"
   if baked_already; then
     printf '%s\n' "$FAMILY"

@@ -60,7 +60,6 @@ VM_ZONE=
 BUCKET=
 ACC_TYPE='' ACC_COUNT=1
 NOTES=() # lines said once the read-only checks passed (a refused run stays one line)
-ALL_ZONES=() # every zone of the project (check_zones), for the region's fallback order
 
 # old_spellings ARGS...: ARGS into ARGS with what the option table cannot say: --image NAME (a
 # plain image name: no '/', ':' or '@') is the old --image-name, and --grant-reader is dropped
@@ -120,7 +119,7 @@ validate() {
     die "LOCATION $(q "$LOCATION") ($(config_origin LOCATION)) is a multi-region: a VM needs a zone; pass" \
       "--zone ZONE of a region in it, or --location REGION"
   else
-    config_default ZONE "$LOCATION-a" # check_zones picks the region's first zone
+    config_default ZONE "$LOCATION-a" # gcp_zones (lib/gcp.sh) picks the region's first zone
   fi
   [[ -z $ACCELERATOR ]] || ci_accelerator "$ACCELERATOR"
   BOOT_DISK_GB=$(disk_gb "$BOOT_DISK_SIZE")
@@ -222,32 +221,6 @@ check_repository() {
   gcp_describe_or_create repository "$AR_REPO in $AR_LOCATION (project $AR_PROJECT)" \
     artifactregistry.googleapis.com "roles/artifactregistry.reader on the repository" \
     "run ./build_and_push.sh first, or pass the --image your build printed"
-}
-
-# check_zones: the zones to try exist (one zones.list, read-only), and ZONES becomes the order to
-# try them in: --zones as given, or ZONE then the region's other zones alphabetically. The default
-# ZONE is the region's first zone; a LOCATION without zones (a typo) is one line naming LOCATION.
-check_zones() {
-  local out zone origin region=${ZONE%-*}
-  local -a region_zones
-  out=$(gcloud compute zones list --project "$PROJECT" --format 'value(name)' 2>&1) ||
-    gcp_fail "preflight: cannot list the zones of $PROJECT" "$out" compute.googleapis.com "roles/compute.viewer"
-  mapfile -t ALL_ZONES < <(grep -E '^[a-z]+-[a-z]+[0-9]+-[a-z]$' <<<"$out" | sort)
-  mapfile -t region_zones < <(printf '%s\n' "${ALL_ZONES[@]}" | grep -E "^$region-[a-z]\$" || true)
-  origin=$(config_origin ZONE)
-  if [[ $origin == "the default ZONE" ]]; then
-    ((${#region_zones[@]})) ||
-      die "LOCATION $(q "$LOCATION") ($(config_origin LOCATION)) is not a Compute Engine region: it has no zones;" \
-        "pick a region from: gcloud compute regions list"
-    ZONE=${region_zones[0]}
-  fi
-  ((${#ZONES[@]})) || ZONES=("$ZONE")
-  for zone in "${ZONES[@]}"; do
-    printf '%s\n' "${ALL_ZONES[@]}" | grep -qFx "$zone" ||
-      die "unknown zone $(q "$zone") ($origin); pick one from: gcloud compute zones list --filter region:${zone%-*}"
-  done
-  [[ -n $ZONES_FLAG ]] || mapfile -t -O 1 ZONES < <(printf '%s\n' "${region_zones[@]}" | grep -vFx "$ZONE")
-  return 0
 }
 
 # check_offers: a zone to try offers MACHINE_TYPE (machineTypes.list, read-only), before anything
@@ -580,7 +553,7 @@ main() {
   gcp_preflight
   [[ $PROVISIONING != flex-start ]] || check_alpha
   if [[ $DRY_RUN != 1 ]]; then
-    check_zones
+    gcp_zones
     check_offers
     check_image_family
   fi

@@ -1,12 +1,13 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034 # GCP_STATE and GCP_OUT are read by the scripts that source this
-# Summary: Google Cloud helpers shared by build_and_push.sh and create_instance.sh: naming
-# rules, the gcloud preflight, one-line errors naming the fix, describe-or-create for any
-# resource, and IAM bindings that survive concurrent policy changes.
+# Summary: Google Cloud helpers shared by build_and_push.sh, create_instance.sh and
+# bake_vm_image.sh: naming rules, the gcloud preflight, the zones a VM goes to, one-line errors
+# naming the fix, describe-or-create for any resource, and IAM bindings that survive concurrent
+# policy changes.
 # Each validate_* function dies with one line naming the problem and the fix; its optional
 # second argument names where the value came from (`config_origin NAME`, or a flag).
-# Source it after lib/common.sh and lib/flags.sh (it uses `die`, `log`, `need_cmd`, `quote_cmd`
-# and `to_int`).
+# Source it after lib/common.sh and lib/flags.sh (it uses `die`, `log`, `need_cmd`, `quote_cmd`,
+# `q`, `config_origin` and `to_int`).
 
 # _from ORIGIN: " (ORIGIN)" for an error line, or nothing.
 _from() { printf '%s' "${1:+ ($1)}"; }
@@ -72,6 +73,36 @@ gcp_preflight() {
   need_cmd gcloud "$hint or run this in Cloud Shell"
   gcloud auth print-access-token --quiet >/dev/null 2>&1 ||
     die "preflight: gcloud is not authenticated; run: gcloud auth login (Cloud Shell: authorize when asked)"
+}
+
+# gcp_zones: the zones a VM may go to exist (one zones.list, read-only), and ZONES becomes the order
+# to try them in: ZONES as the caller filled it (create_instance.sh's --zones), or, when empty, ZONE
+# then the other zones of its region alphabetically. The default ZONE (config_origin "the default
+# ZONE": LOCATION-a, a placeholder) becomes the region's first zone, since not every region has a
+# zone -a (us-east1's are b, c, d); a LOCATION without zones (a typo) is one line naming LOCATION,
+# an unknown zone one line naming it and how to list zones. Reads PROJECT and LOCATION; sets ZONE
+# and the array ZONES (the caller declares it).
+gcp_zones() {
+  local out zone origin region=${ZONE%-*} given=${#ZONES[@]}
+  local -a all region_zones
+  out=$(gcloud compute zones list --project "$PROJECT" --format 'value(name)' 2>&1) ||
+    gcp_fail "preflight: cannot list the zones of $PROJECT" "$out" compute.googleapis.com "roles/compute.viewer"
+  mapfile -t all < <(grep -E '^[a-z]+-[a-z]+[0-9]+-[a-z]$' <<<"$out" | sort)
+  mapfile -t region_zones < <(printf '%s\n' "${all[@]}" | grep -E "^$region-[a-z]\$" || true)
+  origin=$(config_origin ZONE)
+  if [[ $origin == "the default ZONE" ]]; then
+    ((${#region_zones[@]})) ||
+      die "LOCATION $(q "$LOCATION") ($(config_origin LOCATION)) is not a Compute Engine region: it has no zones;" \
+        "pick a region from: gcloud compute regions list"
+    ZONE=${region_zones[0]}
+  fi
+  ((given)) || ZONES=("$ZONE")
+  for zone in "${ZONES[@]}"; do
+    printf '%s\n' "${all[@]}" | grep -qFx "$zone" ||
+      die "unknown zone $(q "$zone") ($origin); pick one from: gcloud compute zones list --filter region:${zone%-*}"
+  done
+  ((given)) || mapfile -t -O 1 ZONES < <(printf '%s\n' "${region_zones[@]}" | grep -vFx "$ZONE")
+  return 0
 }
 
 # Google's answers, recognised in gcloud's output. SERVICE_DISABLED: 403 for an API not enabled

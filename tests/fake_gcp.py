@@ -43,7 +43,8 @@ CRM_PREFIX = "/cloudresourcemanager/v1/"
 STORAGE_PREFIX = "/storage/v1/"
 PROJECT_NUMBER = "123456789"
 
-# Zones per region (Compute Engine "Regions and zones" page; a subset).
+# Zones per region (Compute Engine "Regions and zones" page, cloud.google.com/compute/docs/regions-zones;
+# a subset). Not every region has a zone -a: us-east1's are b, c and d.
 ZONES = {
     "us-east4": ["us-east4-a", "us-east4-b", "us-east4-c"],
     "us-central1": ["us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f"],
@@ -663,7 +664,9 @@ class FakeGcp(RecordingServer):
             }
         m = re.fullmatch(r"projects/([^/]+)/zones", path)
         if m and rec.method == "GET":
-            # zones.list; gcloud sends its --filter as a server-side `filter` and filters again itself.
+            # zones.list (compute/docs/reference/rest/v1/zones/list): a ZoneList, {kind "compute#zoneList",
+            # items: [Zone], selfLink}, and a nextPageToken only past maxResults (default 500): one page
+            # here. gcloud sends its --filter as a server-side `filter` and filters again itself.
             items = [self._zone(m.group(1), z) for zones in ZONES.values() for z in zones]
             return 200, {"kind": "compute#zoneList", "items": items, "selfLink": f"{base}{path}"}
         m = re.fullmatch(r"projects/([^/]+)/zones/([^/]+)/machineTypes", path)
@@ -712,6 +715,8 @@ class FakeGcp(RecordingServer):
         return any(zone in zones for zones in ZONES.values())
 
     def _zone(self, project: str, zone: str) -> dict:
+        # Zone resource (compute/docs/reference/rest/v1/zones): kind "compute#zone", name, status UP or
+        # DOWN, region (the region's URL), selfLink.
         base = f"{self.url}{COMPUTE_PREFIX}projects/{project}"
         return {
             "kind": "compute#zone",

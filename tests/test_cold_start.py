@@ -259,8 +259,8 @@ def family_of(ref: str) -> str:
     return proc.stdout.strip()
 
 
-def run(script: Path, fake: FakeGcp, tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    env = script_env(fake, tmp, tmp)
+def run(script: Path, fake: FakeGcp, tmp: Path, *args: str, **env_vars: str) -> subprocess.CompletedProcess:
+    env = script_env(fake, tmp, tmp, **env_vars)
     return subprocess.run(
         [str(script), *args], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT
     )
@@ -337,13 +337,58 @@ def test_bake_makes_an_image_in_the_dependency_family_and_deletes_the_vm(
 def test_bake_vm_that_never_powers_off_is_deleted_and_named(
     compute: FakeComputeImages, local_ref: str, tmp_path: Path
 ):
+    """Also in a region without a zone -a (LOCATION=us-east1: b, c, d): the VM goes to the region's
+    first zone, and --dry-run, which reads the zones too, prints the commands with that zone."""
     compute.gets_until_terminated = None  # its pull failed: the startup script leaves it up
-    proc = run(BAKE, compute, tmp_path, "--image", local_ref, "--poll-seconds", "1", "--timeout", "3")
+    args = ("--image", local_ref, "--poll-seconds", "1", "--timeout", "3")
+    dry = run(BAKE, compute, tmp_path, *args, "--dry-run", LOCATION="us-east1")
+    assert dry.returncode == 0, dry.stderr
+    create = next(shlex.split(line) for line in dry.stdout.splitlines() if " instances create " in line)
+    assert create[create.index("--zone") + 1] == "us-east1-b"
+    assert compute.mutations() == []
+    proc = run(BAKE, compute, tmp_path, *args, LOCATION="us-east1")
     assert proc.returncode == 1
     (err,) = [line for line in proc.stderr.splitlines() if line.startswith("bake_vm_image.sh: error:")]
     assert "did not power off within 3s" in err and "get-serial-port-output" in err
+    assert "--zone us-east1-b" in err, err
+    assert len(compute.calls("POST", r"/zones/us-east1-b/instances$")) == 1
+    assert len(compute.calls("DELETE", r"/zones/us-east1-b/instances/hfgpu-bake-")) == 1
     assert compute.calls("POST", r"/global/images$") == [], "no image of a half-baked disk"
     assert compute.instances == {}, "the bake VM is deleted all the same"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        ([], {"LOCATION": "us-east99"},
+         "LOCATION 'us-east99' (LOCATION from the environment) is not a Compute Engine region: it has no"
+         " zones; pick a region from: gcloud compute regions list"),
+        (["--zone", "us-east1-a"], {},
+         "unknown zone 'us-east1-a' (--zone); pick one from: gcloud compute zones list --filter"
+         " region:us-east1"),
+        (["--location", "us"], {},
+         "LOCATION 'us' (--location) is a multi-region: the bake VM needs a zone; pass --zone ZONE, or"
+         " --location REGION"),
+    ],
+    ids=["location-without-zones", "unknown-zone", "multi-region"],
+)  # fmt: skip
+def test_bake_zone_that_does_not_exist_is_one_line_and_creates_nothing(
+    args: list[str],
+    env: dict[str, str],
+    expected: str,
+    compute: FakeComputeImages,
+    local_ref: str,
+    tmp_path: Path,
+):
+    """The zone is read (zones.list, read-only) before anything is made; a multi-region before any call."""
+    proc = run(BAKE, compute, tmp_path, "--image", local_ref, *args, **env)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("bake_vm_image.sh: error:")]
+    assert errors == [f"bake_vm_image.sh: error: {expected}"], proc.stderr
+    assert proc.stderr.splitlines()[-1] == errors[0], "the error is the last word"
+    assert compute.mutations() == [] and compute.instances == {}
+    if "multi-region" in expected:
+        assert compute.requests == [], "refused before any gcloud call"
 
 
 def test_bake_needs_the_image_on_this_machine(compute: FakeComputeImages, tmp_path: Path):

@@ -21,8 +21,10 @@ opt_type disk-size _bake_disk_size 100GB 'lots' '40GB' '99TB' '1.5TB' '100gb' '-
 opt --image type=image-ref env=CONTAINER_NAME meta=REF \
   help="the training image (default HOST/PROJECT/REPO/IMAGE:TAG as for create_instance.sh);|it must be on this machine too (build_and_push.sh leaves it there): the family is named|after its layers"
 opt --project type=project env=PROJECT meta=ID help="Google Cloud project (default: gcloud config); the image goes there"
-opt --location type=region env=LOCATION meta=REGION help='the region whose zone -a is the default zone (default us-east4)'
-opt --zone type=zone env=ZONE meta=ZONE help='where the bake VM runs (default LOCATION-a)'
+opt --location type=region env=LOCATION meta=REGION bad=us \
+  help="the region whose first zone is the default zone (default us-east4); a region,|not a multi-region, unless --zone is given"
+opt --zone type=zone env=ZONE meta=ZONE \
+  help="where the bake VM runs (default: LOCATION's first zone, alphabetically: us-east4-a,|but us-east1-b, as us-east1 has no zone -a)"
 opt --machine-type type=machine-type var=MACHINE_TYPE meta=TYPE help='the bake VM: a cheap CPU type (default e2-standard-4)'
 opt --image-family type=image-family var=SOURCE_FAMILY meta=FAMILY \
   help="the Deep Learning VM family to start from (default: create_instance.sh's,|common-cu129-ubuntu-2204-nvidia-580, project deeplearning-platform-release)"
