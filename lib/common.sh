@@ -14,7 +14,7 @@
 #   REGISTRY_HOST   registry host                             (LOCATION-docker.pkg.dev)
 #   CONTAINER_NAME  full image reference to run; overrides the above on the VM
 #   VOLUME          host folder mounted at /volume            (./volume)
-#   ZONE            Compute Engine zone                       (LOCATION-a)
+#   ZONE            Compute Engine zone                       (LOCATION's first zone)
 #   VM_NAME         the GPU VM's name (INSTANCE_NAME still read)
 #   CA_BUNDLE       extra CA bundle (PEM) for builds behind a TLS-intercepting proxy
 #   BASE_IMAGE      the image's base (default: the Dockerfile's CUDA 12 base)
