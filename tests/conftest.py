@@ -116,7 +116,7 @@ def image_layers(ref: str) -> list[str]:
     return [line for line in out.splitlines() if line]
 
 
-class LongestFirst(LoadFileScheduling):
+class RunOrderScheduling(LoadFileScheduling):
     """`--dist loadfile` with tests/run_order.py's work units, queued in collection order (which
     pytest_collection_modifyitems sorts) instead of by their number of tests."""
 
@@ -131,7 +131,7 @@ class LongestFirst(LoadFileScheduling):
 @pytest.hookimpl(tryfirst=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """`--dist loadfile` takes the work units in tests/run_order.py's order."""
-    return LongestFirst(config, log) if config.getvalue("dist") == "loadfile" else None
+    return RunOrderScheduling(config, log) if config.getvalue("dist") == "loadfile" else None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
